@@ -1,1 +1,4 @@
-//! placeholder
+//! Scheduling Policy Engine: answers the AI-Storage Scheduler per pod with node
+//! preferences, plugin weights, storage requirements and a decision.
+
+pub mod simulate;

@@ -1,0 +1,1 @@
+//! Rolling-origin backtest harness on real traces (`apolloctl eval forecast`).

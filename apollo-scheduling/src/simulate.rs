@@ -1,0 +1,1 @@
+//! GPU-allocation simulation on the openb trace (`apolloctl simulate`).
