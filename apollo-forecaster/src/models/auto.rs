@@ -1,0 +1,546 @@
+//! `auto`: per-series choice among cheap candidates by rolling-origin
+//! backtest, re-evaluated as data arrives.
+//!
+//! Candidates are O(1)-O(window) per origin (naive, moving means and
+//! medians, simple exponential smoothing at fixed smoothing constants, a
+//! damped-trend Holt, seasonal naive when a season is set). A backtest over
+//! the recent window scores each candidate at every step `h`; at each step
+//! the best `top_k` candidates are combined with inverse-MAE weights, and the
+//! combination's own backtest errors give the conformal interval offsets.
+//!
+//! Level shifts: a CUSUM test on the recent window locates a shift; window
+//! candidates then ignore data before it and backtest origins before it are
+//! down-weighted, so a stale regime does not drive the choice.
+//!
+//! [`AutoSelector`] keeps the selection between calls: the fast path only
+//! evaluates the chosen candidates at the newest origin (a few microseconds
+//! to tens of microseconds), and the backtest reruns every
+//! `reselect_every` calls, when the horizon or level changes, or when a level
+//! shift appears or disappears.
+
+use super::baseline::median;
+use super::conformal::conformal_quantile;
+use super::{check_input, tail, Forecast, Model, ModelConfig, ModelError};
+
+/// Settings of the `auto` selector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoConfig {
+    /// Shared model settings (season, training cap, seed).
+    pub model: ModelConfig,
+    /// Backtest origins lie in this many most recent points.
+    pub backtest_window: usize,
+    /// Steps between backtest origins.
+    pub stride: usize,
+    /// Candidates combined at each step.
+    pub top_k: usize,
+    /// Forecast calls between two full re-selections.
+    pub reselect_every: usize,
+    /// Window lengths of the moving mean/median candidates.
+    pub windows: Vec<usize>,
+    /// Smoothing constants of the exponential-smoothing candidates.
+    pub alphas: Vec<f64>,
+}
+
+impl Default for AutoConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::default(),
+            backtest_window: 400,
+            stride: 2,
+            top_k: 3,
+            reselect_every: 10,
+            windows: vec![5, 15, 60],
+            alphas: vec![0.1, 0.3, 0.6],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cand {
+    Naive,
+    Mean(usize),
+    Median(usize),
+    Ses(f64),
+    Holt,
+    SeasonalNaive(usize),
+}
+
+impl Cand {
+    fn label(&self) -> String {
+        match self {
+            Cand::Naive => "naive".into(),
+            Cand::Mean(w) => format!("mean{w}"),
+            Cand::Median(w) => format!("median{w}"),
+            Cand::Ses(a) => format!("ses{a}"),
+            Cand::Holt => "holt_damped".into(),
+            Cand::SeasonalNaive(m) => format!("snaive{m}"),
+        }
+    }
+}
+
+const HOLT_ALPHA: f64 = 0.3;
+const HOLT_BETA: f64 = 0.05;
+const HOLT_PHI: f64 = 0.9;
+
+/// Precomputed running states for one history, so every candidate forecasts
+/// from any origin in O(1) (medians in O(window)).
+struct Prep<'a> {
+    y: &'a [f64],
+    prefix: Vec<f64>,
+    ses: Vec<(f64, Vec<f64>)>,
+    holt: Vec<(f64, f64)>,
+    /// Index of the first point of the current regime, if a shift was found.
+    cp: Option<usize>,
+}
+
+impl<'a> Prep<'a> {
+    fn new(y: &'a [f64], cands: &[Cand], cp: Option<usize>) -> Self {
+        let mut prefix = Vec::with_capacity(y.len() + 1);
+        prefix.push(0.0);
+        let mut acc = 0.0;
+        for v in y {
+            acc += v;
+            prefix.push(acc);
+        }
+        let ses = cands
+            .iter()
+            .filter_map(|c| match c {
+                Cand::Ses(a) => {
+                    let mut l = y[0];
+                    let lv = y
+                        .iter()
+                        .map(|v| {
+                            l += a * (v - l);
+                            l
+                        })
+                        .collect();
+                    Some((*a, lv))
+                }
+                _ => None,
+            })
+            .collect();
+        let holt = if cands.contains(&Cand::Holt) {
+            let (mut l, mut b) = (y[0], 0.0);
+            y.iter()
+                .map(|v| {
+                    let prev = l;
+                    l = HOLT_ALPHA * v + (1.0 - HOLT_ALPHA) * (l + HOLT_PHI * b);
+                    b = HOLT_BETA * (l - prev) + (1.0 - HOLT_BETA) * HOLT_PHI * b;
+                    (l, b)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            y,
+            prefix,
+            ses,
+            holt,
+            cp,
+        }
+    }
+
+    fn window_start(&self, t: usize, w: usize) -> usize {
+        let s = t.saturating_sub(w);
+        match self.cp {
+            Some(c) if c < t && c > s => c,
+            _ => s,
+        }
+    }
+
+    /// Forecast of `c` for step `k` (0-based) from origin `t`.
+    fn point(&self, c: Cand, t: usize, k: usize, scratch: &mut Vec<f64>) -> f64 {
+        let y = self.y;
+        match c {
+            Cand::Naive => y[t - 1],
+            Cand::Mean(w) => {
+                let s = self.window_start(t, w);
+                (self.prefix[t] - self.prefix[s]) / (t - s) as f64
+            }
+            Cand::Median(w) => {
+                let s = self.window_start(t, w);
+                scratch.clear();
+                scratch.extend_from_slice(&y[s..t]);
+                median(scratch)
+            }
+            Cand::Ses(a) => self
+                .ses
+                .iter()
+                .find(|(b, _)| *b == a)
+                .map_or(y[t - 1], |(_, l)| l[t - 1]),
+            Cand::Holt => {
+                let (l, b) = self.holt[t - 1];
+                // Sum of phi^j for j = 1..=k+1.
+                let damp = HOLT_PHI * (1.0 - HOLT_PHI.powi(k as i32 + 1)) / (1.0 - HOLT_PHI);
+                l + damp * b
+            }
+            Cand::SeasonalNaive(m) => y[t - m + (k % m)],
+        }
+    }
+
+    /// Flat candidates forecast the same value at every step.
+    fn flat(c: Cand) -> bool {
+        !matches!(c, Cand::Holt | Cand::SeasonalNaive(_))
+    }
+}
+
+/// Finds a recent level shift with a CUSUM test over the last `window`
+/// points; returns the index (into `y`) of the first point after the shift.
+///
+/// A shift counts only when the CUSUM statistic is large relative to the
+/// noise of first differences *and* the medians before and after differ by
+/// more than three robust standard deviations of either segment, so slow
+/// drifts and random-walk wander are not reported.
+pub fn detect_level_shift(y: &[f64], window: usize) -> Option<usize> {
+    let n = y.len();
+    let w = window.min(n);
+    if w < 30 {
+        return None;
+    }
+    let start = n - w;
+    let x = &y[start..];
+    let m = x.iter().sum::<f64>() / w as f64;
+    let (mut s, mut best, mut arg) = (0.0_f64, 0.0_f64, 0usize);
+    for (i, v) in x.iter().enumerate().take(w - 1) {
+        s += v - m;
+        if s.abs() > best {
+            best = s.abs();
+            arg = i + 1;
+        }
+    }
+    if arg < 10 || w - arg < 5 {
+        return None;
+    }
+    let mad = |seg: &[f64]| {
+        let med = median(seg);
+        let dev: Vec<f64> = seg.iter().map(|v| (v - med).abs()).collect();
+        (med, 1.4826 * median(&dev))
+    };
+    let diffs: Vec<f64> = x.windows(2).map(|p| p[1] - p[0]).collect();
+    let (_, sd_diff) = mad(&diffs);
+    let sigma = (sd_diff / std::f64::consts::SQRT_2).max(1e-12);
+    let stat = best / (sigma * (w as f64).sqrt());
+    let (mb, sb) = mad(&x[..arg]);
+    let (ma, sa) = mad(&x[arg..]);
+    let jump = (ma - mb).abs();
+    let scale = sb.max(sa).max(1e-9 * (mb.abs() + ma.abs()));
+    (stat > 1.5 && jump > 3.0 * scale && jump > 0.0).then_some(start + arg)
+}
+
+/// Current choice of the selector (what the service reports).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// `auto(...)` with the candidates in use, heaviest first.
+    pub model_type: String,
+    /// Backtest `1 - wMAPE` of the combination.
+    pub accuracy: Option<f64>,
+    /// Backtest MAE of the combination relative to naive.
+    pub rel_mae: Option<f64>,
+    /// Distance from the end of the history to a detected level shift.
+    pub shift_age: Option<usize>,
+    horizon: usize,
+    level: f64,
+    /// Per step: (candidate, weight).
+    weights: Vec<Vec<(Cand, f64)>>,
+    lower: Vec<f64>,
+    upper: Vec<f64>,
+}
+
+/// Stateful `auto` forecaster for one series; cheap between re-selections.
+#[derive(Debug, Clone)]
+pub struct AutoSelector {
+    config: AutoConfig,
+    selection: Option<Selection>,
+    calls_since: usize,
+}
+
+impl AutoSelector {
+    /// Creates a selector with no choice yet (the first call selects).
+    pub fn new(config: AutoConfig) -> Self {
+        Self {
+            config,
+            selection: None,
+            calls_since: 0,
+        }
+    }
+
+    /// The current choice, if one was made.
+    pub fn selection(&self) -> Option<&Selection> {
+        self.selection.as_ref()
+    }
+
+    /// Forgets the choice so the next call re-selects.
+    pub fn invalidate(&mut self) {
+        self.selection = None;
+    }
+
+    fn candidates(&self, n: usize) -> Vec<Cand> {
+        let mut c = vec![Cand::Naive, Cand::Holt];
+        for &w in &self.config.windows {
+            c.push(Cand::Mean(w));
+            c.push(Cand::Median(w));
+        }
+        for &a in &self.config.alphas {
+            c.push(Cand::Ses(a));
+        }
+        if let Some(m) = self.config.model.season {
+            if n >= 3 * m {
+                c.push(Cand::SeasonalNaive(m));
+            }
+        }
+        c
+    }
+
+    /// Forecasts `horizon` steps, re-selecting when due.
+    pub fn forecast(
+        &mut self,
+        history: &[f64],
+        horizon: usize,
+        level: f64,
+    ) -> Result<Forecast, ModelError> {
+        self.config.model.validate()?;
+        check_input("auto", history, 3, horizon, level)?;
+        let y = tail(history, self.config.model.max_train);
+        let n = y.len();
+        let cp = detect_level_shift(y, self.config.backtest_window);
+        let shift_age = cp.map(|c| n - c);
+        let due = match &self.selection {
+            None => true,
+            Some(s) => {
+                s.horizon < horizon
+                    || s.level != level
+                    || self.calls_since >= self.config.reselect_every
+                    || s.shift_age.is_some() != shift_age.is_some()
+            }
+        };
+        if due {
+            self.selection = Some(self.select(y, cp, horizon, level));
+            self.calls_since = 0;
+        }
+        self.calls_since += 1;
+        let sel = self.selection.as_ref().ok_or_else(|| ModelError::Fit {
+            model: "auto",
+            reason: "no selection".into(),
+        })?;
+        let used: Vec<Cand> = {
+            let mut u: Vec<Cand> = Vec::new();
+            for step in &sel.weights[..horizon] {
+                for (c, _) in step {
+                    if !u.contains(c) {
+                        u.push(*c);
+                    }
+                }
+            }
+            u
+        };
+        let prep = Prep::new(y, &used, cp);
+        let mut scratch = Vec::new();
+        let mut mean = Vec::with_capacity(horizon);
+        for k in 0..horizon {
+            let v: f64 = sel.weights[k]
+                .iter()
+                .map(|(c, w)| w * prep.point(*c, n, k, &mut scratch))
+                .sum();
+            mean.push(v);
+        }
+        let lower = mean.iter().zip(&sel.lower).map(|(m, l)| m + l).collect();
+        let upper = mean.iter().zip(&sel.upper).map(|(m, u)| m + u).collect();
+        Ok(Forecast {
+            mean,
+            lower,
+            upper,
+            level,
+            model_type: sel.model_type.clone(),
+            accuracy: sel.accuracy,
+            rel_mae: sel.rel_mae,
+        })
+    }
+
+    /// Runs the backtest and builds a new selection.
+    fn select(&self, y: &[f64], cp: Option<usize>, horizon: usize, level: f64) -> Selection {
+        let n = y.len();
+        let cands = self.candidates(n);
+        let prep = Prep::new(y, &cands, cp);
+        let nc = cands.len();
+        let min_origin = cands
+            .iter()
+            .map(|c| match c {
+                Cand::SeasonalNaive(m) => *m,
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1)
+            .max(2);
+        let first = n
+            .saturating_sub(self.config.backtest_window + horizon)
+            .max(min_origin);
+        let stride = self.config.stride.max(1);
+        let origins: Vec<usize> = (first..n).step_by(stride).collect();
+        // Forecast cube: origin x candidate x step.
+        let mut fc = vec![0.0; origins.len() * nc * horizon];
+        let mut scratch = Vec::new();
+        for (oi, &t) in origins.iter().enumerate() {
+            let steps = horizon.min(n - t);
+            for (ci, &c) in cands.iter().enumerate() {
+                let base = (oi * nc + ci) * horizon;
+                if Prep::flat(c) {
+                    let v = prep.point(c, t, 0, &mut scratch);
+                    fc[base..base + steps].fill(v);
+                } else {
+                    for k in 0..steps {
+                        fc[base + k] = prep.point(c, t, k, &mut scratch);
+                    }
+                }
+            }
+        }
+        // Origins whose forecasts start before a level shift describe the
+        // old regime: keep them but with less say.
+        let weight = |t: usize| match cp {
+            Some(c) if t < c => 0.25,
+            _ => 1.0,
+        };
+        // Weighted MAE per step and candidate.
+        let mut mae = vec![0.0; horizon * nc];
+        let mut wsum = vec![0.0; horizon];
+        for (oi, &t) in origins.iter().enumerate() {
+            let w = weight(t);
+            for k in 0..horizon.min(n - t) {
+                let actual = y[t + k];
+                wsum[k] += w;
+                for ci in 0..nc {
+                    mae[k * nc + ci] += w * (actual - fc[(oi * nc + ci) * horizon + k]).abs();
+                }
+            }
+        }
+        let mut weights: Vec<Vec<(Cand, f64)>> = Vec::with_capacity(horizon);
+        let mut last_good: Option<Vec<(Cand, f64)>> = None;
+        for k in 0..horizon {
+            // Smooth the scores over neighbouring steps: far steps have few
+            // origins and noisy scores.
+            let lo = k - k / 4;
+            let hi = (k + k / 4).min(horizon - 1);
+            let mut score: Vec<(usize, f64)> = (0..nc)
+                .map(|ci| {
+                    let (mut s, mut ws) = (0.0, 0.0);
+                    for kk in lo..=hi {
+                        s += mae[kk * nc + ci];
+                        ws += wsum[kk];
+                    }
+                    (ci, if ws > 0.0 { s / ws } else { f64::INFINITY })
+                })
+                .collect();
+            score.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let chosen: Vec<(Cand, f64)> = if score[0].1.is_finite() {
+                let top: Vec<(usize, f64)> =
+                    score.into_iter().take(self.config.top_k.max(1)).collect();
+                let inv: Vec<f64> = top.iter().map(|(_, s)| 1.0 / s.max(1e-12)).collect();
+                let tot: f64 = inv.iter().sum();
+                top.iter()
+                    .zip(&inv)
+                    .map(|((ci, _), w)| (cands[*ci], w / tot))
+                    .collect()
+            } else {
+                last_good
+                    .clone()
+                    .unwrap_or_else(|| vec![(Cand::Naive, 1.0)])
+            };
+            last_good = Some(chosen.clone());
+            weights.push(chosen);
+        }
+        // Combination errors give the interval offsets and the accuracy.
+        let mut errs: Vec<Vec<f64>> = vec![Vec::new(); horizon];
+        let (mut abs_sum, mut act_sum, mut naive_sum) = (0.0, 0.0, 0.0);
+        for (oi, &t) in origins.iter().enumerate() {
+            for k in 0..horizon.min(n - t) {
+                let f: f64 = weights[k]
+                    .iter()
+                    .map(|(c, w)| {
+                        let ci = cands.iter().position(|x| x == c).unwrap_or(0);
+                        w * fc[(oi * nc + ci) * horizon + k]
+                    })
+                    .sum();
+                let actual = y[t + k];
+                let e = actual - f;
+                errs[k].push(e);
+                abs_sum += e.abs();
+                act_sum += actual.abs();
+                naive_sum += (actual - y[t - 1]).abs();
+            }
+        }
+        let p_lo = (1.0 - level) / 2.0;
+        let mut lower = vec![0.0; horizon];
+        let mut upper = vec![0.0; horizon];
+        for k in 0..horizon {
+            let e = &mut errs[k];
+            if e.len() >= 5 {
+                e.sort_by(f64::total_cmp);
+                lower[k] = conformal_quantile(e, p_lo).min(0.0);
+                upper[k] = conformal_quantile(e, 1.0 - p_lo).max(0.0);
+            } else if k > 0 {
+                let g = ((k + 1) as f64 / k as f64).sqrt();
+                lower[k] = lower[k - 1] * g;
+                upper[k] = upper[k - 1] * g;
+            }
+            if k > 0 {
+                lower[k] = lower[k].min(lower[k - 1]);
+                upper[k] = upper[k].max(upper[k - 1]);
+            }
+        }
+        let accuracy = if act_sum > 0.0 {
+            Some((1.0 - abs_sum / act_sum).clamp(0.0, 1.0))
+        } else {
+            (!origins.is_empty()).then_some(if abs_sum == 0.0 { 1.0 } else { 0.0 })
+        };
+        let rel_mae = (naive_sum > 0.0).then(|| abs_sum / naive_sum);
+        let mut total: Vec<(Cand, f64)> = Vec::new();
+        for step in &weights {
+            for (c, w) in step {
+                match total.iter_mut().find(|(x, _)| x == c) {
+                    Some(e) => e.1 += w,
+                    None => total.push((*c, *w)),
+                }
+            }
+        }
+        total.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let names: Vec<String> = total.iter().map(|(c, _)| c.label()).collect();
+        Selection {
+            model_type: format!("auto({})", names.join("+")),
+            accuracy,
+            rel_mae,
+            shift_age: cp.map(|c| n - c),
+            horizon,
+            level,
+            weights,
+            lower,
+            upper,
+        }
+    }
+}
+
+/// Stateless `auto` for the [`Model`] trait: selects afresh on every call.
+#[derive(Debug, Clone)]
+pub struct Auto {
+    config: AutoConfig,
+}
+
+impl Auto {
+    /// Creates the model.
+    pub fn new(config: AutoConfig) -> Self {
+        Self { config }
+    }
+}
+
+impl Model for Auto {
+    fn name(&self) -> &'static str {
+        "auto"
+    }
+    fn forecast(
+        &self,
+        history: &[f64],
+        horizon: usize,
+        level: f64,
+    ) -> Result<Forecast, ModelError> {
+        AutoSelector::new(self.config.clone()).forecast(history, horizon, level)
+    }
+}

@@ -1,0 +1,1 @@
+//! Derivative-free optimisation.
