@@ -1,0 +1,250 @@
+//! GPU fragmentation, after "Beware of Fragmentation: Scheduling GPU-Sharing
+//! Workloads with Fragmentation Gradient Descent" (Weng et al., USENIX ATC'23).
+//!
+//! The fragmentation of a node is the GPU capacity (milli-GPU) that the typical
+//! pods of the workload cannot use, weighted by how popular each typical pod is:
+//!
+//! `F(node) = sum_m p_m * F_m(node)` where, for a typical pod shape `m`,
+//! - `F_m = sum_g free_g` (all free GPU) when `m` asks for no GPU, or does not fit
+//!   on the node (CPU short, or fewer than `m.num_gpu` GPUs with `m.gpu_milli` free);
+//! - otherwise `F_m = sum_{g : free_g < m.gpu_milli} free_g`: the GPUs too full for `m`.
+//!
+//! A placement is scored by how much it increases `F`; FGD picks the node (and,
+//! for a GPU-sharing pod, the GPU) with the smallest increase.
+
+use std::collections::HashMap;
+
+use crate::demand::PodDemand;
+
+/// The resource shape of a pod as the fragmentation model sees it (memory and
+/// GPU model are left out, as in the published model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodShape {
+    /// CPU request in milli-cores.
+    pub cpu_milli: u64,
+    /// GPU count.
+    pub num_gpu: u32,
+    /// Share of each GPU (milli-GPU).
+    pub gpu_milli: u32,
+}
+
+/// A typical shape and its popularity (weights of the typical set sum to 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TypicalShape {
+    /// The shape.
+    pub shape: PodShape,
+    /// Probability that the next pod has this shape.
+    pub weight: f64,
+}
+
+/// Default share of the workload covered by the typical shapes.
+pub const DEFAULT_COVERAGE: f64 = 0.95;
+
+/// Popularity of pod shapes, learned from observed pods and refreshed online.
+///
+/// `observe` only counts; `refresh` re-derives the typical set (the most popular
+/// shapes that together cover `coverage` of the pods, renormalised) and bumps
+/// `version`, so holders of cached fragmentation know to recompute.
+#[derive(Debug, Clone)]
+pub struct ShapeDistribution {
+    counts: HashMap<PodShape, f64>,
+    total: f64,
+    coverage: f64,
+    typical: Vec<TypicalShape>,
+    cpu_only_weight: f64,
+    version: u64,
+    observed_since_refresh: u64,
+}
+
+impl Default for ShapeDistribution {
+    fn default() -> Self {
+        Self::new(DEFAULT_COVERAGE)
+    }
+}
+
+impl ShapeDistribution {
+    /// An empty distribution: fragmentation is 0 until pods are observed.
+    pub fn new(coverage: f64) -> Self {
+        Self {
+            counts: HashMap::new(),
+            total: 0.0,
+            coverage: if coverage.is_finite() {
+                coverage.clamp(0.01, 1.0)
+            } else {
+                DEFAULT_COVERAGE
+            },
+            typical: Vec::new(),
+            cpu_only_weight: 0.0,
+            version: 0,
+            observed_since_refresh: 0,
+        }
+    }
+
+    /// Builds and refreshes a distribution from a pod list.
+    pub fn from_pods<'a, I>(pods: I, coverage: f64) -> Self
+    where
+        I: IntoIterator<Item = &'a PodDemand>,
+    {
+        let mut dist = Self::new(coverage);
+        for pod in pods {
+            dist.observe(pod);
+        }
+        dist.refresh();
+        dist
+    }
+
+    /// Builds from explicit shape weights (need not be normalised).
+    pub fn from_weights<I>(shapes: I) -> Self
+    where
+        I: IntoIterator<Item = (PodShape, f64)>,
+    {
+        let mut dist = Self::new(1.0);
+        for (shape, w) in shapes {
+            if w.is_finite() && w > 0.0 {
+                *dist.counts.entry(shape).or_insert(0.0) += w;
+                dist.total += w;
+            }
+        }
+        dist.refresh();
+        dist
+    }
+
+    /// Counts one pod (takes effect at the next `refresh`).
+    pub fn observe(&mut self, pod: &PodDemand) {
+        *self.counts.entry(pod.shape()).or_insert(0.0) += 1.0;
+        self.total += 1.0;
+        self.observed_since_refresh += 1;
+    }
+
+    /// Pods observed since the last refresh.
+    pub fn pending(&self) -> u64 {
+        self.observed_since_refresh
+    }
+
+    /// Re-derives the typical set from the counts and bumps the version.
+    pub fn refresh(&mut self) {
+        let mut all: Vec<(PodShape, f64)> = self.counts.iter().map(|(s, c)| (*s, *c)).collect();
+        // Most popular first; ties by shape so the result is deterministic.
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let target = self.coverage * self.total;
+        let mut cum = 0.0;
+        let mut cut = 0;
+        for (_, c) in &all {
+            if cum >= target && cut > 0 {
+                break;
+            }
+            cum += c;
+            cut += 1;
+        }
+        all.truncate(cut);
+        self.typical = all
+            .into_iter()
+            .map(|(shape, c)| TypicalShape {
+                shape,
+                weight: if cum > 0.0 { c / cum } else { 0.0 },
+            })
+            .collect();
+        self.cpu_only_weight = self
+            .typical
+            .iter()
+            .filter(|t| t.shape.gpu_milli == 0 || t.shape.num_gpu == 0)
+            .map(|t| t.weight)
+            .sum();
+        self.version += 1;
+        self.observed_since_refresh = 0;
+    }
+
+    /// The typical shapes with their weights.
+    pub fn typical(&self) -> &[TypicalShape] {
+        &self.typical
+    }
+
+    /// Incremented by every `refresh`.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Number of pods observed.
+    pub fn observed(&self) -> f64 {
+        self.total
+    }
+
+    /// Fragmentation (milli-GPU) of a node with `cpu_free` milli-cores and the
+    /// given free milli-GPU per GPU.
+    pub fn fragmentation(&self, cpu_free: u64, gpu_free: &[u32]) -> f64 {
+        let total: u64 = gpu_free.iter().map(|&g| u64::from(g)).sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let total_f = total as f64;
+        let mut frag = self.cpu_only_weight * total_f;
+        for t in &self.typical {
+            let s = &t.shape;
+            if s.gpu_milli == 0 || s.num_gpu == 0 {
+                continue;
+            }
+            let f = if cpu_free < s.cpu_milli {
+                total_f
+            } else {
+                let mut fit = 0u32;
+                let mut small = 0u64;
+                for &g in gpu_free {
+                    if g >= s.gpu_milli {
+                        fit += 1;
+                    } else {
+                        small += u64::from(g);
+                    }
+                }
+                if fit >= s.num_gpu {
+                    small as f64
+                } else {
+                    total_f
+                }
+            };
+            frag += t.weight * f;
+        }
+        frag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(cpu: u64, n: u32, m: u32) -> PodShape {
+        PodShape {
+            cpu_milli: cpu,
+            num_gpu: n,
+            gpu_milli: m,
+        }
+    }
+
+    #[test]
+    fn typical_set_covers_requested_share() {
+        let d =
+            ShapeDistribution::from_weights([(shape(1, 1, 500), 90.0), (shape(1, 1, 1000), 10.0)]);
+        assert_eq!(d.typical().len(), 2);
+        let mut d2 = ShapeDistribution::new(0.9);
+        for _ in 0..90 {
+            d2.observe(&PodDemand::new(1, 0).with_gpu(1, 500));
+        }
+        for _ in 0..10 {
+            d2.observe(&PodDemand::new(1, 0).with_gpu(1, 1000));
+        }
+        d2.refresh();
+        assert_eq!(d2.typical().len(), 1);
+        assert!((d2.typical()[0].weight - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn fragmentation_counts_unusable_capacity() {
+        let d = ShapeDistribution::from_weights([(shape(1000, 1, 500), 1.0)]);
+        // GPU with 300 free cannot host a 500 pod: 300 fragmented; 1000 free is fine.
+        assert_eq!(d.fragmentation(10_000, &[300, 1000]), 300.0);
+        // Without CPU the whole free capacity is fragmented.
+        assert_eq!(d.fragmentation(500, &[300, 1000]), 1300.0);
+        let whole = ShapeDistribution::from_weights([(shape(1000, 2, 1000), 1.0)]);
+        assert_eq!(whole.fragmentation(10_000, &[1000, 1000, 400]), 400.0);
+        assert_eq!(whole.fragmentation(10_000, &[1000, 600, 400]), 2000.0);
+    }
+}

@@ -1,0 +1,474 @@
+//! Node scoring: which nodes can take a pod, and how good each one is.
+//!
+//! [`NodeScorer::rank`] makes one pass over the snapshot: cheap feasibility checks
+//! first (counted per reason for the nodes they exclude), then the factors
+//! below on the survivors, then a partial sort for the top N. Each factor is a
+//! value in 0..=1 (higher is better); the composite is the weighted mean of
+//! the factors that apply to this pod and node, multiplied by the bind-failure
+//! discount, and mapped to the 1-100 score of `NodePreference`.
+//!
+//! | factor | applies when | value |
+//! |---|---|---|
+//! | fragmentation (FGD) | always | `1 / (1 + exp(dF / 1000))`, `dF` = increase of the node's GPU fragmentation in milli-GPU (see [`crate::fgd`]); 0.5 = no change |
+//! | headroom | node has measured usage or a forecast | `1 - max_r(max(usage_r, forecast_peak_r) + demand_r / capacity_r)` over CPU and memory (and GPU for GPU pods), clamped to 0..=1 |
+//! | storage | pod has I/O hints | best device: `tier_fit * min(1, headroom / need) * (1 - utilisation / 2)` |
+//! | CSD | pod benefits from or requires a CSD | 1 with an available CSD, else 0 |
+//! | locality | pod names cache/data/upstream nodes | 1.0 cache node, 0.85 data node, 0.6 upstream node, else 0 |
+//!
+//! Bind-failure discount: `composite *= 1 - failure_penalty_weight * penalty`.
+//! A forecast overload flag on a resource the pod uses excludes the node (or,
+//! with `exclude_predicted_overload = false`, multiplies the composite by
+//! `overload_discount`).
+
+use std::cmp::Ordering;
+use std::fmt::Write as _;
+
+use crate::demand::{CsdNeed, PodDemand};
+use crate::snapshot::{ClusterSnapshot, GpuPick, NodeState, StorageTier};
+
+/// Factor weights and policy knobs. Defaults favour GPU packing (fragmentation)
+/// and keep the other factors strong enough to move a pod between nodes that
+/// are equally good for the GPUs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreWeights {
+    /// Fragmentation (FGD). Default 0.40.
+    pub fragmentation: f64,
+    /// Headroom on measured usage and forecast. Default 0.15.
+    pub headroom: f64,
+    /// Storage tier and I/O fit. Default 0.15.
+    pub storage: f64,
+    /// CSD availability. Default 0.10.
+    pub csd: f64,
+    /// Data locality. Default 0.20.
+    pub locality: f64,
+    /// Strength of the bind-failure discount. Default 0.5 (a node whose binds
+    /// keep failing keeps half its score).
+    pub failure_penalty: f64,
+    /// Drop nodes predicted to overload on a resource the pod uses. Default true.
+    pub exclude_predicted_overload: bool,
+    /// Multiplier for predicted-overload nodes when they are not excluded. Default 0.2.
+    pub overload_discount: f64,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        Self {
+            fragmentation: 0.40,
+            headroom: 0.15,
+            storage: 0.15,
+            csd: 0.10,
+            locality: 0.20,
+            failure_penalty: 0.5,
+            exclude_predicted_overload: true,
+            overload_discount: 0.2,
+        }
+    }
+}
+
+/// Counts of nodes excluded, per first failing check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exclusions {
+    /// No GPU of an allowed model.
+    pub gpu_model: u32,
+    /// Not enough free CPU.
+    pub cpu: u32,
+    /// Not enough free memory.
+    pub memory: u32,
+    /// Not enough free GPU (share or whole GPUs).
+    pub gpu: u32,
+    /// CSD required but none available.
+    pub csd: u32,
+    /// Overload predicted within the forecast horizon.
+    pub predicted_overload: u32,
+}
+
+impl Exclusions {
+    /// Nodes excluded in total.
+    pub fn total(&self) -> u32 {
+        self.gpu_model + self.cpu + self.memory + self.gpu + self.csd + self.predicted_overload
+    }
+
+    /// (reason, count) pairs with a non-zero count, for messages and metrics.
+    pub fn nonzero(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("gpu model", self.gpu_model),
+            ("cpu", self.cpu),
+            ("memory", self.memory),
+            ("gpu", self.gpu),
+            ("csd", self.csd),
+            ("predicted overload", self.predicted_overload),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+/// One ranked node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedNode {
+    /// Node name.
+    pub node: String,
+    /// Score 1-100.
+    pub score: i32,
+    /// Composite before mapping to 1-100 (ordering key).
+    pub composite: f64,
+    /// Factors that decided the score, e.g. `fgd +0m gpu1, locality cache`.
+    pub reason: String,
+    /// Increase of the node's GPU fragmentation (milli-GPU) from this placement.
+    pub frag_delta: f64,
+}
+
+/// Result of [`NodeScorer::rank`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ranking {
+    /// Best feasible nodes, best first (at most `top_n`).
+    pub top: Vec<RankedNode>,
+    /// Number of feasible nodes.
+    pub feasible: usize,
+    /// Why the other nodes were excluded.
+    pub excluded: Exclusions,
+}
+
+/// Scores nodes for a pod; stateless apart from its weights, so one instance
+/// serves all requests.
+#[derive(Debug, Clone, Default)]
+pub struct NodeScorer {
+    weights: ScoreWeights,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    idx: u32,
+    composite: f64,
+    frag_delta: f64,
+    pick: GpuPick,
+    locality: f32,
+    storage: f32,
+    headroom: f32,
+    overloaded: bool,
+}
+
+fn cmp_candidates(a: &Candidate, b: &Candidate) -> Ordering {
+    // Best first; ties by node order so results are deterministic.
+    b.composite
+        .total_cmp(&a.composite)
+        .then_with(|| a.idx.cmp(&b.idx))
+}
+
+impl NodeScorer {
+    /// A scorer with these weights.
+    pub fn new(weights: ScoreWeights) -> Self {
+        Self { weights }
+    }
+
+    /// The weights in use.
+    pub fn weights(&self) -> &ScoreWeights {
+        &self.weights
+    }
+
+    /// Ranks the feasible nodes for `demand`, returning the best `top_n`.
+    pub fn rank(&self, snapshot: &ClusterSnapshot, demand: &PodDemand, top_n: usize) -> Ranking {
+        let mut out = Ranking::default();
+        if demand.validate().is_err() {
+            // A malformed demand fits nowhere; count it against GPU capacity.
+            out.excluded.gpu = snapshot.len() as u32;
+            return out;
+        }
+        let filter = snapshot.model_filter(demand);
+        let locality = LocalityIdx::new(snapshot, demand);
+        let w = &self.weights;
+        let mut scratch = Vec::with_capacity(16);
+        let mut cands: Vec<Candidate> = Vec::with_capacity(snapshot.len());
+
+        for (idx, entry) in snapshot.nodes.iter().enumerate() {
+            match snapshot.fit_reason(idx, demand, &filter) {
+                Some("gpu model") => {
+                    out.excluded.gpu_model += 1;
+                    continue;
+                }
+                Some("cpu") => {
+                    out.excluded.cpu += 1;
+                    continue;
+                }
+                Some("memory") => {
+                    out.excluded.memory += 1;
+                    continue;
+                }
+                Some(_) => {
+                    out.excluded.gpu += 1;
+                    continue;
+                }
+                None => {}
+            }
+            let node = &entry.state;
+            if demand.csd == CsdNeed::Requires && node.csd_available == 0 {
+                out.excluded.csd += 1;
+                continue;
+            }
+            let overloaded = predicted_overload(node, demand);
+            if overloaded && w.exclude_predicted_overload {
+                out.excluded.predicted_overload += 1;
+                continue;
+            }
+
+            let (pick, frag_delta) = snapshot.best_gpu_pick(idx, demand, &filter, &mut scratch);
+            let mut num = w.fragmentation * frag_value(frag_delta);
+            let mut den = w.fragmentation;
+            let mut headroom = -1.0f32;
+            if node.usage.is_some() || node.forecast.is_some() {
+                let h = headroom_value(node, demand);
+                headroom = h as f32;
+                num += w.headroom * h;
+                den += w.headroom;
+            }
+            let mut storage = -1.0f32;
+            if demand.io.is_set() {
+                let s = storage_value(node, demand);
+                storage = s as f32;
+                num += w.storage * s;
+                den += w.storage;
+            }
+            if demand.csd != CsdNeed::None {
+                num += w.csd * if node.csd_available > 0 { 1.0 } else { 0.0 };
+                den += w.csd;
+            }
+            let mut loc = -1.0f32;
+            if locality.active {
+                let l = locality.value(idx);
+                loc = l as f32;
+                num += w.locality * l;
+                den += w.locality;
+            }
+            let mut composite = if den > 0.0 { num / den } else { 0.0 };
+            composite *= 1.0 - (w.failure_penalty * node.bind_failure_penalty).clamp(0.0, 1.0);
+            if overloaded {
+                composite *= w.overload_discount.clamp(0.0, 1.0);
+            }
+            cands.push(Candidate {
+                idx: idx as u32,
+                composite,
+                frag_delta,
+                pick,
+                locality: loc,
+                storage,
+                headroom,
+                overloaded,
+            });
+        }
+
+        out.feasible = cands.len();
+        let n = top_n.min(cands.len());
+        if n == 0 {
+            return out;
+        }
+        if n < cands.len() {
+            cands.select_nth_unstable_by(n - 1, cmp_candidates);
+            cands.truncate(n);
+        }
+        cands.sort_unstable_by(cmp_candidates);
+        out.top = cands
+            .iter()
+            .map(|c| {
+                let node = &snapshot.nodes[c.idx as usize].state;
+                RankedNode {
+                    node: node.name.clone(),
+                    score: (1.0 + 99.0 * c.composite.clamp(0.0, 1.0)).round() as i32,
+                    composite: c.composite,
+                    reason: reason(node, demand, c),
+                    frag_delta: c.frag_delta,
+                }
+            })
+            .collect();
+        out
+    }
+
+    /// True when the pod would fit `node` if nothing were allocated on it
+    /// (capacity, GPU count and model, required CSD). A pod that fits no node
+    /// even when empty can be rejected outright.
+    pub fn fits_when_empty(node: &NodeState, demand: &PodDemand) -> bool {
+        if demand.validate().is_err()
+            || node.cpu_milli_capacity < demand.cpu_milli
+            || node.memory_bytes_capacity < demand.memory_bytes
+            || (demand.csd == CsdNeed::Requires && node.csd_available == 0)
+        {
+            return false;
+        }
+        if demand.num_gpu == 0 {
+            return true;
+        }
+        let usable = node
+            .gpus
+            .iter()
+            .filter(|g| g.available)
+            .filter(|g| {
+                demand.gpu_models.is_empty()
+                    || demand.gpu_models.iter().any(|m| m.trim() == g.model.trim())
+            })
+            .count();
+        usable as u64 >= u64::from(demand.num_gpu)
+    }
+
+    /// True when some node of the snapshot could take the pod if it were empty.
+    pub fn fits_anywhere_when_empty(snapshot: &ClusterSnapshot, demand: &PodDemand) -> bool {
+        snapshot.nodes().any(|n| Self::fits_when_empty(n, demand))
+    }
+}
+
+/// Maps a fragmentation increase (milli-GPU) to 0..=1, 0.5 for no change.
+fn frag_value(delta: f64) -> f64 {
+    if !delta.is_finite() {
+        return 0.0;
+    }
+    1.0 / (1.0 + (delta / 1000.0).exp())
+}
+
+fn predicted_overload(node: &NodeState, demand: &PodDemand) -> bool {
+    let Some(f) = &node.forecast else {
+        return false;
+    };
+    f.overload_cpu
+        || f.overload_memory
+        || (demand.num_gpu > 0 && f.overload_gpu)
+        || (demand.io.is_set() && f.overload_io)
+}
+
+fn headroom_value(node: &NodeState, demand: &PodDemand) -> f64 {
+    let u = node.usage.clone().unwrap_or_default();
+    let (pc, pm, pg) = node
+        .forecast
+        .as_ref()
+        .map(|f| (f.peak_cpu, f.peak_memory, f.peak_gpu))
+        .unwrap_or((0.0, 0.0, 0.0));
+    let share = |d: f64, cap: f64| if cap > 0.0 { d / cap } else { 1.0 };
+    let cpu = u.cpu.max(pc) + share(demand.cpu_milli as f64, node.cpu_milli_capacity as f64);
+    let mem = u.memory.max(pm)
+        + share(
+            demand.memory_bytes as f64,
+            node.memory_bytes_capacity as f64,
+        );
+    let mut worst = cpu.max(mem);
+    if demand.num_gpu > 0 && !node.gpus.is_empty() {
+        let gpu = u.gpu.max(pg)
+            + share(
+                demand.gpu_milli_total() as f64,
+                node.gpus.len() as f64 * 1000.0,
+            );
+        worst = worst.max(gpu);
+    }
+    (1.0 - worst).clamp(0.0, 1.0)
+}
+
+fn tier_fit(tier: StorageTier, demand: &PodDemand) -> f64 {
+    if let Some(want) = demand.io.tier {
+        return match (tier as i32) - (want as i32) {
+            0 => 1.0,
+            d if d < 0 => 0.8, // faster than asked: fine, but wasteful
+            1 => 0.4,
+            _ => 0.1,
+        };
+    }
+    let random = demand.io.pattern.is_random() || demand.io.iops > 0;
+    match (tier, random) {
+        (StorageTier::Nvme, _) => 1.0,
+        (StorageTier::Ssd, true) => 0.7,
+        (StorageTier::Ssd, false) => 0.9,
+        (StorageTier::Hdd, true) => 0.1,
+        (StorageTier::Hdd, false) => 0.5,
+    }
+}
+
+fn storage_value(node: &NodeState, demand: &PodDemand) -> f64 {
+    let mut best = 0.0f64;
+    for d in &node.storage {
+        let mut v = tier_fit(d.tier, demand);
+        if demand.io.throughput_mbps > 0.0 {
+            v *= (d.throughput_headroom_mbps / demand.io.throughput_mbps).clamp(0.0, 1.0);
+        }
+        if demand.io.iops > 0 {
+            v *= (d.iops_headroom as f64 / demand.io.iops as f64).clamp(0.0, 1.0);
+        }
+        v *= 1.0 - d.utilisation.clamp(0.0, 1.0) / 2.0;
+        best = best.max(v);
+    }
+    best
+}
+
+/// Locality hints resolved to node indices once per request.
+struct LocalityIdx {
+    active: bool,
+    cache: Vec<usize>,
+    data: Vec<usize>,
+    upstream: Vec<usize>,
+}
+
+impl LocalityIdx {
+    fn new(snapshot: &ClusterSnapshot, demand: &PodDemand) -> Self {
+        let resolve = |names: &[String]| {
+            names
+                .iter()
+                .filter_map(|n| snapshot.index_of(n))
+                .collect::<Vec<_>>()
+        };
+        let l = &demand.locality;
+        Self {
+            active: l.is_set(),
+            cache: resolve(&l.cache_nodes),
+            data: resolve(&l.data_nodes),
+            upstream: resolve(&l.upstream_nodes),
+        }
+    }
+
+    fn value(&self, idx: usize) -> f64 {
+        if self.cache.contains(&idx) {
+            1.0
+        } else if self.data.contains(&idx) {
+            0.85
+        } else if self.upstream.contains(&idx) {
+            0.6
+        } else {
+            0.0
+        }
+    }
+}
+
+fn reason(node: &NodeState, demand: &PodDemand, c: &Candidate) -> String {
+    let mut s = String::with_capacity(64);
+    let _ = write!(s, "fgd {:+.0}m", c.frag_delta);
+    match c.pick {
+        GpuPick::Share(g) => {
+            let _ = write!(s, " gpu{g}");
+        }
+        GpuPick::Whole(k) => {
+            let _ = write!(s, " {k}gpu");
+        }
+        GpuPick::None => {}
+    }
+    if c.headroom >= 0.0 {
+        let _ = write!(s, ", headroom {:.2}", c.headroom);
+    }
+    if c.storage >= 0.0 {
+        let _ = write!(s, ", io fit {:.2}", c.storage);
+    }
+    if demand.csd != CsdNeed::None {
+        s.push_str(if node.csd_available > 0 {
+            ", csd"
+        } else {
+            ", no csd"
+        });
+    }
+    if c.locality > 0.99 {
+        s.push_str(", cache-local");
+    } else if c.locality > 0.8 {
+        s.push_str(", data-local");
+    } else if c.locality > 0.5 {
+        s.push_str(", upstream-local");
+    }
+    if node.bind_failure_penalty > 0.0 {
+        let _ = write!(s, ", bind-fail penalty {:.2}", node.bind_failure_penalty);
+    }
+    if c.overloaded {
+        s.push_str(", overload predicted");
+    }
+    s
+}

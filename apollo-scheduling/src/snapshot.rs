@@ -1,0 +1,853 @@
+//! Cluster state as the scorer sees it: one [`NodeState`] per node, indexed by
+//! name, with derived per-node data (free resources, current GPU fragmentation)
+//! cached and recomputed only when that node changes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use apollo_proto::ClusterInsight;
+use thiserror::Error;
+
+use crate::demand::{PodDemand, MILLI_PER_GPU};
+use crate::fgd::ShapeDistribution;
+
+/// Errors from snapshot updates and placements.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SnapshotError {
+    /// The named node is not in the snapshot.
+    #[error("unknown node {0:?}")]
+    UnknownNode(String),
+    /// A ClusterInsight without a node name.
+    #[error("cluster insight without node_name")]
+    MissingNodeName,
+    /// A numeric field out of range.
+    #[error("node {node:?}: {field} = {value} is out of range")]
+    OutOfRange {
+        /// Node name.
+        node: String,
+        /// Field name.
+        field: &'static str,
+        /// Offending value.
+        value: f64,
+    },
+    /// The demand is malformed.
+    #[error(transparent)]
+    Demand(#[from] crate::demand::DemandError),
+    /// The pod does not fit the node (assume on a stale choice).
+    #[error("pod does not fit on node {node:?}: {reason}")]
+    DoesNotFit {
+        /// Node name.
+        node: String,
+        /// What is short.
+        reason: &'static str,
+    },
+}
+
+/// Storage device class, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StorageTier {
+    /// NVMe flash.
+    Nvme,
+    /// SATA/SAS flash.
+    Ssd,
+    /// Spinning disk.
+    Hdd,
+}
+
+impl StorageTier {
+    /// Parses a device type (`nvme`, `ssd`, `hdd`, case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "nvme" => Some(Self::Nvme),
+            "ssd" | "sata-ssd" | "sas-ssd" => Some(Self::Ssd),
+            "hdd" | "disk" => Some(Self::Hdd),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nvme => "nvme",
+            Self::Ssd => "ssd",
+            Self::Hdd => "hdd",
+        }
+    }
+}
+
+/// One GPU: its model and how much of it pods have been allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuState {
+    /// GPU model (e.g. `V100M16`, `T4`).
+    pub model: String,
+    /// Allocated share in milli-GPU (0-1000).
+    pub allocated_milli: u32,
+    /// False for a GPU that is unhealthy or withheld: nothing can be placed on it.
+    pub available: bool,
+}
+
+impl GpuState {
+    /// A free, available GPU.
+    pub fn free(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            allocated_milli: 0,
+            available: true,
+        }
+    }
+
+    /// Free share in milli-GPU (0 when unavailable).
+    pub fn free_milli(&self) -> u32 {
+        if self.available {
+            MILLI_PER_GPU.saturating_sub(self.allocated_milli)
+        } else {
+            0
+        }
+    }
+}
+
+/// One storage device with its current load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageDevice {
+    /// Device name.
+    pub name: String,
+    /// Tier.
+    pub tier: StorageTier,
+    /// Busy fraction, 0-1.
+    pub utilisation: f64,
+    /// IOPS still available (max - current).
+    pub iops_headroom: u64,
+    /// Throughput still available in MB/s (max - current).
+    pub throughput_headroom_mbps: f64,
+}
+
+/// Forecast for the node over the forecaster's horizon. Fractions are 0-1 of
+/// capacity; the overload flags say the forecaster expects the node to cross
+/// its overload threshold within the horizon.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeForecast {
+    /// Horizon the peaks refer to, in minutes.
+    pub horizon_minutes: u32,
+    /// Predicted peak CPU utilisation.
+    pub peak_cpu: f64,
+    /// Predicted peak memory utilisation.
+    pub peak_memory: f64,
+    /// Predicted peak GPU utilisation.
+    pub peak_gpu: f64,
+    /// Predicted peak storage I/O utilisation.
+    pub peak_io: f64,
+    /// CPU overload predicted.
+    pub overload_cpu: bool,
+    /// Memory overload predicted.
+    pub overload_memory: bool,
+    /// GPU overload predicted.
+    pub overload_gpu: bool,
+    /// Storage I/O overload predicted.
+    pub overload_io: bool,
+}
+
+/// Measured (not requested) utilisation, fractions 0-1.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeasuredUsage {
+    /// CPU.
+    pub cpu: f64,
+    /// Memory.
+    pub memory: f64,
+    /// GPU (mean over GPUs).
+    pub gpu: f64,
+    /// Storage I/O (mean device utilisation).
+    pub io: f64,
+}
+
+/// Everything the scorer knows about one node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeState {
+    /// Node name (the index key).
+    pub name: String,
+    /// Allocatable CPU in milli-cores.
+    pub cpu_milli_capacity: u64,
+    /// Sum of CPU requests of pods bound (or assumed) on the node.
+    pub cpu_milli_allocated: u64,
+    /// Allocatable memory in bytes.
+    pub memory_bytes_capacity: u64,
+    /// Sum of memory requests of pods bound (or assumed) on the node.
+    pub memory_bytes_allocated: u64,
+    /// GPUs in device order.
+    pub gpus: Vec<GpuState>,
+    /// Storage devices.
+    pub storage: Vec<StorageDevice>,
+    /// Number of available computational-storage devices.
+    pub csd_available: u32,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Latest forecast, if any.
+    pub forecast: Option<NodeForecast>,
+    /// Latest measured usage, if any.
+    pub usage: Option<MeasuredUsage>,
+    /// Recent bind-failure penalty, 0 (none) to 1 (binds keep failing); kept
+    /// up to date by the feedback loop.
+    pub bind_failure_penalty: f64,
+}
+
+impl NodeState {
+    /// A node with capacity only (no GPUs, nothing allocated).
+    pub fn new(name: impl Into<String>, cpu_milli: u64, memory_bytes: u64) -> Self {
+        Self {
+            name: name.into(),
+            cpu_milli_capacity: cpu_milli,
+            memory_bytes_capacity: memory_bytes,
+            ..Self::default()
+        }
+    }
+
+    /// Adds `count` free GPUs of `model`.
+    pub fn with_gpus(mut self, count: usize, model: &str) -> Self {
+        self.gpus.extend((0..count).map(|_| GpuState::free(model)));
+        self
+    }
+
+    /// Free CPU in milli-cores.
+    pub fn cpu_milli_free(&self) -> u64 {
+        self.cpu_milli_capacity
+            .saturating_sub(self.cpu_milli_allocated)
+    }
+
+    /// Free memory in bytes.
+    pub fn memory_bytes_free(&self) -> u64 {
+        self.memory_bytes_capacity
+            .saturating_sub(self.memory_bytes_allocated)
+    }
+
+    /// Converts the insight the node agent reports into scorer state. Bind
+    /// penalty and forecast are not part of an insight and start empty (the
+    /// caller keeps them across updates, see [`ClusterSnapshot::apply_insight`]).
+    pub fn from_insight(insight: &ClusterInsight) -> Result<Self, SnapshotError> {
+        let node = insight.node_name.trim();
+        if node.is_empty() {
+            return Err(SnapshotError::MissingNodeName);
+        }
+        let check = |field: &'static str, v: f64| -> Result<f64, SnapshotError> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(SnapshotError::OutOfRange {
+                    node: node.to_string(),
+                    field,
+                    value: v,
+                })
+            }
+        };
+        let res = insight.node_resources.unwrap_or_default();
+        let cpu_cap = check("cpu_allocatable_cores", res.cpu_allocatable_cores)?;
+        let cpu_req = check("cpu_requested_cores", res.cpu_requested_cores)?;
+        let cpu_used = check("cpu_used_cores", res.cpu_used_cores)?;
+        let mem_cap = check(
+            "memory_allocatable_bytes",
+            res.memory_allocatable_bytes as f64,
+        )?;
+        let mem_req = check("memory_requested_bytes", res.memory_requested_bytes as f64)?;
+        let mem_used = check("memory_used_bytes", res.memory_used_bytes as f64)?;
+
+        let mut gpus = Vec::with_capacity(insight.gpu_devices.len());
+        let mut gpu_util = 0.0;
+        for g in &insight.gpu_devices {
+            if !(0..=MILLI_PER_GPU as i32).contains(&g.allocated_milli) {
+                return Err(SnapshotError::OutOfRange {
+                    node: node.to_string(),
+                    field: "gpu_devices.allocated_milli",
+                    value: f64::from(g.allocated_milli),
+                });
+            }
+            gpu_util += check("gpu_devices.utilization_percent", g.utilization_percent)? / 100.0;
+            gpus.push(GpuState {
+                model: g.gpu_model.clone(),
+                allocated_milli: g.allocated_milli as u32,
+                available: g.is_available,
+            });
+        }
+        let mut storage = Vec::with_capacity(insight.storage_devices.len());
+        let mut io_util = 0.0;
+        for d in &insight.storage_devices {
+            let util = check("storage_devices.utilization_percent", d.utilization_percent)? / 100.0;
+            io_util += util;
+            // Unknown device types are treated as the slowest tier rather than rejected:
+            // new hardware should not take a node out of scheduling.
+            let tier = StorageTier::parse(&d.device_type).unwrap_or(StorageTier::Hdd);
+            storage.push(StorageDevice {
+                name: d.device_name.clone(),
+                tier,
+                utilisation: util.min(1.0),
+                iops_headroom: d.max_iops.saturating_sub(d.current_iops).max(0) as u64,
+                throughput_headroom_mbps: (d.max_throughput_mbps - d.current_throughput_mbps)
+                    .max(0.0),
+            });
+        }
+        let ratio = |used: f64, cap: f64| {
+            if cap > 0.0 {
+                (used / cap).min(1.0)
+            } else {
+                0.0
+            }
+        };
+        let usage = MeasuredUsage {
+            cpu: ratio(cpu_used, cpu_cap),
+            memory: ratio(mem_used, mem_cap),
+            gpu: if gpus.is_empty() {
+                0.0
+            } else {
+                (gpu_util / gpus.len() as f64).min(1.0)
+            },
+            io: if storage.is_empty() {
+                0.0
+            } else {
+                io_util / storage.len() as f64
+            },
+        };
+        let mut labels = BTreeMap::new();
+        if !insight.node_type.is_empty() {
+            labels.insert("apollo.io/node-type".to_string(), insight.node_type.clone());
+        }
+        for role in &insight.node_roles {
+            labels.insert(format!("apollo.io/role-{role}"), "true".to_string());
+        }
+        Ok(Self {
+            name: node.to_string(),
+            cpu_milli_capacity: (cpu_cap * 1000.0).round() as u64,
+            cpu_milli_allocated: (cpu_req * 1000.0).round() as u64,
+            memory_bytes_capacity: mem_cap as u64,
+            memory_bytes_allocated: mem_req as u64,
+            gpus,
+            storage,
+            csd_available: insight
+                .csd_devices
+                .iter()
+                .filter(|c| c.is_available)
+                .count() as u32,
+            labels,
+            forecast: None,
+            usage: Some(usage),
+            bind_failure_penalty: 0.0,
+        })
+    }
+}
+
+/// Which GPUs of a node a placement takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuPick {
+    /// No GPU.
+    None,
+    /// A share of the GPU at this index.
+    Share(u16),
+    /// The first `n` fully free allowed GPUs (in device order).
+    Whole(u32),
+}
+
+/// A placement applied by [`ClusterSnapshot::assume`], kept to undo it with
+/// [`ClusterSnapshot::forget`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Node name.
+    pub node: String,
+    /// CPU taken (milli-cores).
+    pub cpu_milli: u64,
+    /// Memory taken (bytes).
+    pub memory_bytes: u64,
+    /// (GPU index, milli-GPU taken) pairs.
+    pub gpus: Vec<(u16, u32)>,
+}
+
+/// Derived per-node data used on the hot path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeCache {
+    pub(crate) cpu_free: u64,
+    pub(crate) mem_free: u64,
+    /// CPU free for fragmentation purposes: reduced by predicted usage.
+    pub(crate) frag_cpu_free: u64,
+    pub(crate) gpu_free: Vec<u32>,
+    pub(crate) gpu_model: Vec<u16>,
+    pub(crate) gpu_free_total: u64,
+    pub(crate) gpu_capacity: u64,
+    pub(crate) max_free: u32,
+    pub(crate) frag: f64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NodeEntry {
+    pub(crate) state: NodeState,
+    pub(crate) cache: NodeCache,
+}
+
+/// Models a pod may use, resolved to interned ids once per request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ModelFilter {
+    any: bool,
+    ids: Vec<u16>,
+}
+
+impl ModelFilter {
+    #[inline]
+    pub(crate) fn allows(&self, id: u16) -> bool {
+        self.any || self.ids.contains(&id)
+    }
+}
+
+/// All nodes, indexed by name, with cached derived data and the pod-shape
+/// distribution that defines fragmentation.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    pub(crate) nodes: Vec<NodeEntry>,
+    index: HashMap<String, usize>,
+    models: Vec<String>,
+    model_index: HashMap<String, u16>,
+    shapes: ShapeDistribution,
+    /// Refresh the shape distribution after this many observed pods (0 = never).
+    shape_refresh_every: u64,
+    gpu_capacity_milli: u64,
+    gpu_allocated_milli: u64,
+}
+
+impl ClusterSnapshot {
+    /// An empty snapshot with this shape distribution.
+    pub fn new(shapes: ShapeDistribution) -> Self {
+        Self {
+            shapes,
+            shape_refresh_every: 64,
+            ..Self::default()
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True without nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Looks a node up by name.
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.index.get(name).map(|&i| &self.nodes[i].state)
+    }
+
+    /// All nodes in insertion order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> + '_ {
+        self.nodes.iter().map(|e| &e.state)
+    }
+
+    /// Current fragmentation of a node (milli-GPU), from the cache.
+    pub fn fragmentation(&self, name: &str) -> Option<f64> {
+        self.index.get(name).map(|&i| self.nodes[i].cache.frag)
+    }
+
+    /// Sum of free milli-GPU over all available GPUs.
+    pub fn gpu_capacity_milli(&self) -> u64 {
+        self.gpu_capacity_milli
+    }
+
+    /// Sum of allocated milli-GPU over all available GPUs.
+    pub fn gpu_allocated_milli(&self) -> u64 {
+        self.gpu_allocated_milli
+    }
+
+    /// The shape distribution in use.
+    pub fn shapes(&self) -> &ShapeDistribution {
+        &self.shapes
+    }
+
+    /// Replaces the shape distribution and recomputes every node's fragmentation.
+    pub fn set_shapes(&mut self, shapes: ShapeDistribution) {
+        self.shapes = shapes;
+        self.recompute_all_frag();
+    }
+
+    /// How many observed pods trigger a refresh of the typical shapes (0 = only
+    /// explicit [`ClusterSnapshot::refresh_shapes`]).
+    pub fn set_shape_refresh_every(&mut self, pods: u64) {
+        self.shape_refresh_every = pods;
+    }
+
+    /// Learns from one pod; refreshes the typical shapes (and every node's
+    /// cached fragmentation) when enough pods have been seen since the last one.
+    pub fn observe_pod(&mut self, demand: &PodDemand) {
+        self.shapes.observe(demand);
+        let first = self.shapes.typical().is_empty();
+        if first
+            || (self.shape_refresh_every > 0 && self.shapes.pending() >= self.shape_refresh_every)
+        {
+            self.refresh_shapes();
+        }
+    }
+
+    /// Re-derives the typical shapes now.
+    pub fn refresh_shapes(&mut self) {
+        self.shapes.refresh();
+        self.recompute_all_frag();
+    }
+
+    /// Inserts or replaces a node.
+    pub fn upsert_node(&mut self, node: NodeState) {
+        let idx = match self.index.get(&node.name) {
+            Some(&i) => {
+                self.remove_totals(i);
+                self.nodes[i].state = node;
+                i
+            }
+            None => {
+                self.index.insert(node.name.clone(), self.nodes.len());
+                self.nodes.push(NodeEntry {
+                    state: node,
+                    cache: NodeCache::default(),
+                });
+                self.nodes.len() - 1
+            }
+        };
+        self.recache(idx);
+    }
+
+    /// Applies a node agent's insight, keeping the forecast and bind penalty
+    /// that the insight does not carry.
+    pub fn apply_insight(&mut self, insight: &ClusterInsight) -> Result<(), SnapshotError> {
+        let mut node = NodeState::from_insight(insight)?;
+        if let Some(old) = self.node(&node.name) {
+            node.forecast = old.forecast.clone();
+            node.bind_failure_penalty = old.bind_failure_penalty;
+        }
+        self.upsert_node(node);
+        Ok(())
+    }
+
+    /// Removes a node.
+    pub fn remove_node(&mut self, name: &str) -> Option<NodeState> {
+        let idx = self.index.remove(name)?;
+        self.remove_totals(idx);
+        let entry = self.nodes.swap_remove(idx);
+        if idx < self.nodes.len() {
+            let moved = self.nodes[idx].state.name.clone();
+            self.index.insert(moved, idx);
+        }
+        Some(entry.state)
+    }
+
+    /// Edits one node in place and recomputes its cached data.
+    pub fn update_node<F: FnOnce(&mut NodeState)>(
+        &mut self,
+        name: &str,
+        f: F,
+    ) -> Result<(), SnapshotError> {
+        let idx = *self
+            .index
+            .get(name)
+            .ok_or_else(|| SnapshotError::UnknownNode(name.to_string()))?;
+        self.remove_totals(idx);
+        f(&mut self.nodes[idx].state);
+        self.nodes[idx].state.name = name.to_string();
+        self.recache(idx);
+        Ok(())
+    }
+
+    /// Sets (or clears) a node's forecast.
+    pub fn set_forecast(
+        &mut self,
+        name: &str,
+        forecast: Option<NodeForecast>,
+    ) -> Result<(), SnapshotError> {
+        self.update_node(name, |n| n.forecast = forecast)
+    }
+
+    /// Sets a node's bind-failure penalty (clamped to 0-1).
+    pub fn set_bind_failure_penalty(
+        &mut self,
+        name: &str,
+        penalty: f64,
+    ) -> Result<(), SnapshotError> {
+        let p = if penalty.is_finite() {
+            penalty.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        let idx = *self
+            .index
+            .get(name)
+            .ok_or_else(|| SnapshotError::UnknownNode(name.to_string()))?;
+        self.nodes[idx].state.bind_failure_penalty = p;
+        Ok(())
+    }
+
+    /// Places a pod on a node (CPU, memory and GPUs, the GPUs chosen the way
+    /// FGD chooses them: the choice that adds the least fragmentation).
+    pub fn assume(&mut self, node: &str, demand: &PodDemand) -> Result<Placement, SnapshotError> {
+        demand.validate()?;
+        let idx = *self
+            .index
+            .get(node)
+            .ok_or_else(|| SnapshotError::UnknownNode(node.to_string()))?;
+        let filter = self.model_filter(demand);
+        let mut scratch = Vec::new();
+        let pick = match self.fit_reason(idx, demand, &filter) {
+            Some(reason) => {
+                return Err(SnapshotError::DoesNotFit {
+                    node: node.to_string(),
+                    reason,
+                })
+            }
+            None => self.best_gpu_pick(idx, demand, &filter, &mut scratch).0,
+        };
+        Ok(self.apply_pick(idx, demand, &filter, pick))
+    }
+
+    /// Undoes a placement made by [`ClusterSnapshot::assume`].
+    pub fn forget(&mut self, placement: &Placement) -> Result<(), SnapshotError> {
+        let idx = *self
+            .index
+            .get(&placement.node)
+            .ok_or_else(|| SnapshotError::UnknownNode(placement.node.clone()))?;
+        self.remove_totals(idx);
+        let n = &mut self.nodes[idx].state;
+        n.cpu_milli_allocated = n.cpu_milli_allocated.saturating_sub(placement.cpu_milli);
+        n.memory_bytes_allocated = n
+            .memory_bytes_allocated
+            .saturating_sub(placement.memory_bytes);
+        for &(g, milli) in &placement.gpus {
+            if let Some(gpu) = n.gpus.get_mut(usize::from(g)) {
+                gpu.allocated_milli = gpu.allocated_milli.saturating_sub(milli);
+            }
+        }
+        self.recache(idx);
+        Ok(())
+    }
+
+    // ---- crate-internal hot-path helpers -------------------------------------------------
+
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub(crate) fn model_filter(&self, demand: &PodDemand) -> ModelFilter {
+        if demand.gpu_models.is_empty() {
+            return ModelFilter {
+                any: true,
+                ids: Vec::new(),
+            };
+        }
+        ModelFilter {
+            any: false,
+            ids: demand
+                .gpu_models
+                .iter()
+                .filter_map(|m| self.model_index.get(m.trim()).copied())
+                .collect(),
+        }
+    }
+
+    /// Why a pod does not fit a node right now (`None` = fits). Checks in the
+    /// order: GPU model, CPU, memory, GPU capacity.
+    pub(crate) fn fit_reason(
+        &self,
+        idx: usize,
+        demand: &PodDemand,
+        filter: &ModelFilter,
+    ) -> Option<&'static str> {
+        let c = &self.nodes[idx].cache;
+        if demand.num_gpu > 0 && !c.gpu_model.iter().any(|&m| filter.allows(m)) {
+            return Some("gpu model");
+        }
+        if c.cpu_free < demand.cpu_milli {
+            return Some("cpu");
+        }
+        if c.mem_free < demand.memory_bytes {
+            return Some("memory");
+        }
+        if demand.num_gpu > 0 {
+            if c.max_free < demand.gpu_milli {
+                return Some("gpu");
+            }
+            let fit = c
+                .gpu_free
+                .iter()
+                .zip(&c.gpu_model)
+                .filter(|(&f, &m)| f >= demand.gpu_milli && filter.allows(m))
+                .count();
+            if (fit as u64) < u64::from(demand.num_gpu) {
+                return Some("gpu");
+            }
+        }
+        None
+    }
+
+    /// The GPU choice adding the least fragmentation and that increase
+    /// (milli-GPU). Assumes the pod fits (see `fit_reason`).
+    pub(crate) fn best_gpu_pick(
+        &self,
+        idx: usize,
+        demand: &PodDemand,
+        filter: &ModelFilter,
+        scratch: &mut Vec<u32>,
+    ) -> (GpuPick, f64) {
+        let c = &self.nodes[idx].cache;
+        let cpu_after = c.frag_cpu_free.saturating_sub(demand.cpu_milli);
+        scratch.clear();
+        scratch.extend_from_slice(&c.gpu_free);
+        if demand.num_gpu == 0 {
+            let after = self.shapes.fragmentation(cpu_after, scratch);
+            return (GpuPick::None, after - c.frag);
+        }
+        if demand.is_gpu_sharing() {
+            let mut best: Option<(u16, f64, u32)> = None;
+            for g in 0..c.gpu_free.len() {
+                let free = c.gpu_free[g];
+                if free < demand.gpu_milli || !filter.allows(c.gpu_model[g]) {
+                    continue;
+                }
+                // GPUs with the same free share and model are interchangeable.
+                if c.gpu_free[..g]
+                    .iter()
+                    .zip(&c.gpu_model[..g])
+                    .any(|(&f, &m)| f == free && m == c.gpu_model[g])
+                {
+                    continue;
+                }
+                scratch[g] = free - demand.gpu_milli;
+                let after = self.shapes.fragmentation(cpu_after, scratch);
+                scratch[g] = free;
+                let delta = after - c.frag;
+                let better = match best {
+                    None => true,
+                    // Ties go to the fuller GPU (keeps whole GPUs whole).
+                    Some((_, d, f)) => delta < d - 1e-9 || (delta <= d + 1e-9 && free < f),
+                };
+                if better {
+                    best = Some((g as u16, delta, free));
+                }
+            }
+            return match best {
+                Some((g, d, _)) => (GpuPick::Share(g), d),
+                None => (GpuPick::None, f64::INFINITY),
+            };
+        }
+        let mut need = demand.num_gpu;
+        for (free, &model) in scratch.iter_mut().zip(&c.gpu_model) {
+            if need == 0 {
+                break;
+            }
+            if *free >= demand.gpu_milli && filter.allows(model) {
+                *free -= demand.gpu_milli;
+                need -= 1;
+            }
+        }
+        let after = self.shapes.fragmentation(cpu_after, scratch);
+        (GpuPick::Whole(demand.num_gpu), after - c.frag)
+    }
+
+    /// Applies a placement with an explicit GPU choice (policies that pick GPUs
+    /// their own way use this). The caller has checked that the pod fits.
+    pub(crate) fn apply_pick(
+        &mut self,
+        idx: usize,
+        demand: &PodDemand,
+        filter: &ModelFilter,
+        pick: GpuPick,
+    ) -> Placement {
+        self.remove_totals(idx);
+        let entry = &mut self.nodes[idx];
+        let n = &mut entry.state;
+        n.cpu_milli_allocated = n.cpu_milli_allocated.saturating_add(demand.cpu_milli);
+        n.memory_bytes_allocated = n.memory_bytes_allocated.saturating_add(demand.memory_bytes);
+        let mut gpus = Vec::new();
+        match pick {
+            GpuPick::None => {}
+            GpuPick::Share(g) => {
+                if let Some(gpu) = n.gpus.get_mut(usize::from(g)) {
+                    gpu.allocated_milli = gpu.allocated_milli.saturating_add(demand.gpu_milli);
+                    gpus.push((g, demand.gpu_milli));
+                }
+            }
+            GpuPick::Whole(k) => {
+                let mut need = k;
+                for (g, gpu) in n.gpus.iter_mut().enumerate() {
+                    if need == 0 {
+                        break;
+                    }
+                    let model_ok = entry
+                        .cache
+                        .gpu_model
+                        .get(g)
+                        .is_some_and(|&m| filter.allows(m));
+                    if model_ok && gpu.free_milli() >= demand.gpu_milli {
+                        gpu.allocated_milli = gpu.allocated_milli.saturating_add(demand.gpu_milli);
+                        gpus.push((g as u16, demand.gpu_milli));
+                        need -= 1;
+                    }
+                }
+            }
+        }
+        let placement = Placement {
+            node: n.name.clone(),
+            cpu_milli: demand.cpu_milli,
+            memory_bytes: demand.memory_bytes,
+            gpus,
+        };
+        self.recache(idx);
+        placement
+    }
+
+    fn intern_model(&mut self, model: &str) -> u16 {
+        if let Some(&id) = self.model_index.get(model) {
+            return id;
+        }
+        let id = self.models.len().min(usize::from(u16::MAX)) as u16;
+        self.models.push(model.to_string());
+        self.model_index.insert(model.to_string(), id);
+        id
+    }
+
+    fn remove_totals(&mut self, idx: usize) {
+        let c = &self.nodes[idx].cache;
+        self.gpu_capacity_milli = self.gpu_capacity_milli.saturating_sub(c.gpu_capacity);
+        self.gpu_allocated_milli = self
+            .gpu_allocated_milli
+            .saturating_sub(c.gpu_capacity - c.gpu_free_total.min(c.gpu_capacity));
+    }
+
+    fn recache(&mut self, idx: usize) {
+        let models: Vec<String> = self.nodes[idx]
+            .state
+            .gpus
+            .iter()
+            .map(|g| g.model.clone())
+            .collect();
+        let ids: Vec<u16> = models.iter().map(|m| self.intern_model(m.trim())).collect();
+        let entry = &mut self.nodes[idx];
+        let n = &entry.state;
+        let c = &mut entry.cache;
+        c.cpu_free = n.cpu_milli_free();
+        c.mem_free = n.memory_bytes_free();
+        c.frag_cpu_free = match &n.forecast {
+            // Predicted usage above what is requested eats into the headroom that
+            // future pods would get in practice.
+            Some(f) if f.peak_cpu > 0.0 => {
+                let predicted_free =
+                    (n.cpu_milli_capacity as f64 * (1.0 - f.peak_cpu.min(1.0))).max(0.0) as u64;
+                c.cpu_free.min(predicted_free.max(c.cpu_free / 2))
+            }
+            _ => c.cpu_free,
+        };
+        c.gpu_free.clear();
+        c.gpu_free.extend(n.gpus.iter().map(GpuState::free_milli));
+        c.gpu_model = ids;
+        c.gpu_free_total = c.gpu_free.iter().map(|&g| u64::from(g)).sum();
+        c.gpu_capacity =
+            n.gpus.iter().filter(|g| g.available).count() as u64 * u64::from(MILLI_PER_GPU);
+        c.max_free = c.gpu_free.iter().copied().max().unwrap_or(0);
+        c.frag = self.shapes.fragmentation(c.frag_cpu_free, &c.gpu_free);
+        self.gpu_capacity_milli += c.gpu_capacity;
+        self.gpu_allocated_milli += c.gpu_capacity - c.gpu_free_total.min(c.gpu_capacity);
+    }
+
+    fn recompute_all_frag(&mut self) {
+        let shapes = &self.shapes;
+        for e in &mut self.nodes {
+            e.cache.frag = shapes.fragmentation(e.cache.frag_cpu_free, &e.cache.gpu_free);
+        }
+    }
+}
