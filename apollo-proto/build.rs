@@ -18,11 +18,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .compile_well_known_types(true)
+        // Ordered maps make encodings (and so content-derived message ids) stable.
+        .btree_map(".")
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(fds)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
+        .btree_map(["."])
         .build(&[".apollo"])?;
     Ok(())
 }

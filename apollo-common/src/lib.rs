@@ -1,1 +1,18 @@
-pub fn _x(){}
+//! What APOLLO's services share: configuration, telemetry, the NATS bus
+//! (subjects, streams, JSON codec, trace-context headers), the `ClusterView`
+//! rebuilt from the bus, graceful shutdown, health and metrics endpoints.
+//!
+//! Only code that two or more services use lives here.
+
+pub mod bus;
+pub mod cluster_view;
+pub mod config;
+pub mod grpc;
+pub mod health;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use bus::{Bus, BusError, Subjects};
+pub use cluster_view::ClusterView;

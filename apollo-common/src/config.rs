@@ -1,0 +1,229 @@
+//! Command-line/environment configuration shared by every service.
+//!
+//! Each service's `Config` flattens these groups, so every service accepts the
+//! same `APOLLO_NATS_*`, `APOLLO_METRICS_ADDR` and stream settings.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+/// Parses durations such as `30s`, `5m`, `24h`, `7d` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 24h, 7d"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {s:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}: must be non-negative"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How to reach NATS. Credentials and TLS follow the NATS CLI's conventions.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(
+        long = "nats-url",
+        env = "APOLLO_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// NATS credentials file (JWT + NKey seed), as produced by `nsc`.
+    #[arg(long = "nats-creds", env = "APOLLO_NATS_CREDS")]
+    pub creds_file: Option<PathBuf>,
+    /// NATS user name (with `--nats-password`).
+    #[arg(long = "nats-user", env = "APOLLO_NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long = "nats-password",
+        env = "APOLLO_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// NATS token.
+    #[arg(long = "nats-token", env = "APOLLO_NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) used to verify the NATS server; enables TLS.
+    #[arg(long = "nats-tls-ca", env = "APOLLO_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(
+        long = "nats-tls-cert",
+        env = "APOLLO_NATS_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(
+        long = "nats-tls-key",
+        env = "APOLLO_NATS_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS even without a custom CA.
+    #[arg(
+        long = "nats-tls-required",
+        env = "APOLLO_NATS_TLS_REQUIRED",
+        default_value_t = false
+    )]
+    pub tls_required: bool,
+    /// Subject prefix; the first token of every APOLLO subject.
+    #[arg(
+        long = "subject-prefix",
+        env = "APOLLO_SUBJECT_PREFIX",
+        default_value = "apollo"
+    )]
+    pub subject_prefix: String,
+    /// Prefix of the JetStream stream names (`<PREFIX>_INSIGHT`, ...).
+    #[arg(
+        long = "stream-prefix",
+        env = "APOLLO_STREAM_PREFIX",
+        default_value = "APOLLO"
+    )]
+    pub stream_prefix: String,
+    /// Timeout for a JetStream publish acknowledgement and API requests.
+    #[arg(long = "nats-timeout", env = "APOLLO_NATS_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsArgs {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+            subject_prefix: "apollo".into(),
+            stream_prefix: "APOLLO".into(),
+            request_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Retention of the JetStream streams; see `docs/architecture.md`.
+///
+/// Per-subject limits keep the latest history of every node and pod so a
+/// restarted consumer rebuilds its state from the stream.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Messages kept per subject on the insight stream (per node / per pod);
+    /// 1440 = 12 h of 30 s reports, the forecaster's history window.
+    #[arg(
+        long = "insight-max-per-subject",
+        env = "APOLLO_INSIGHT_MAX_PER_SUBJECT",
+        default_value_t = 1440
+    )]
+    pub insight_max_per_subject: i64,
+    /// Maximum age of insight messages.
+    #[arg(long = "insight-max-age", env = "APOLLO_INSIGHT_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub insight_max_age: Duration,
+    /// Messages kept per subject on forecast, alert, policy and feedback streams.
+    #[arg(
+        long = "events-max-per-subject",
+        env = "APOLLO_EVENTS_MAX_PER_SUBJECT",
+        default_value_t = 100
+    )]
+    pub events_max_per_subject: i64,
+    /// Maximum age of forecast, alert, policy and feedback messages.
+    #[arg(long = "events-max-age", env = "APOLLO_EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+    /// JetStream de-duplication window for `Nats-Msg-Id`.
+    #[arg(long = "duplicate-window", env = "APOLLO_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+    /// JetStream storage: `file` (durable) or `memory`.
+    #[arg(long = "stream-storage", env = "APOLLO_STREAM_STORAGE", default_value = "file", value_parser = ["file", "memory"])]
+    pub storage: String,
+    /// Stream replicas (1 for a single server, 3 for a production cluster).
+    #[arg(
+        long = "stream-replicas",
+        env = "APOLLO_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
+    pub replicas: usize,
+}
+
+impl Default for StreamArgs {
+    fn default() -> Self {
+        Self {
+            insight_max_per_subject: 1440,
+            insight_max_age: Duration::from_secs(24 * 3600),
+            events_max_per_subject: 100,
+            events_max_age: Duration::from_secs(7 * 86_400),
+            duplicate_window: Duration::from_secs(120),
+            storage: "file".into(),
+            replicas: 1,
+        }
+    }
+}
+
+/// Telemetry and the HTTP endpoint for Prometheus and probes.
+#[derive(Debug, Clone, Args)]
+pub struct ObservabilityArgs {
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(
+        long = "metrics-addr",
+        env = "APOLLO_METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// Log format: `text` or `json`.
+    #[arg(long = "log-format", env = "APOLLO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,apollo_ingest=debug`.
+    #[arg(long = "log", env = "APOLLO_LOG", default_value = "info")]
+    pub log_filter: String,
+    /// Grace period for draining in-flight work on SIGTERM.
+    #[arg(long = "shutdown-grace", env = "APOLLO_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ObservabilityArgs {
+    fn default() -> Self {
+        Self {
+            metrics_addr: "127.0.0.1:0".parse().expect("literal address"),
+            log_format: "text".into(),
+            log_filter: "info".into(),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! Health and metrics endpoints.
+//!
+//! gRPC health (`grpc.health.v1`) answers NOT_SERVING until the service's
+//! dependencies (NATS) are reachable, SERVING after, and NOT_SERVING again while
+//! draining. The same state drives `/readyz` on the HTTP server that also serves
+//! Prometheus `/metrics`, so Kubernetes probes can use either.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+
+/// Readiness shared by gRPC health and `/readyz`.
+#[derive(Clone)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    reporter: HealthReporter,
+    services: Arc<Vec<&'static str>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Readiness {
+    /// Creates the health service (starts NOT_SERVING) for the given fully
+    /// qualified gRPC service names, plus the overall "" service.
+    pub fn new(
+        services: Vec<&'static str>,
+    ) -> (
+        Self,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ) {
+        let (reporter, server) = tonic_health::server::health_reporter();
+        let me = Self {
+            ready: Arc::new(AtomicBool::new(false)),
+            reporter,
+            services: Arc::new(services),
+        };
+        (me, server)
+    }
+
+    /// Marks the service serving or not.
+    pub async fn set(&self, ready: bool) {
+        let was = self.ready.swap(ready, Ordering::SeqCst);
+        let status = if ready {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for name in self.services.iter() {
+            self.reporter.set_service_status(*name, status).await;
+        }
+        if was != ready {
+            tracing::info!(ready, "readiness changed");
+        }
+    }
+
+    /// Whether the service is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+/// Serves `/metrics`, `/healthz` (liveness) and `/readyz` until `shutdown`.
+pub async fn serve_http(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState {
+            registry,
+            readiness,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Binds `addr` and serves the HTTP endpoints in a background task.
+pub async fn spawn_http(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let handle = tokio::spawn(serve_http(listener, registry, readiness, shutdown));
+    Ok((local, handle))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("failed to encode metrics: {err}"),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
