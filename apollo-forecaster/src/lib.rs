@@ -2,6 +2,13 @@
 //! `apollo.insight.cluster.>`, forecasts them at several horizons with
 //! prediction intervals, detects anomalies and warns of overload before it
 //! happens.
+#![forbid(unsafe_code)]
 
+pub mod config;
+pub mod error;
 pub mod eval;
+pub mod history;
 pub mod models;
+
+pub use config::Config;
+pub use error::{Error, Result};
