@@ -1,1 +1,145 @@
-//! placeholder
+//! APOLLO ingest: receives `WorkloadSignature`s (per pod, from the
+//! Insight-Trace sidecar) and `ClusterInsight`s (per node) over gRPC,
+//! validates them and stores each on NATS JetStream as protobuf-JSON
+//! (`apollo.insight.workload.<ns>.<pod>`, `apollo.insight.cluster.<node>`),
+//! answering only after JetStream acknowledged the write.
+//!
+//! [`serve`] runs the whole service on already bound listeners so tests can
+//! use `127.0.0.1:0`; [`run`] binds the configured addresses and stops on
+//! SIGTERM/SIGINT.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+mod oversized;
+pub mod service;
+pub mod validate;
+
+use std::sync::Arc;
+
+use apollo_common::{
+    grpc::{incoming, reflection_service},
+    health::{serve_http, Readiness},
+    shutdown::CancellationToken,
+    Bus,
+};
+use apollo_proto::insight_service_server::InsightServiceServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use service::{IngestService, IngestSettings};
+
+/// Fully qualified name of the gRPC service, as reported by gRPC health.
+pub const SERVICE_NAME: &str = "apollo.InsightService";
+
+/// Binds the configured addresses and serves until SIGTERM/SIGINT, then
+/// drains within `--shutdown-grace`.
+pub async fn run(config: Config) -> Result<()> {
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("failed to bind gRPC address {}", config.grpc_addr),
+            source,
+        })?;
+    let metrics_addr = config.observability.metrics_addr;
+    let http = TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("failed to bind metrics address {metrics_addr}"),
+            source,
+        })?;
+    tracing::info!(grpc = %config.grpc_addr, metrics = %metrics_addr, "apollo-ingest listening");
+    serve(config, grpc, http, apollo_common::shutdown::on_signal()).await
+}
+
+/// Serves gRPC on `grpc` and `/metrics`, `/healthz`, `/readyz` on `http`
+/// until `shutdown` is cancelled. Then health turns NOT_SERVING, the server
+/// stops accepting and in-flight calls get `--shutdown-grace` to finish
+/// before the NATS connection is drained.
+pub async fn serve(
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    config.validate()?;
+    // The bus outlives the gRPC server so in-flight publishes can finish.
+    let bus_token = CancellationToken::new();
+    let bus = Bus::connect("apollo-ingest", &config.nats, &config.streams, bus_token).await?;
+
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let (readiness, health) = Readiness::new(vec![SERVICE_NAME]);
+    // tonic-health reports the overall service SERVING until told otherwise.
+    readiness.set(false).await;
+
+    let http_token = CancellationToken::new();
+    let http_task = tokio::spawn(serve_http(
+        http,
+        Arc::new(registry),
+        readiness.clone(),
+        http_token.clone(),
+    ));
+    let follower = tokio::spawn(follow_readiness(
+        bus.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    let settings = IngestSettings {
+        max_future_skew: config.max_future_skew,
+        publish_deadline: config.publish_deadline,
+        max_inflight_acks: config.max_inflight_acks,
+    };
+    let insight =
+        InsightServiceServer::new(IngestService::new(bus.clone(), metrics.clone(), settings))
+            .max_decoding_message_size(config.max_message_bytes);
+    let reflection = reflection_service().map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(oversized::CountOversized::new(insight, metrics))
+        .serve_with_incoming_shutdown(incoming(grpc), shutdown.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server);
+
+    let served = tokio::select! {
+        res = &mut server => res,
+        _ = shutdown.cancelled() => {
+            readiness.set(false).await;
+            let grace = config.observability.shutdown_grace;
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(res) => res,
+                Err(_) => {
+                    tracing::warn!(?grace, "grace period over, abandoning in-flight calls");
+                    Ok(())
+                }
+            }
+        }
+    };
+    follower.abort();
+    readiness.set(false).await;
+    bus.drain().await;
+    http_token.cancel();
+    let _ = http_task.await;
+    tracing::info!("apollo-ingest stopped");
+    served.map_err(Error::from)
+}
+
+/// Mirrors the bus readiness into gRPC health and `/readyz`.
+async fn follow_readiness(bus: Bus, readiness: Readiness, shutdown: CancellationToken) {
+    let mut ready = bus.readiness();
+    loop {
+        let now = *ready.borrow_and_update();
+        readiness.set(now && !shutdown.is_cancelled()).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = ready.changed() => if changed.is_err() { break },
+        }
+    }
+    readiness.set(false).await;
+}

@@ -1,0 +1,105 @@
+//! Command line and environment configuration of `apollo-ingest`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use apollo_common::config::{parse_duration, NatsArgs, ObservabilityArgs, StreamArgs};
+use clap::Parser;
+
+use crate::error::{Error, Result};
+
+/// Default gRPC address: the port the Insight-Trace sidecar dials.
+pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
+
+/// Receives `WorkloadSignature`s and `ClusterInsight`s over gRPC
+/// (`apollo.InsightService`, plain HTTP/2) and stores each on NATS JetStream
+/// as protobuf-JSON for the forecaster and the policy engines.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "apollo-ingest", version, about, long_about = None)]
+pub struct Config {
+    /// Address of the gRPC server (InsightService, health, reflection).
+    #[arg(long = "grpc-addr", env = "APOLLO_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
+    pub grpc_addr: SocketAddr,
+    /// Largest accepted gRPC message, in bytes; larger ones are refused with
+    /// OUT_OF_RANGE.
+    #[arg(
+        long = "max-message-bytes",
+        env = "APOLLO_MAX_MESSAGE_BYTES",
+        default_value_t = 4 * 1024 * 1024
+    )]
+    pub max_message_bytes: usize,
+    /// Publish acknowledgements a client stream may have outstanding; the
+    /// stream is read no faster than JetStream acknowledges.
+    #[arg(
+        long = "max-inflight-acks",
+        env = "APOLLO_MAX_INFLIGHT_ACKS",
+        default_value_t = 256
+    )]
+    pub max_inflight_acks: usize,
+    /// How far in the future a timestamp may lie (producer clock skew).
+    #[arg(long = "max-future-skew", env = "APOLLO_MAX_FUTURE_SKEW", default_value = "5m", value_parser = parse_duration)]
+    pub max_future_skew: Duration,
+    /// Overall deadline for storing one message (send plus acknowledgement);
+    /// past it the call fails with UNAVAILABLE instead of hanging.
+    #[arg(long = "publish-deadline", env = "APOLLO_PUBLISH_DEADLINE", default_value = "4s", value_parser = parse_duration)]
+    pub publish_deadline: Duration,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// JetStream retention.
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    /// Logs, traces, metrics endpoint and shutdown grace.
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
+}
+
+impl Config {
+    /// Defaults (as on the command line) around the given bus settings.
+    pub fn new(nats: NatsArgs, streams: StreamArgs) -> Self {
+        Self {
+            grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("literal address"),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_inflight_acks: 256,
+            max_future_skew: Duration::from_secs(300),
+            publish_deadline: Duration::from_secs(4),
+            nats,
+            streams,
+            observability: ObservabilityArgs::default(),
+        }
+    }
+
+    /// Checks values clap cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_message_bytes < 1024 {
+            return Err(Error::Config(format!(
+                "--max-message-bytes {} is below 1024",
+                self.max_message_bytes
+            )));
+        }
+        if self.max_inflight_acks == 0 {
+            return Err(Error::Config(
+                "--max-inflight-acks must be at least 1".into(),
+            ));
+        }
+        if self.publish_deadline.is_zero() {
+            return Err(Error::Config("--publish-deadline must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent_and_defaults_parse() {
+        Config::command().debug_assert();
+        let c = Config::try_parse_from(["apollo-ingest", "--max-inflight-acks", "8"]).unwrap();
+        assert_eq!(c.max_inflight_acks, 8);
+        assert!(c.validate().is_ok());
+        let bad = Config::try_parse_from(["apollo-ingest", "--max-inflight-acks", "0"]).unwrap();
+        assert!(bad.validate().is_err());
+    }
+}
