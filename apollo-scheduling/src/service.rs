@@ -1,0 +1,616 @@
+//! gRPC `SchedulingPolicyService`, the policy/feedback publisher, metrics and
+//! the server's lifecycle.
+//!
+//! # Answers
+//!
+//! `GetSchedulingPolicy` always answers OK with a fresh uuid v4 `request_id`,
+//! except for a request without pod name or namespace, which the scheduler
+//! never sends and which gets INVALID_ARGUMENT (there is nothing to key the
+//! policy by). Unknown namespaces, missing signatures, garbage annotations and
+//! missing or stale cluster data all give a safe ALLOW with the reason.
+//!
+//! `ReportSchedulingResult` is idempotent per `request_id`: the first report
+//! updates the assume cache and penalties and is published on
+//! `apollo.feedback.scheduling.<ns>.<pod>`; a repeat answers success with
+//! message "duplicate". A report without `request_id` is INVALID_ARGUMENT.
+//!
+//! # Publishing
+//!
+//! Every issued policy is published on `apollo.policy.scheduling.<ns>.<pod>`
+//! off the hot path: handlers put it on a bounded queue that a publisher task
+//! drains (a bounded number of JetStream acks in flight). A full queue drops
+//! the message, counts it and logs; NATS being down counts a failure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apollo_common::bus::Subjects;
+use apollo_common::health::{spawn_http, Readiness};
+use apollo_common::shutdown::CancellationToken;
+use apollo_common::{Bus, ClusterView};
+use apollo_proto::scheduling_policy_service_server::{
+    SchedulingPolicyService, SchedulingPolicyServiceServer,
+};
+use apollo_proto::{
+    ReportResponse, SchedulingDecision, SchedulingPolicy, SchedulingPolicyRequest, SchedulingResult,
+};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::feedback::{SeenIds, DUPLICATE};
+use crate::state::{ClusterState, FeedbackEffect};
+
+/// Fully qualified gRPC service name (for health).
+pub const SERVICE_NAME: &str = "apollo.SchedulingPolicyService";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabel {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    rpc: &'static str,
+    reason: &'static str,
+}
+
+/// Prometheus metrics of the service.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    requests: Family<RpcLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+    decisions: Family<DecisionLabel, Counter>,
+    decision_seconds: Histogram,
+    feedback: Counter,
+    feedback_duplicates: Counter,
+    feedback_failures: Counter,
+    published: Family<KindLabel, Counter>,
+    publish_failures: Family<KindLabel, Counter>,
+    publish_dropped: Family<KindLabel, Counter>,
+    nodes: Gauge,
+    stale_nodes: Gauge,
+    assumed: Gauge,
+    penalised: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            rejected: Family::default(),
+            decisions: Family::default(),
+            decision_seconds: Histogram::new(exponential_buckets(25e-6, 2.0, 16)),
+            feedback: Counter::default(),
+            feedback_duplicates: Counter::default(),
+            feedback_failures: Counter::default(),
+            published: Family::default(),
+            publish_failures: Family::default(),
+            publish_dropped: Family::default(),
+            nodes: Gauge::default(),
+            stale_nodes: Gauge::default(),
+            assumed: Gauge::default(),
+            penalised: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under `apollo_scheduling_*`.
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("apollo_scheduling");
+        r.register("requests", "gRPC requests received", self.requests.clone());
+        r.register(
+            "requests_rejected",
+            "gRPC requests answered with an error, by reason",
+            self.rejected.clone(),
+        );
+        r.register(
+            "decisions",
+            "Policies issued, by decision",
+            self.decisions.clone(),
+        );
+        r.register(
+            "decision_seconds",
+            "Server-side time to build a policy",
+            self.decision_seconds.clone(),
+        );
+        r.register(
+            "feedback_received",
+            "Scheduling results received",
+            self.feedback.clone(),
+        );
+        r.register(
+            "feedback_duplicates",
+            "Scheduling results already reported under the same request id",
+            self.feedback_duplicates.clone(),
+        );
+        r.register(
+            "feedback_bind_failures",
+            "Scheduling results reporting a failed bind",
+            self.feedback_failures.clone(),
+        );
+        r.register(
+            "published",
+            "Messages published, by kind",
+            self.published.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Messages NATS did not store, by kind",
+            self.publish_failures.clone(),
+        );
+        r.register(
+            "publish_dropped",
+            "Messages dropped because the publish queue was full, by kind",
+            self.publish_dropped.clone(),
+        );
+        r.register(
+            "nodes",
+            "Nodes with fresh data in the snapshot",
+            self.nodes.clone(),
+        );
+        r.register(
+            "stale_nodes",
+            "Nodes left out because their data is stale",
+            self.stale_nodes.clone(),
+        );
+        r.register(
+            "assumed_pods",
+            "Pods assumed on their recommended node",
+            self.assumed.clone(),
+        );
+        r.register(
+            "penalised_nodes",
+            "Nodes with a bind-failure penalty",
+            self.penalised.clone(),
+        );
+    }
+
+    fn update_state(&self, state: &ClusterState) {
+        let s = state.stats();
+        self.nodes.set(s.nodes as i64);
+        self.stale_nodes.set(s.stale_nodes as i64);
+        self.assumed.set(s.assumed as i64);
+        self.penalised.set(s.penalised as i64);
+    }
+}
+
+fn decision_name(d: i32) -> &'static str {
+    match SchedulingDecision::try_from(d).unwrap_or_default() {
+        SchedulingDecision::Unspecified => "unspecified",
+        SchedulingDecision::Allow => "allow",
+        SchedulingDecision::Prefer => "prefer",
+        SchedulingDecision::Require => "require",
+        SchedulingDecision::Delay => "delay",
+        SchedulingDecision::Reject => "reject",
+    }
+}
+
+/// A message waiting to be published.
+#[derive(Debug)]
+enum Outgoing {
+    Policy(Box<SchedulingPolicy>),
+    Feedback(SchedulingResult),
+}
+
+impl Outgoing {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Policy(_) => "policy",
+            Self::Feedback(_) => "feedback",
+        }
+    }
+
+    fn subject(&self, s: &Subjects) -> Option<String> {
+        match self {
+            Self::Policy(p) => s.scheduling_policy(&p.pod_namespace, &p.pod_name).ok(),
+            Self::Feedback(f) => s.scheduling_feedback(&f.pod_namespace, &f.pod_name).ok(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    engine: Arc<Engine>,
+    metrics: Metrics,
+    queue: mpsc::Sender<Outgoing>,
+    seen: SeenIds,
+}
+
+/// The gRPC handler.
+#[derive(Debug, Clone)]
+pub struct SchedulingService {
+    shared: Arc<Shared>,
+}
+
+impl SchedulingService {
+    fn enqueue(&self, msg: Outgoing) {
+        let kind = msg.kind();
+        if let Err(err) = self.shared.queue.try_send(msg) {
+            self.shared
+                .metrics
+                .publish_dropped
+                .get_or_create(&KindLabel { kind })
+                .inc();
+            tracing::warn!(
+                kind,
+                full = matches!(err, mpsc::error::TrySendError::Full(_)),
+                "publish queue unavailable, message dropped"
+            );
+        }
+    }
+
+    fn reject(&self, rpc: &'static str, reason: &'static str, err: Error) -> Status {
+        self.shared
+            .metrics
+            .rejected
+            .get_or_create(&ReasonLabel { rpc, reason })
+            .inc();
+        err.into()
+    }
+}
+
+#[tonic::async_trait]
+impl SchedulingPolicyService for SchedulingService {
+    #[instrument(skip_all, fields(ns = %request.get_ref().pod_namespace, pod = %request.get_ref().pod_name))]
+    async fn get_scheduling_policy(
+        &self,
+        request: Request<SchedulingPolicyRequest>,
+    ) -> Result<Response<SchedulingPolicy>, Status> {
+        let m = &self.shared.metrics;
+        m.requests
+            .get_or_create(&RpcLabel {
+                rpc: "GetSchedulingPolicy",
+            })
+            .inc();
+        let req = request.into_inner();
+        if req.pod_name.trim().is_empty() || req.pod_namespace.trim().is_empty() {
+            return Err(self.reject(
+                "GetSchedulingPolicy",
+                "missing pod identity",
+                Error::InvalidArgument("pod_name and pod_namespace are required".into()),
+            ));
+        }
+        let start = Instant::now();
+        let policy = self.shared.engine.decide(&req);
+        m.decision_seconds.observe(start.elapsed().as_secs_f64());
+        m.decisions
+            .get_or_create(&DecisionLabel {
+                decision: decision_name(policy.decision),
+            })
+            .inc();
+        tracing::debug!(request_id = %policy.request_id, decision = decision_name(policy.decision), "policy issued");
+        self.enqueue(Outgoing::Policy(Box::new(policy.clone())));
+        Ok(Response::new(policy))
+    }
+
+    #[instrument(skip_all, fields(request_id = %request.get_ref().request_id, node = %request.get_ref().scheduled_node))]
+    async fn report_scheduling_result(
+        &self,
+        request: Request<SchedulingResult>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let m = &self.shared.metrics;
+        m.requests
+            .get_or_create(&RpcLabel {
+                rpc: "ReportSchedulingResult",
+            })
+            .inc();
+        let result = request.into_inner();
+        if result.request_id.trim().is_empty() {
+            return Err(self.reject(
+                "ReportSchedulingResult",
+                "missing request id",
+                Error::InvalidArgument("request_id is required".into()),
+            ));
+        }
+        m.feedback.inc();
+        if !self.shared.seen.first_time(&result.request_id) {
+            m.feedback_duplicates.inc();
+            return Ok(Response::new(ReportResponse {
+                success: true,
+                message: DUPLICATE.into(),
+                request_id: result.request_id,
+            }));
+        }
+        if !result.success {
+            m.feedback_failures.inc();
+        }
+        let effect = if result.pod_name.is_empty() || result.pod_namespace.is_empty() {
+            FeedbackEffect::NoAssumption
+        } else {
+            self.shared.engine.state().feedback(
+                &(result.pod_namespace.clone(), result.pod_name.clone()),
+                &result.request_id,
+                result.success,
+                result.scheduled_node.trim(),
+            )
+        };
+        let message = match effect {
+            FeedbackEffect::Confirmed => "recorded",
+            FeedbackEffect::Failed => "recorded; assumption dropped, node penalised",
+            FeedbackEffect::NoAssumption if result.success => {
+                "recorded; no pending placement for this pod"
+            }
+            FeedbackEffect::NoAssumption => "recorded; node penalised",
+        };
+        let request_id = result.request_id.clone();
+        if !result.pod_name.is_empty() && !result.pod_namespace.is_empty() {
+            self.enqueue(Outgoing::Feedback(result));
+        }
+        Ok(Response::new(ReportResponse {
+            success: true,
+            message: message.into(),
+            request_id,
+        }))
+    }
+}
+
+/// Publishes queued messages until the queue closes; at most `in_flight` acks
+/// awaited at once.
+async fn run_publisher(
+    bus: Option<Bus>,
+    subjects: Subjects,
+    mut rx: mpsc::Receiver<Outgoing>,
+    metrics: Metrics,
+    in_flight: usize,
+) {
+    let mut acks = FuturesUnordered::new();
+    loop {
+        let msg = if acks.len() >= in_flight {
+            None
+        } else {
+            tokio::select! {
+                m = rx.recv() => match m { Some(m) => Some(m), None => break },
+                Some((kind, r)) = acks.next(), if !acks.is_empty() => {
+                    count_ack(&metrics, kind, r);
+                    continue;
+                }
+            }
+        };
+        let Some(msg) = msg else {
+            if let Some((kind, r)) = acks.next().await {
+                count_ack(&metrics, kind, r);
+            }
+            continue;
+        };
+        let kind = msg.kind();
+        let fail = |why: &dyn std::fmt::Display| {
+            metrics
+                .publish_failures
+                .get_or_create(&KindLabel { kind })
+                .inc();
+            tracing::debug!(kind, %why, "publish failed");
+        };
+        let (Some(bus), Some(subject)) = (&bus, msg.subject(&subjects)) else {
+            fail(&"no bus or no subject");
+            continue;
+        };
+        type Ack = std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = std::result::Result<
+                            apollo_common::bus::Stored,
+                            apollo_common::BusError,
+                        >,
+                    > + Send,
+            >,
+        >;
+        let started: std::result::Result<Ack, _> = match &msg {
+            Outgoing::Policy(p) => bus
+                .start_publish(subject, p.as_ref())
+                .await
+                .map(|a| Box::pin(a) as Ack),
+            Outgoing::Feedback(f) => bus
+                .start_publish(subject, f)
+                .await
+                .map(|a| Box::pin(a) as Ack),
+        };
+        match started {
+            Ok(ack) => acks.push(async move { (kind, ack.await) }),
+            Err(err) => fail(&err),
+        }
+    }
+    while let Some((kind, r)) = acks.next().await {
+        count_ack(&metrics, kind, r);
+    }
+}
+
+fn count_ack(
+    metrics: &Metrics,
+    kind: &'static str,
+    r: std::result::Result<apollo_common::bus::Stored, apollo_common::BusError>,
+) {
+    match r {
+        Ok(_) => {
+            metrics.published.get_or_create(&KindLabel { kind }).inc();
+        }
+        Err(err) => {
+            metrics
+                .publish_failures
+                .get_or_create(&KindLabel { kind })
+                .inc();
+            tracing::warn!(kind, %err, "publish not acknowledged");
+        }
+    }
+}
+
+/// Runs the service until `shutdown`: connects NATS, follows the view and
+/// forecasts, serves gRPC on `listener` and metrics on the configured address.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    config.validate()?;
+    let bus_token = CancellationToken::new();
+    let bus = Bus::connect(
+        "apollo-scheduling",
+        &config.nats,
+        &config.streams,
+        bus_token.clone(),
+    )
+    .await?;
+    let mut registry = Registry::default();
+    let view = ClusterView::new();
+    view.register_metrics(&mut registry);
+    let state = Arc::new(ClusterState::new(view.clone(), config.engine.clone()));
+    state.spawn_view_follower(shutdown.clone());
+    view.follow(bus.clone(), shutdown.clone());
+    state.spawn_forecast_follower(bus.clone(), shutdown.clone());
+    let engine = Arc::new(Engine::new(state));
+    let result = serve_engine(
+        engine,
+        Some(bus.clone()),
+        &config,
+        registry,
+        listener,
+        shutdown,
+    )
+    .await;
+    bus.drain().await;
+    bus_token.cancel();
+    result
+}
+
+/// Serves an engine over gRPC (health, reflection, metrics, publisher and
+/// sweeper included). Without a bus the service reports SERVING at once and
+/// publishing counts failures; benchmarks use this.
+pub async fn serve_engine(
+    engine: Arc<Engine>,
+    bus: Option<Bus>,
+    config: &Config,
+    mut registry: Registry,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let metrics = Metrics::default();
+    metrics.register(&mut registry);
+    let state = Arc::clone(engine.state());
+    let sweep_every = (config.engine.stale_after / 4)
+        .min(config.engine.assume_ttl / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let tasks = CancellationToken::new();
+    state.spawn_sweeper(sweep_every, tasks.clone());
+    {
+        let (m, s, t) = (metrics.clone(), Arc::clone(&state), tasks.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = t.cancelled() => return,
+                    _ = tick.tick() => m.update_state(&s),
+                }
+            }
+        });
+    }
+
+    let (readiness, health) = Readiness::new(vec![SERVICE_NAME]);
+    let (_, http) = spawn_http(
+        config.observability.metrics_addr,
+        Arc::new(registry),
+        readiness.clone(),
+        tasks.clone(),
+    )
+    .await
+    .map_err(|source| Error::Io {
+        context: "binding the metrics address",
+        source,
+    })?;
+    match &bus {
+        None => readiness.set(true).await,
+        Some(bus) => {
+            let (r, mut rx, sd) = (readiness.clone(), bus.readiness(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    let ready = *rx.borrow_and_update();
+                    if !sd.is_cancelled() {
+                        r.set(ready).await;
+                    }
+                    tokio::select! {
+                        _ = sd.cancelled() => return,
+                        c = rx.changed() => if c.is_err() { return },
+                    }
+                }
+            });
+        }
+    }
+
+    let subjects = bus
+        .as_ref()
+        .map(|b| b.subjects().clone())
+        .unwrap_or_else(|| Subjects::new(config.nats.subject_prefix.clone()));
+    let (tx, rx) = mpsc::channel(config.service.publish_queue);
+    let publisher = tokio::spawn(run_publisher(
+        bus,
+        subjects,
+        rx,
+        metrics.clone(),
+        config.service.publish_in_flight,
+    ));
+    let service = SchedulingService {
+        shared: Arc::new(Shared {
+            engine,
+            metrics,
+            queue: tx,
+            seen: SeenIds::new(
+                config.service.feedback_dedup_capacity,
+                config.service.feedback_dedup_ttl,
+            ),
+        }),
+    };
+
+    let grace = config.observability.shutdown_grace;
+    let drain_signal = {
+        let (sd, r) = (shutdown.clone(), readiness.clone());
+        async move {
+            sd.cancelled().await;
+            r.set(false).await;
+            tracing::info!("draining gRPC requests");
+        }
+    };
+    let mut server = Box::pin(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(apollo_common::grpc::reflection_service()?)
+            .add_service(SchedulingPolicyServiceServer::new(service))
+            .serve_with_incoming_shutdown(apollo_common::grpc::incoming(listener), drain_signal),
+    );
+    let outcome = tokio::select! {
+        r = &mut server => r.map_err(Error::from),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "grace period over, in-flight requests abandoned");
+            Ok(())
+        }
+    };
+    // The server (and the queue's last sender) is gone: flush what is queued.
+    drop(server);
+    if tokio::time::timeout(grace, publisher).await.is_err() {
+        tracing::warn!("publisher did not drain within the grace period");
+    }
+    tasks.cancel();
+    let _ = http.await;
+    outcome
+}

@@ -1,0 +1,786 @@
+//! Keeps the [`ClusterSnapshot`] current: node insights from the
+//! [`ClusterView`] change feed, forecasts from `apollo.forecast.>`, placements
+//! assumed when a policy is issued, and bind-failure penalties from feedback.
+//!
+//! Concurrency: the snapshot sits behind an `RwLock`; decisions hold the read
+//! lock while ranking, writers hold the write lock only for one small
+//! incremental update (one node's insight, forecast or placement). Bookkeeping
+//! (assumptions, penalties, staleness) has its own mutex, always taken
+//! *before* the snapshot lock; forecasts and the pipeline index have leaf
+//! mutexes that are never held while taking another lock.
+//!
+//! Assume cache: when a policy names a top node the pod is assumed there
+//! ([`ClusterSnapshot::assume`]) so a burst of pods spreads instead of piling
+//! onto one node. An assumption ends when an insight for that node lists the
+//! pod among its running workloads, when a failed bind is reported, or after
+//! `--assume-ttl`; a new insight without the pod re-applies it on top of the
+//! fresh state. A successful report for another node moves it there.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use apollo_common::bus::{from_json, Bus, StreamKind};
+use apollo_common::cluster_view::ViewChange;
+use apollo_common::shutdown::CancellationToken;
+use apollo_common::ClusterView;
+use apollo_proto::{ClusterInsight, ResourcePrediction};
+use futures::StreamExt;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::config::EngineConfig;
+use crate::decision::DelayHint;
+use crate::demand::PodDemand;
+use crate::fgd::{ShapeDistribution, DEFAULT_COVERAGE};
+use crate::scorer::NodeScorer;
+use crate::snapshot::{ClusterSnapshot, NodeForecast, Placement};
+use crate::workload::{PipelineRef, Workload};
+
+/// Namespace and name of a pod.
+pub type PodKey = (String, String);
+
+/// Members remembered per pipeline.
+const MAX_PIPELINE_MEMBERS: usize = 64;
+/// Pipelines remembered.
+const MAX_PIPELINES: usize = 20_000;
+/// Upstream nodes handed to the scorer.
+const MAX_UPSTREAM: usize = 8;
+/// A penalty below this is dropped.
+const PENALTY_FLOOR: f64 = 0.01;
+
+#[derive(Debug, Clone)]
+struct Assumed {
+    request_id: String,
+    demand: PodDemand,
+    placement: Placement,
+    since: Instant,
+    pipeline: Option<(PipelineRef, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    value: f64,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Books {
+    /// Stored-at time of the insight each snapshot node came from.
+    insight_at: HashMap<String, SystemTime>,
+    /// Nodes left out of the snapshot because their insight is stale.
+    stale: HashSet<String>,
+    assumed: HashMap<PodKey, Assumed>,
+    penalties: HashMap<String, Penalty>,
+}
+
+/// Point forecast of one node: (time, cpu, memory) fractions 0-1.
+#[derive(Debug, Clone, Default)]
+struct ForecastSeries {
+    points: Vec<(SystemTime, f64, f64)>,
+    summary: Option<NodeForecast>,
+}
+
+#[derive(Debug, Default)]
+struct Pipelines {
+    members: HashMap<PipelineRef, Vec<(String, String)>>,
+    order: VecDeque<PipelineRef>,
+}
+
+impl Pipelines {
+    fn record(&mut self, p: &PipelineRef, step: &str, node: &str) {
+        if node.is_empty() {
+            return;
+        }
+        let list = match self.members.get_mut(p) {
+            Some(l) => l,
+            None => {
+                if self.order.len() >= MAX_PIPELINES {
+                    if let Some(old) = self.order.pop_front() {
+                        self.members.remove(&old);
+                    }
+                }
+                self.order.push_back(p.clone());
+                self.members.entry(p.clone()).or_default()
+            }
+        };
+        if let Some(m) = list.iter_mut().find(|(s, _)| s == step) {
+            m.1 = node.to_string();
+        } else if list.len() < MAX_PIPELINE_MEMBERS {
+            list.push((step.to_string(), node.to_string()));
+        }
+    }
+}
+
+/// Counters the service exports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateStats {
+    /// Nodes in the snapshot.
+    pub nodes: usize,
+    /// Nodes left out as stale.
+    pub stale_nodes: usize,
+    /// Pods currently assumed.
+    pub assumed: usize,
+    /// Nodes with a bind-failure penalty.
+    pub penalised: usize,
+}
+
+/// What a feedback report did to the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedbackEffect {
+    /// The assumption was confirmed (possibly moved to the reported node).
+    Confirmed,
+    /// The assumption was dropped and the node penalised (if named).
+    Failed,
+    /// No assumption was pending for the pod (late or unknown report).
+    NoAssumption,
+}
+
+/// The cluster as the engine sees it, shared by handlers and background tasks.
+#[derive(Debug)]
+pub struct ClusterState {
+    cfg: EngineConfig,
+    view: ClusterView,
+    snapshot: RwLock<ClusterSnapshot>,
+    books: Mutex<Books>,
+    forecasts: Mutex<HashMap<String, ForecastSeries>>,
+    pipelines: Mutex<Pipelines>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClusterState {
+    /// State over `view` with an empty snapshot (shapes learned online).
+    pub fn new(view: ClusterView, cfg: EngineConfig) -> Self {
+        Self::with_snapshot(
+            view,
+            cfg,
+            ClusterSnapshot::new(ShapeDistribution::new(DEFAULT_COVERAGE)),
+        )
+    }
+
+    /// State starting from a prepared snapshot (simulation, tests).
+    pub fn with_snapshot(view: ClusterView, cfg: EngineConfig, snapshot: ClusterSnapshot) -> Self {
+        let now = SystemTime::now();
+        let books = Books {
+            insight_at: snapshot.nodes().map(|n| (n.name.clone(), now)).collect(),
+            ..Books::default()
+        };
+        Self {
+            cfg,
+            view,
+            snapshot: RwLock::new(snapshot),
+            books: Mutex::new(books),
+            forecasts: Mutex::default(),
+            pipelines: Mutex::default(),
+        }
+    }
+
+    /// The view this state follows.
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Read access to the snapshot (hold it briefly).
+    pub fn read(&self) -> RwLockReadGuard<'_, ClusterSnapshot> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, ClusterSnapshot> {
+        self.snapshot.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sizes for metrics.
+    pub fn stats(&self) -> StateStats {
+        let books = lock(&self.books);
+        let nodes = self.read().len();
+        StateStats {
+            nodes,
+            stale_nodes: books.stale.len(),
+            assumed: books.assumed.len(),
+            penalised: books.penalties.len(),
+        }
+    }
+
+    /// Nodes known but stale.
+    pub fn stale_nodes(&self) -> usize {
+        lock(&self.books).stale.len()
+    }
+
+    // ---- view changes -------------------------------------------------------------------
+
+    /// Brings one node up to date with the view.
+    pub fn sync_node(&self, name: &str) {
+        let entry = self.view.node(name);
+        let mut books = lock(&self.books);
+        let Some(entry) = entry else {
+            books.insight_at.remove(name);
+            books.stale.remove(name);
+            self.write().remove_node(name);
+            return;
+        };
+        if entry.is_stale(self.cfg.stale_after) {
+            if books.insight_at.remove(name).is_some() {
+                self.write().remove_node(name);
+            }
+            books.stale.insert(name.to_string());
+            return;
+        }
+        let forecast = lock(&self.forecasts)
+            .get(name)
+            .and_then(|f| f.summary.clone());
+        let penalty = books.penalties.get(name).map(|p| p.value);
+        let mut snap = self.write();
+        if let Err(err) = snap.apply_insight(&entry.value) {
+            tracing::warn!(node = name, %err, "insight not applied");
+            return;
+        }
+        books.stale.remove(name);
+        books.insight_at.insert(name.to_string(), entry.stored_at);
+        let _ = snap.set_forecast(name, forecast);
+        if let Some(p) = penalty {
+            let _ = snap.set_bind_failure_penalty(name, p);
+        }
+        reapply_assumptions(&mut books, &mut snap, &entry.value);
+    }
+
+    /// Records a pod's pipeline membership from its signature.
+    pub fn sync_pod(&self, namespace: &str, name: &str) {
+        let Some(entry) = self.view.pod(namespace, name) else {
+            return;
+        };
+        let sig = &entry.value;
+        if sig.node_name.is_empty() {
+            return;
+        }
+        let Some(argo) = &sig.argo_context else {
+            return;
+        };
+        if argo.workflow_name.is_empty() {
+            return;
+        }
+        let p = PipelineRef {
+            namespace: if argo.workflow_namespace.is_empty() {
+                namespace.to_string()
+            } else {
+                argo.workflow_namespace.clone()
+            },
+            kind: "argo",
+            name: argo.workflow_name.clone(),
+        };
+        let step = if argo.step_name.is_empty() {
+            &sig.pipeline_step
+        } else {
+            &argo.step_name
+        };
+        lock(&self.pipelines).record(&p, step, &sig.node_name);
+    }
+
+    /// Rebuilds from the whole view (start-up, or after missing changes).
+    pub fn resync(&self) {
+        let mut names: HashSet<String> = self
+            .view
+            .nodes()
+            .into_iter()
+            .map(|e| e.value.node_name.clone())
+            .collect();
+        names.extend(lock(&self.books).insight_at.keys().cloned());
+        for n in &names {
+            self.sync_node(n);
+        }
+        for e in self.view.pods() {
+            self.sync_pod(&e.value.pod_namespace, &e.value.pod_name);
+        }
+    }
+
+    /// Applies view changes until `shutdown`.
+    pub fn spawn_view_follower(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        let mut rx = self.view.subscribe();
+        tokio::spawn(async move {
+            me.resync();
+            loop {
+                let change = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    c = rx.recv() => c,
+                };
+                match change {
+                    Ok(ViewChange::Node(name)) => me.sync_node(&name),
+                    Ok(ViewChange::Pod { namespace, name }) => me.sync_pod(&namespace, &name),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "view changes lagged, resyncing");
+                        me.resync();
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    // ---- forecasts ----------------------------------------------------------------------
+
+    /// Applies a node's forecast: peaks of the upper bound within the horizon,
+    /// overload flags against the threshold, and the point forecast for DELAY.
+    /// Values are percent of capacity, as the forecaster publishes them.
+    pub fn apply_forecast(&self, p: &ResourcePrediction) -> bool {
+        let node = p.node_name.trim();
+        if node.is_empty() {
+            return false;
+        }
+        let now = SystemTime::now();
+        let until = now + self.cfg.forecast_horizon;
+        let in_window =
+            |ts: &Option<apollo_proto::Timestamp>| match ts.as_ref().and_then(to_system_time) {
+                Some(t) => t <= until && t + Duration::from_secs(60) >= now,
+                None => true,
+            };
+        let frac = |v: f64| {
+            if v.is_finite() {
+                (v / 100.0).clamp(0.0, 1.5)
+            } else {
+                0.0
+            }
+        };
+        let mut summary = NodeForecast {
+            horizon_minutes: (self.cfg.forecast_horizon.as_secs() / 60) as u32,
+            ..NodeForecast::default()
+        };
+        let mut any = false;
+        for b in p.upper_bound.iter().filter(|b| in_window(&b.timestamp)) {
+            any = true;
+            summary.peak_cpu = summary.peak_cpu.max(frac(b.cpu_usage));
+            summary.peak_memory = summary.peak_memory.max(frac(b.memory_usage));
+            summary.peak_io = summary.peak_io.max(frac(b.io_usage));
+        }
+        let t = self.cfg.overload_threshold;
+        summary.overload_cpu = summary.peak_cpu >= t;
+        summary.overload_memory = summary.peak_memory >= t;
+        summary.overload_io = summary.peak_io >= t;
+        summary.peak_cpu = summary.peak_cpu.min(1.0);
+        summary.peak_memory = summary.peak_memory.min(1.0);
+        summary.peak_io = summary.peak_io.min(1.0);
+        let points: Vec<_> = p
+            .predicted_usage
+            .iter()
+            .filter_map(|u| {
+                let ts = u.timestamp.as_ref().and_then(to_system_time)?;
+                (ts <= until && ts >= now).then(|| (ts, frac(u.cpu_usage), frac(u.memory_usage)))
+            })
+            .collect();
+        let summary = any.then_some(summary);
+        lock(&self.forecasts).insert(
+            node.to_string(),
+            ForecastSeries {
+                points,
+                summary: summary.clone(),
+            },
+        );
+        let _books = lock(&self.books);
+        self.write().set_forecast(node, summary).is_ok()
+    }
+
+    /// Follows `apollo.forecast.>` until `shutdown` (reconnects after errors).
+    pub fn spawn_forecast_follower(
+        self: &Arc<Self>,
+        bus: Bus,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let filters = vec![bus.subjects().all("forecast")];
+            let mut ready = bus.readiness();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = ready.wait_for(|r| *r) => if r.is_err() { return },
+                }
+                let mut messages = match bus
+                    .latest_then_follow(StreamKind::Forecast, filters.clone())
+                    .await
+                {
+                    Ok((_, m)) => m,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot follow forecasts, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                };
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    match next {
+                        Some(Ok(msg)) => match from_json::<ResourcePrediction>(&msg.payload) {
+                            Ok(mut pred) => {
+                                if pred.node_name.is_empty() {
+                                    if let Some(n) = bus
+                                        .subjects()
+                                        .parse("forecast", msg.subject.as_str())
+                                        .and_then(|t| t.into_iter().next())
+                                    {
+                                        pred.node_name = n;
+                                    }
+                                }
+                                me.apply_forecast(&pred);
+                            }
+                            Err(err) => {
+                                tracing::warn!(subject = %msg.subject, %err, "undecodable forecast skipped")
+                            }
+                        },
+                        Some(Err(err)) => {
+                            tracing::warn!(%err, "forecast stream error, resubscribing");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        })
+    }
+
+    /// The earliest forecast time at which some node that could take the pod
+    /// when empty has freed enough CPU and memory. Predicted usage below the
+    /// current measured usage is taken as capacity released by pods that end.
+    pub fn delay_hint(&self, snap: &ClusterSnapshot, demand: &PodDemand) -> Option<DelayHint> {
+        if demand.num_gpu > 0 {
+            // Forecasts carry no GPU series; GPU capacity freeing cannot be predicted.
+            return None;
+        }
+        let forecasts = lock(&self.forecasts);
+        let now = SystemTime::now();
+        let mut best: Option<DelayHint> = None;
+        for node in snap.nodes() {
+            let Some(series) = forecasts.get(&node.name) else {
+                continue;
+            };
+            if !NodeScorer::fits_when_empty(node, demand) {
+                continue;
+            }
+            let usage = node.usage.clone().unwrap_or_default();
+            for &(t, cpu, mem) in &series.points {
+                let freed_cpu =
+                    ((usage.cpu - cpu).max(0.0) * node.cpu_milli_capacity as f64) as u64;
+                let freed_mem =
+                    ((usage.memory - mem).max(0.0) * node.memory_bytes_capacity as f64) as u64;
+                if node.cpu_milli_free() + freed_cpu >= demand.cpu_milli
+                    && node.memory_bytes_free() + freed_mem >= demand.memory_bytes
+                {
+                    if best.as_ref().is_none_or(|b| t < b.at) {
+                        best = Some(DelayHint {
+                            node: node.name.clone(),
+                            at: t,
+                            after: t.duration_since(now).unwrap_or_default(),
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    // ---- pipelines ----------------------------------------------------------------------
+
+    /// Nodes of the pod's upstream pipeline steps (its declared dependencies
+    /// when known, otherwise every other step seen so far).
+    pub fn upstream_nodes(&self, w: &Workload) -> Vec<String> {
+        let Some(p) = &w.pipeline else {
+            return Vec::new();
+        };
+        let pipelines = lock(&self.pipelines);
+        let Some(members) = pipelines.members.get(p) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (step, node) in members {
+            let upstream = if w.dependencies.is_empty() {
+                *step != w.pipeline_step
+            } else {
+                w.dependencies.iter().any(|d| d == step)
+            };
+            if upstream && !out.contains(node) {
+                out.push(node.clone());
+                if out.len() >= MAX_UPSTREAM {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    // ---- assume cache -------------------------------------------------------------------
+
+    /// Assumes the pod on `node` (replacing an earlier assumption of the same
+    /// pod) and learns its shape. Returns false when it does not fit there.
+    pub fn assume(
+        &self,
+        pod: PodKey,
+        request_id: &str,
+        node: &str,
+        demand: &PodDemand,
+        pipeline: Option<(PipelineRef, String)>,
+    ) -> bool {
+        let mut books = lock(&self.books);
+        let mut snap = self.write();
+        if let Some(old) = books.assumed.remove(&pod) {
+            let _ = snap.forget(&old.placement);
+        }
+        if demand.num_gpu > 0 {
+            snap.observe_pod(demand);
+        }
+        match snap.assume(node, demand) {
+            Ok(placement) => {
+                books.assumed.insert(
+                    pod,
+                    Assumed {
+                        request_id: request_id.to_string(),
+                        demand: demand.clone(),
+                        placement,
+                        since: Instant::now(),
+                        pipeline,
+                    },
+                );
+                true
+            }
+            Err(err) => {
+                tracing::debug!(node, %err, "placement not assumed");
+                false
+            }
+        }
+    }
+
+    /// Node a pod is assumed on.
+    pub fn assumed_node(&self, namespace: &str, name: &str) -> Option<String> {
+        lock(&self.books)
+            .assumed
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|a| a.placement.node.clone())
+    }
+
+    /// Applies a scheduling result: confirm or move the assumption on
+    /// success; drop it and penalise the node on failure.
+    pub fn feedback(
+        &self,
+        pod: &PodKey,
+        request_id: &str,
+        success: bool,
+        node: &str,
+    ) -> FeedbackEffect {
+        let mut books = lock(&self.books);
+        let current = books
+            .assumed
+            .get(pod)
+            .filter(|a| request_id.is_empty() || a.request_id == request_id)
+            .cloned();
+        let mut snap = self.write();
+        if !success {
+            if let Some(a) = &current {
+                let _ = snap.forget(&a.placement);
+                books.assumed.remove(pod);
+            }
+            if !node.is_empty() {
+                let now = Instant::now();
+                let decayed = books.penalties.get(node).map_or(0.0, |p| {
+                    decay(p.value, now - p.at, self.cfg.failure_penalty_decay)
+                });
+                let value = (decayed + self.cfg.failure_penalty_step).min(1.0);
+                books
+                    .penalties
+                    .insert(node.to_string(), Penalty { value, at: now });
+                let _ = snap.set_bind_failure_penalty(node, value);
+            }
+            return if current.is_some() {
+                FeedbackEffect::Failed
+            } else {
+                FeedbackEffect::NoAssumption
+            };
+        }
+        let Some(mut a) = current else {
+            return FeedbackEffect::NoAssumption;
+        };
+        if !node.is_empty() && a.placement.node != node {
+            let _ = snap.forget(&a.placement);
+            match snap.assume(node, &a.demand) {
+                Ok(p) => a.placement = p,
+                Err(err) => {
+                    // The node's state lags the bind; the next insight accounts for it.
+                    tracing::debug!(node, %err, "reported placement not assumable");
+                    books.assumed.remove(pod);
+                    drop(snap);
+                    drop(books);
+                    self.record_pipeline(&a, node);
+                    return FeedbackEffect::Confirmed;
+                }
+            }
+        }
+        a.since = Instant::now();
+        let bound = a.placement.node.clone();
+        books.assumed.insert(pod.clone(), a.clone());
+        drop(snap);
+        drop(books);
+        self.record_pipeline(&a, &bound);
+        FeedbackEffect::Confirmed
+    }
+
+    fn record_pipeline(&self, a: &Assumed, node: &str) {
+        if let Some((p, step)) = &a.pipeline {
+            lock(&self.pipelines).record(p, step, node);
+        }
+    }
+
+    /// Expires assumptions, decays penalties and drops nodes whose data went
+    /// stale. Run periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut books = lock(&self.books);
+        let ttl = self.cfg.assume_ttl;
+        let expired: Vec<PodKey> = books
+            .assumed
+            .iter()
+            .filter(|(_, a)| now.duration_since(a.since) > ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let stale: Vec<String> = books
+            .insight_at
+            .iter()
+            .filter(|(_, &t)| wall.duration_since(t).unwrap_or_default() > self.cfg.stale_after)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let half_life = self.cfg.failure_penalty_decay;
+        let mut snap = self.write();
+        for k in expired {
+            if let Some(a) = books.assumed.remove(&k) {
+                let _ = snap.forget(&a.placement);
+            }
+        }
+        for n in stale {
+            books.insight_at.remove(&n);
+            snap.remove_node(&n);
+            books.assumed.retain(|_, a| a.placement.node != n);
+            books.stale.insert(n);
+        }
+        let mut cleared = Vec::new();
+        for (node, p) in books.penalties.iter_mut() {
+            let v = decay(p.value, now - p.at, half_life);
+            p.value = v;
+            p.at = now;
+            if v < PENALTY_FLOOR {
+                cleared.push(node.clone());
+            }
+            let _ = snap.set_bind_failure_penalty(node, if v < PENALTY_FLOOR { 0.0 } else { v });
+        }
+        for n in cleared {
+            books.penalties.remove(&n);
+        }
+    }
+
+    /// Runs [`ClusterState::sweep`] every `every` until `shutdown`.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => me.sweep(),
+                }
+            }
+        })
+    }
+}
+
+fn decay(value: f64, elapsed: Duration, half_life: Duration) -> f64 {
+    if half_life.is_zero() {
+        return 0.0;
+    }
+    value * 0.5f64.powf(elapsed.as_secs_f64() / half_life.as_secs_f64())
+}
+
+fn to_system_time(ts: &apollo_proto::Timestamp) -> Option<SystemTime> {
+    if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+        return None;
+    }
+    Some(SystemTime::UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32))
+}
+
+/// After a node's insight replaced its state: drop assumptions the insight
+/// shows running, re-apply the others on top of it.
+fn reapply_assumptions(books: &mut Books, snap: &mut ClusterSnapshot, insight: &ClusterInsight) {
+    let node = insight.node_name.trim();
+    let on_node: Vec<PodKey> = books
+        .assumed
+        .iter()
+        .filter(|(_, a)| a.placement.node == node)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in on_node {
+        let shown = insight
+            .running_workloads
+            .iter()
+            .any(|w| w.pod_namespace == key.0 && w.pod_name == key.1);
+        if shown {
+            books.assumed.remove(&key);
+            continue;
+        }
+        let Some(a) = books.assumed.get_mut(&key) else {
+            continue;
+        };
+        match snap.assume(node, &a.demand) {
+            Ok(p) => a.placement = p,
+            Err(_) => {
+                books.assumed.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn penalties_halve_per_half_life() {
+        let h = Duration::from_secs(60);
+        assert!((decay(1.0, h, h) - 0.5).abs() < 1e-9);
+        assert!((decay(0.8, Duration::ZERO, h) - 0.8).abs() < 1e-9);
+        assert!(decay(1.0, h * 10, h) < 0.001);
+    }
+
+    #[test]
+    fn pipelines_are_bounded() {
+        let mut p = Pipelines::default();
+        let r = PipelineRef {
+            namespace: "ns".into(),
+            kind: "argo",
+            name: "wf".into(),
+        };
+        for i in 0..200 {
+            p.record(&r, &format!("s{i}"), "n1");
+        }
+        assert_eq!(p.members[&r].len(), MAX_PIPELINE_MEMBERS);
+        p.record(&r, "s0", "n2");
+        assert_eq!(p.members[&r][0].1, "n2");
+    }
+}
