@@ -237,10 +237,11 @@ fn enum_value<E: TryFrom<i32>>(at: At<'_>, name: &str, v: i32, enum_name: &str) 
     }
 }
 
-fn is_label(s: &str) -> bool {
+/// One dot-free segment: lowercase alphanumerics and `-`, starting and
+/// ending alphanumeric (no length limit of its own).
+fn is_segment(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.len() <= 63
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
@@ -250,13 +251,14 @@ fn is_label(s: &str) -> bool {
 /// A DNS-1123 label: lowercase alphanumerics and `-`, starting and ending
 /// alphanumeric, at most 63 characters (Kubernetes namespace names).
 pub fn is_dns1123_label(s: &str) -> bool {
-    is_label(s)
+    s.len() <= 63 && is_segment(s)
 }
 
-/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters
-/// (Kubernetes pod and node names).
+/// A DNS-1123 subdomain as Kubernetes checks it: dot-separated segments of
+/// lowercase alphanumerics and `-`, at most 253 characters in all (pod and
+/// node names).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
+    s.len() <= 253 && s.split('.').all(is_segment)
 }
 
 fn name(at: At<'_>, field: &str, v: &str, required: bool, label: bool) -> Check {
@@ -619,4 +621,484 @@ fn cluster_queue(at: At<'_>, q: &ClusterQueueStatus) -> Check {
     percent(at, "cpu_usage_percent", q.cpu_usage_percent)?;
     percent(at, "memory_usage_percent", q.memory_usage_percent)?;
     count(at, "total_local_queues", q.total_local_queues)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apollo_proto::{
+        ArgoContext, ClusterQueueStatus, CsdStatus, DataLocalityInfo, DistributedFilesystemInfo,
+        GpuStatus, IoStatistics, KueueAffinity, KueueInfo, NetworkStatus, NodeResources,
+        ResourceMetrics, StorageDeviceStatus, StorageRecommendation, WorkloadSummary,
+    };
+
+    const NOW: i64 = 1_750_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            now: UNIX_EPOCH + Duration::from_secs(NOW as u64),
+            max_future_skew: Duration::from_secs(300),
+        }
+    }
+
+    fn ts(seconds: i64, nanos: i32) -> Option<Timestamp> {
+        Some(Timestamp { seconds, nanos })
+    }
+
+    fn good_sig() -> WorkloadSignature {
+        WorkloadSignature {
+            pod_name: "trainer-0.shard".into(),
+            pod_namespace: "ml".into(),
+            node_name: "gpu-node-1".into(),
+            workload_type: 1,
+            current_stage: 3,
+            io_pattern: 4,
+            confidence: 0.9,
+            estimated_batch_size: 64,
+            current_metrics: Some(ResourceMetrics {
+                cpu_usage_percent: 55.0,
+                memory_usage_percent: 100.0,
+                gpu_usage_percent: 0.0,
+                memory_usage_bytes: 1 << 30,
+                collected_at: ts(NOW - 10, 0),
+                ..Default::default()
+            }),
+            storage_recommendation: Some(StorageRecommendation {
+                recommended_class: 3,
+                recommended_iops: 10_000,
+                ..Default::default()
+            }),
+            argo_context: Some(ArgoContext {
+                workflow_namespace: "argo".into(),
+                ..Default::default()
+            }),
+            first_seen: ts(NOW - 600, 0),
+            last_seen: ts(NOW, 999_999_999),
+            updated_at: ts(NOW + 299, 0),
+            kueue_info: Some(KueueInfo {
+                priority: -10,
+                affinities: vec![KueueAffinity {
+                    weight: 100,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            data_locality: Some(DataLocalityInfo {
+                locality_score: 1.0,
+                data_size_bytes: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn good_insight() -> ClusterInsight {
+        ClusterInsight {
+            node_name: "node-a.rack1".into(),
+            node_resources: Some(NodeResources {
+                cpu_allocatable_cores: 64.0,
+                cpu_used_cores: 12.5,
+                gpu_allocatable: 8,
+                ..Default::default()
+            }),
+            storage_devices: vec![StorageDeviceStatus {
+                utilization_percent: 40.0,
+                health_score: 0.98,
+                total_bytes: 1 << 40,
+                ..Default::default()
+            }],
+            running_workloads: vec![WorkloadSummary {
+                pod_name: "p".into(),
+                pod_namespace: "ns".into(),
+                workload_type: 7,
+                current_stage: 8,
+                cpu_usage: 2.0,
+                ..Default::default()
+            }],
+            csd_devices: vec![CsdStatus {
+                compute_utilization: 0.5,
+                health_score: 1.0,
+                ..Default::default()
+            }],
+            gpu_devices: vec![
+                GpuStatus {
+                    utilization_percent: 99.5,
+                    allocated_milli: 1000,
+                    temperature_celsius: -5.0,
+                    ..Default::default()
+                },
+                GpuStatus::default(),
+            ],
+            network_status: Some(NetworkStatus {
+                bandwidth_mbps: 25_000.0,
+                current_utilization: 0.3,
+                ..Default::default()
+            }),
+            io_statistics: Some(IoStatistics {
+                total_read_bytes: 10,
+                p99_read_latency_ms: 3.5,
+                ..Default::default()
+            }),
+            collected_at: ts(NOW, 0),
+            distributed_filesystems: vec![DistributedFilesystemInfo {
+                utilization_percent: 12.0,
+                ..Default::default()
+            }],
+            cluster_queues: vec![ClusterQueueStatus {
+                cpu_usage_percent: 80.0,
+                pending_workloads: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn good_messages_pass() {
+        assert_eq!(workload_signature(&good_sig(), &limits()), Ok(()));
+        assert_eq!(cluster_insight(&good_insight(), &limits()), Ok(()));
+        let minimal = WorkloadSignature {
+            pod_name: "p".into(),
+            pod_namespace: "n".into(),
+            ..Default::default()
+        };
+        assert_eq!(workload_signature(&minimal, &limits()), Ok(()));
+    }
+
+    type SigCase = (&'static str, fn(&mut WorkloadSignature), &'static str, Rule);
+
+    #[test]
+    fn bad_workload_signatures_name_the_field() {
+        let cases: Vec<SigCase> = vec![
+            ("no pod", |s| s.pod_name.clear(), "pod_name", Rule::Missing),
+            (
+                "no ns",
+                |s| s.pod_namespace.clear(),
+                "pod_namespace",
+                Rule::Missing,
+            ),
+            (
+                "upper pod",
+                |s| s.pod_name = "Trainer".into(),
+                "pod_name",
+                Rule::InvalidName,
+            ),
+            (
+                "long pod",
+                |s| s.pod_name = "a".repeat(254),
+                "pod_name",
+                Rule::InvalidName,
+            ),
+            (
+                "dot ns",
+                |s| s.pod_namespace = "a.b".into(),
+                "pod_namespace",
+                Rule::InvalidName,
+            ),
+            (
+                "long ns",
+                |s| s.pod_namespace = "a".repeat(64),
+                "pod_namespace",
+                Rule::InvalidName,
+            ),
+            (
+                "dash ns",
+                |s| s.pod_namespace = "-ml".into(),
+                "pod_namespace",
+                Rule::InvalidName,
+            ),
+            (
+                "empty label",
+                |s| s.pod_name = "a..b".into(),
+                "pod_name",
+                Rule::InvalidName,
+            ),
+            (
+                "bad node",
+                |s| s.node_name = "node_1".into(),
+                "node_name",
+                Rule::InvalidName,
+            ),
+            (
+                "type",
+                |s| s.workload_type = 8,
+                "workload_type",
+                Rule::UnknownEnum,
+            ),
+            (
+                "stage",
+                |s| s.current_stage = -1,
+                "current_stage",
+                Rule::UnknownEnum,
+            ),
+            ("io", |s| s.io_pattern = 7, "io_pattern", Rule::UnknownEnum),
+            (
+                "confidence",
+                |s| s.confidence = 1.01,
+                "confidence",
+                Rule::OutOfRange,
+            ),
+            (
+                "nan conf",
+                |s| s.confidence = f64::NAN,
+                "confidence",
+                Rule::NotFinite,
+            ),
+            (
+                "batch",
+                |s| s.estimated_batch_size = -1,
+                "estimated_batch_size",
+                Rule::Negative,
+            ),
+            (
+                "cpu",
+                |s| s.current_metrics.as_mut().unwrap().cpu_usage_percent = 140.0,
+                "current_metrics.cpu_usage_percent",
+                Rule::OutOfRange,
+            ),
+            (
+                "mem inf",
+                |s| s.current_metrics.as_mut().unwrap().memory_usage_percent = f64::INFINITY,
+                "current_metrics.memory_usage_percent",
+                Rule::NotFinite,
+            ),
+            (
+                "gpu neg",
+                |s| s.current_metrics.as_mut().unwrap().gpu_usage_percent = -0.1,
+                "current_metrics.gpu_usage_percent",
+                Rule::OutOfRange,
+            ),
+            (
+                "bytes",
+                |s| s.current_metrics.as_mut().unwrap().network_rx_bytes = -5,
+                "current_metrics.network_rx_bytes",
+                Rule::Negative,
+            ),
+            (
+                "metrics ts",
+                |s| s.current_metrics.as_mut().unwrap().collected_at = ts(NOW, -1),
+                "current_metrics.collected_at",
+                Rule::InvalidTimestamp,
+            ),
+            (
+                "class",
+                |s| s.storage_recommendation.as_mut().unwrap().recommended_class = 6,
+                "storage_recommendation.recommended_class",
+                Rule::UnknownEnum,
+            ),
+            (
+                "argo ns",
+                |s| s.argo_context.as_mut().unwrap().workflow_namespace = "Argo".into(),
+                "argo_context.workflow_namespace",
+                Rule::InvalidName,
+            ),
+            (
+                "future",
+                |s| s.updated_at = ts(NOW + 301, 0),
+                "updated_at",
+                Rule::FutureTimestamp,
+            ),
+            (
+                "nanos",
+                |s| s.first_seen = ts(NOW, 1_000_000_000),
+                "first_seen",
+                Rule::InvalidTimestamp,
+            ),
+            (
+                "year",
+                |s| s.first_seen = ts(MAX_TIMESTAMP_SECONDS + 1, 0),
+                "first_seen",
+                Rule::InvalidTimestamp,
+            ),
+            (
+                "order",
+                |s| s.last_seen = ts(NOW - 601, 0),
+                "last_seen",
+                Rule::Inconsistent,
+            ),
+            (
+                "kueue",
+                |s| s.kueue_info.as_mut().unwrap().pending_workloads = -1,
+                "kueue_info.pending_workloads",
+                Rule::Negative,
+            ),
+            (
+                "kueue weight",
+                |s| s.kueue_info.as_mut().unwrap().affinities[0].weight = 101,
+                "kueue_info.affinities[0].weight",
+                Rule::OutOfRange,
+            ),
+            (
+                "locality",
+                |s| s.data_locality.as_mut().unwrap().locality_score = 2.0,
+                "data_locality.locality_score",
+                Rule::OutOfRange,
+            ),
+            (
+                "kubeflow",
+                |s| {
+                    s.kubeflow_info = Some(apollo_proto::KubeflowInfo {
+                        failed_pods: -2,
+                        ..Default::default()
+                    })
+                },
+                "kubeflow_info.failed_pods",
+                Rule::Negative,
+            ),
+        ];
+        for (name, mutate, path, rule) in cases {
+            let mut sig = good_sig();
+            mutate(&mut sig);
+            let err = workload_signature(&sig, &limits())
+                .expect_err(&format!("case {name:?} should be rejected"));
+            assert_eq!(err.path, path, "case {name:?}: {err}");
+            assert_eq!(err.rule, rule, "case {name:?}: {err}");
+            assert!(err.to_string().starts_with(path), "case {name:?}: {err}");
+        }
+    }
+
+    type InsightCase = (&'static str, fn(&mut ClusterInsight), &'static str, Rule);
+
+    #[test]
+    fn bad_cluster_insights_name_the_field() {
+        let cases: Vec<InsightCase> = vec![
+            (
+                "no node",
+                |c| c.node_name.clear(),
+                "node_name",
+                Rule::Missing,
+            ),
+            (
+                "bad node",
+                |c| c.node_name = "Node A".into(),
+                "node_name",
+                Rule::InvalidName,
+            ),
+            (
+                "cores",
+                |c| c.node_resources.as_mut().unwrap().cpu_used_cores = -1.0,
+                "node_resources.cpu_used_cores",
+                Rule::Negative,
+            ),
+            (
+                "requested",
+                |c| c.node_resources.as_mut().unwrap().memory_requested_bytes = -1,
+                "node_resources.memory_requested_bytes",
+                Rule::Negative,
+            ),
+            (
+                "disk util",
+                |c| c.storage_devices[0].utilization_percent = 100.5,
+                "storage_devices[0].utilization_percent",
+                Rule::OutOfRange,
+            ),
+            (
+                "health",
+                |c| c.storage_devices[0].health_score = 98.0,
+                "storage_devices[0].health_score",
+                Rule::OutOfRange,
+            ),
+            (
+                "summary ns",
+                |c| c.running_workloads[0].pod_namespace = "NS".into(),
+                "running_workloads[0].pod_namespace",
+                Rule::InvalidName,
+            ),
+            (
+                "summary stage",
+                |c| c.running_workloads[0].current_stage = 9,
+                "running_workloads[0].current_stage",
+                Rule::UnknownEnum,
+            ),
+            (
+                "csd",
+                |c| c.csd_devices[0].compute_utilization = 50.0,
+                "csd_devices[0].compute_utilization",
+                Rule::OutOfRange,
+            ),
+            (
+                "gpu util",
+                |c| c.gpu_devices[1].utilization_percent = 101.0,
+                "gpu_devices[1].utilization_percent",
+                Rule::OutOfRange,
+            ),
+            (
+                "gpu milli",
+                |c| c.gpu_devices[0].allocated_milli = 1001,
+                "gpu_devices[0].allocated_milli",
+                Rule::OutOfRange,
+            ),
+            (
+                "gpu temp",
+                |c| c.gpu_devices[0].temperature_celsius = f64::NAN,
+                "gpu_devices[0].temperature_celsius",
+                Rule::NotFinite,
+            ),
+            (
+                "net",
+                |c| c.network_status.as_mut().unwrap().current_utilization = 30.0,
+                "network_status.current_utilization",
+                Rule::OutOfRange,
+            ),
+            (
+                "io",
+                |c| c.io_statistics.as_mut().unwrap().total_write_ops = -1,
+                "io_statistics.total_write_ops",
+                Rule::Negative,
+            ),
+            (
+                "collected",
+                |c| c.collected_at = ts(NOW + 3600, 0),
+                "collected_at",
+                Rule::FutureTimestamp,
+            ),
+            (
+                "dfs",
+                |c| c.distributed_filesystems[0].utilization_percent = -3.0,
+                "distributed_filesystems[0].utilization_percent",
+                Rule::OutOfRange,
+            ),
+            (
+                "queue",
+                |c| c.cluster_queues[0].memory_usage_percent = 250.0,
+                "cluster_queues[0].memory_usage_percent",
+                Rule::OutOfRange,
+            ),
+        ];
+        for (name, mutate, path, rule) in cases {
+            let mut ci = good_insight();
+            mutate(&mut ci);
+            let err = cluster_insight(&ci, &limits())
+                .expect_err(&format!("case {name:?} should be rejected"));
+            assert_eq!(err.path, path, "case {name:?}: {err}");
+            assert_eq!(err.rule, rule, "case {name:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn messages_and_labels_are_precise() {
+        let mut sig = good_sig();
+        sig.current_metrics.as_mut().unwrap().cpu_usage_percent = 140.0;
+        let err = workload_signature(&sig, &limits()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "current_metrics.cpu_usage_percent: 140 is outside 0-100"
+        );
+        let mut ci = good_insight();
+        ci.gpu_devices[1].utilization_percent = 101.0;
+        let err = cluster_insight(&ci, &limits()).unwrap_err();
+        assert_eq!(err.label(), "gpu_devices.utilization_percent:out_of_range");
+    }
+
+    #[test]
+    fn kubernetes_names() {
+        for ok in ["a", "a-b", "0abc", "x.y-z.w", &"a".repeat(63)] {
+            assert!(is_dns1123_subdomain(ok), "{ok}");
+        }
+        for bad in ["", "A", "a_b", "a.", ".a", "a-", "ü", &"a".repeat(254)] {
+            assert!(!is_dns1123_subdomain(bad), "{bad}");
+        }
+        assert!(is_dns1123_subdomain(&"a".repeat(64)) && !is_dns1123_label(&"a".repeat(64)));
+        assert!(is_dns1123_label("kube-system") && !is_dns1123_label("kube.system"));
+    }
 }
