@@ -4,10 +4,14 @@
 //! happens.
 #![forbid(unsafe_code)]
 
+pub mod alert;
+pub mod anomaly;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod history;
+pub mod metrics;
 pub mod models;
 
 pub use config::Config;
