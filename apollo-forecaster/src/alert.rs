@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn crossing_finds_first_step() {
-        assert_eq!(first_crossing(&[1.0, 89.0, 90.0, 95.0], 90.0), Some((2, 90.0)));
+        assert_eq!(
+            first_crossing(&[1.0, 89.0, 90.0, 95.0], 90.0),
+            Some((2, 90.0))
+        );
         assert_eq!(first_crossing(&[1.0, 2.0], 90.0), None);
     }
 }

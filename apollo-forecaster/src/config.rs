@@ -81,7 +81,7 @@ pub struct ForecastArgs {
     #[arg(long, env = "APOLLO_FORECAST_HISTORY", default_value_t = 1440)]
     pub history_points: usize,
     /// Forecast horizons in minutes.
-    #[arg(long, env = "APOLLO_FORECAST_HORIZONS", default_value = "5,15,30,60", value_parser = parse_horizons)]
+    #[arg(long, env = "APOLLO_FORECAST_HORIZONS", default_value = "5,15,30,60", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub horizons: Vec<u32>,
     /// Default prediction-interval level, in (0, 1).
     #[arg(long, env = "APOLLO_FORECAST_CONFIDENCE", default_value_t = 0.95)]
@@ -157,7 +157,10 @@ impl ForecastArgs {
             return bad("--history-points must be at least 8".into());
         }
         if !(self.confidence > 0.0 && self.confidence < 1.0) {
-            return bad(format!("--confidence {} must be in (0, 1)", self.confidence));
+            return bad(format!(
+                "--confidence {} must be in (0, 1)",
+                self.confidence
+            ));
         }
         if self.refresh_interval.is_zero() {
             return bad("--refresh-interval must be positive".into());
@@ -172,13 +175,18 @@ impl ForecastArgs {
                 crate::models::MODEL_NAMES.join(", ")
             ));
         }
-        if self.horizons.is_empty() {
-            return bad("at least one horizon is required".into());
+        if self.horizons.is_empty() || self.horizons.contains(&0) {
+            return bad("at least one horizon of 1 minute or more is required".into());
         }
         if self.max_steps() > crate::models::MAX_HORIZON {
             return bad("largest horizon is too many steps for the models".into());
         }
-        for v in [self.alert_clear_margin, self.anomaly_z, self.peer_z, self.peer_min_diff] {
+        for v in [
+            self.alert_clear_margin,
+            self.anomaly_z,
+            self.peer_z,
+            self.peer_min_diff,
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad("alert and anomaly settings must be non-negative".into());
             }
@@ -205,10 +213,18 @@ impl ForecastArgs {
 
 /// The forecaster's configuration.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "apollo-forecaster", version, about = "APOLLO Node Resource Forecaster")]
+#[command(
+    name = "apollo-forecaster",
+    version,
+    about = "APOLLO Node Resource Forecaster"
+)]
 pub struct Config {
     /// gRPC listen address of `ForecastService`.
-    #[arg(long = "grpc-addr", env = "APOLLO_GRPC_ADDR", default_value = "0.0.0.0:50055")]
+    #[arg(
+        long = "grpc-addr",
+        env = "APOLLO_GRPC_ADDR",
+        default_value = "0.0.0.0:50055"
+    )]
     pub grpc_addr: SocketAddr,
     /// Forecasting settings.
     #[command(flatten)]
@@ -258,5 +274,29 @@ mod tests {
         assert_eq!(a.steps_for(5), 4);
         a.confidence = 1.0;
         assert!(a.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+
+    #[test]
+    fn command_line_parses() {
+        let c = Config::try_parse_from([
+            "apollo-forecaster",
+            "--horizons",
+            "60,5",
+            "--overload-threshold",
+            "cpu=80",
+            "--step",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(c.forecast.horizons, vec![60, 5]);
+        assert_eq!(c.forecast.step, Duration::from_secs(30));
+        assert_eq!(c.forecast.overload_threshold.get(Resource::Cpu), 80.0);
+        c.validate().unwrap();
+        assert!(Config::try_parse_from(["apollo-forecaster", "--horizons", "0"]).is_err());
     }
 }

@@ -249,8 +249,10 @@ fn clock(ms: i64) -> String {
 
 impl Engine {
     /// Creates an engine; `cfg` must have been validated.
-    pub fn new(cfg: ForecastArgs, metrics: Metrics) -> Result<Self> {
+    pub fn new(mut cfg: ForecastArgs, metrics: Metrics) -> Result<Self> {
         cfg.validate()?;
+        cfg.horizons.sort_unstable();
+        cfg.horizons.dedup();
         let model_cfg = ModelConfig {
             max_train: cfg.history_points.max(8),
             ..ModelConfig::default()
@@ -383,7 +385,10 @@ impl Engine {
         if y.len() < need {
             return (
                 persistence(y, steps, level, need),
-                Basis::Insufficient { have: y.len(), need },
+                Basis::Insufficient {
+                    have: y.len(),
+                    need,
+                },
             );
         }
         let res = match selector {
@@ -411,7 +416,10 @@ impl Engine {
                 tracing::warn!(%err, "model failed, serving persistence");
                 (
                     persistence(y, steps, level, need),
-                    Basis::Insufficient { have: y.len(), need },
+                    Basis::Insufficient {
+                        have: y.len(),
+                        need,
+                    },
                 )
             }
         }
@@ -523,9 +531,7 @@ impl Engine {
         };
         for (name, node) in expired {
             let mut st = lock(&node);
-            self.metrics
-                .series
-                .dec_by(st.history.series_count() as i64);
+            self.metrics.series.dec_by(st.history.series_count() as i64);
             for r in Resource::ALL {
                 if st.overload[r as usize].force_clear().is_some() {
                     out.alerts.push(self.alert(
@@ -572,7 +578,9 @@ impl Engine {
                         part.iter()
                             .filter_map(|(name, node)| {
                                 let mut st = lock(node);
-                                self.forecast_node(name, &mut st, steps, level, true, now_ms, &mut buf)
+                                self.forecast_node(
+                                    name, &mut st, steps, level, true, now_ms, &mut buf,
+                                )
                             })
                             .collect::<Vec<_>>()
                     })
@@ -621,7 +629,9 @@ impl Engine {
         // Alert lifecycles.
         let map = read(&self.nodes);
         for f in &forecasts {
-            let Some(node) = map.get(&f.node) else { continue };
+            let Some(node) = map.get(&f.node) else {
+                continue;
+            };
             let mut st = lock(node);
             for s in &f.series {
                 let r = s.resource;
@@ -633,7 +643,9 @@ impl Engine {
                         self.cfg.alert_clear_margin,
                     ),
                     // Short series: never raise, but let a raised alert clear.
-                    Basis::Insufficient { .. } => (false, s.last < threshold - self.cfg.alert_clear_margin),
+                    Basis::Insufficient { .. } => {
+                        (false, s.last < threshold - self.cfg.alert_clear_margin)
+                    }
                 };
                 match st.overload[r as usize].update(active, calm, self.cfg.alert_clear_after) {
                     Some(Transition::Raised) => {
@@ -680,7 +692,10 @@ impl Engine {
                 }
             }
             let anomalous = f.anomaly_score >= 1.0;
-            if let Some(t) = st.anomaly.update(anomalous, !anomalous, self.cfg.alert_clear_after) {
+            if let Some(t) = st
+                .anomaly
+                .update(anomalous, !anomalous, self.cfg.alert_clear_after)
+            {
                 let (state, resource, msg, score) = match (t, f.anomalies.first()) {
                     (Transition::Raised, Some(a)) => (
                         AlertState::Raised,
@@ -781,7 +796,11 @@ impl Engine {
             }
             h => h as u32,
         };
-        let level = if level == 0.0 { self.cfg.confidence } else { level };
+        let level = if level == 0.0 {
+            self.cfg.confidence
+        } else {
+            level
+        };
         if !(level > 0.0 && level < 1.0) {
             return Err(Error::InvalidArgument(format!(
                 "confidence_level {level} must be in (0, 1) (0 = {})",
@@ -881,7 +900,12 @@ impl Engine {
         h
     }
 
-    fn point(&self, f: &NodeForecast, minutes: u32, pick: fn(&Forecast, usize) -> f64) -> TimestampedResources {
+    fn point(
+        &self,
+        f: &NodeForecast,
+        minutes: u32,
+        pick: fn(&Forecast, usize) -> f64,
+    ) -> TimestampedResources {
         let k = self.cfg.steps_for(minutes) - 1;
         let v = |r: Resource| {
             f.get(r)
@@ -904,9 +928,15 @@ impl Engine {
         let points = |pick: fn(&Forecast, usize) -> f64| -> Vec<TimestampedResources> {
             hs.iter().map(|m| self.point(f, *m, pick)).collect()
         };
-        let names: Vec<&str> = f.series.iter().map(|s| s.forecast.model_type.as_str()).collect();
+        let names: Vec<&str> = f
+            .series
+            .iter()
+            .map(|s| s.forecast.model_type.as_str())
+            .collect();
         let model_type = if names.windows(2).all(|w| w[0] == w[1]) {
-            names.first().map_or_else(|| "none".to_string(), |n| n.to_string())
+            names
+                .first()
+                .map_or_else(|| "none".to_string(), |n| n.to_string())
         } else {
             f.series
                 .iter()
@@ -914,7 +944,11 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let acc: Vec<f64> = f.series.iter().filter_map(|s| s.forecast.accuracy).collect();
+        let acc: Vec<f64> = f
+            .series
+            .iter()
+            .filter_map(|s| s.forecast.accuracy)
+            .collect();
         let model_accuracy = if acc.is_empty() {
             0.0
         } else {
@@ -1034,7 +1068,13 @@ impl Engine {
                     let mut wsum = [0.0; Resource::COUNT];
                     for (i, p) in preds.iter().enumerate() {
                         let Some(t) = pick(p).get(k) else { continue };
-                        let vals = [t.cpu_usage, t.memory_usage, t.gpu_usage, t.io_usage, t.network_usage];
+                        let vals = [
+                            t.cpu_usage,
+                            t.memory_usage,
+                            t.gpu_usage,
+                            t.io_usage,
+                            t.network_usage,
+                        ];
                         for r in Resource::ALL {
                             let w = weight(i, r);
                             acc[r as usize] += w * vals[r as usize];
@@ -1070,8 +1110,14 @@ impl Engine {
         ResourcePrediction {
             node_name: "cluster".into(),
             prediction_id: format!("cluster/{now_ms}"),
-            prediction_start: preds.iter().filter_map(|p| p.prediction_start).min_by_key(|t| (t.seconds, t.nanos)),
-            prediction_end: preds.iter().filter_map(|p| p.prediction_end).max_by_key(|t| (t.seconds, t.nanos)),
+            prediction_start: preds
+                .iter()
+                .filter_map(|p| p.prediction_start)
+                .min_by_key(|t| (t.seconds, t.nanos)),
+            prediction_end: preds
+                .iter()
+                .filter_map(|p| p.prediction_end)
+                .max_by_key(|t| (t.seconds, t.nanos)),
             prediction_horizon_minutes: horizon as i32,
             predicted_usage: combine(|p| &p.predicted_usage),
             confidence_level: level,
@@ -1084,7 +1130,15 @@ impl Engine {
                 format!("nodes:{}", anomalous.join(","))
             },
             anomaly_score: score,
-            recommendations: preds.iter().flat_map(|p| p.recommendations.iter().filter(|r| r.recommendation_type != "gpu_forecast").cloned()).collect(),
+            recommendations: preds
+                .iter()
+                .flat_map(|p| {
+                    p.recommendations
+                        .iter()
+                        .filter(|r| r.recommendation_type != "gpu_forecast")
+                        .cloned()
+                })
+                .collect(),
             model_type: format!("capacity_weighted_mean({} nodes)", preds.len()),
             model_accuracy: acc.iter().sum::<f64>() / acc.len().max(1) as f64,
             created_at: Some(ts(now_ms)),
@@ -1141,11 +1195,26 @@ mod tests {
     fn requests_are_validated() {
         let e = engine();
         feed(&e, "a", &[40.0; 5], NOW);
-        assert!(matches!(e.predict("b", 1, 0.9, NOW), Err(Error::NodeNotFound(_))));
-        assert!(matches!(e.predict("a", -1, 0.9, NOW), Err(Error::InvalidArgument(_))));
-        assert!(matches!(e.predict("a", 2, 0.9, NOW), Err(Error::InvalidArgument(_))));
-        assert!(matches!(e.predict("a", 1, 1.0, NOW), Err(Error::InvalidArgument(_))));
-        assert!(matches!(e.predict("a", 1, -0.5, NOW), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            e.predict("b", 1, 0.9, NOW),
+            Err(Error::NodeNotFound(_))
+        ));
+        assert!(matches!(
+            e.predict("a", -1, 0.9, NOW),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            e.predict("a", 2, 0.9, NOW),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            e.predict("a", 1, 1.0, NOW),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            e.predict("a", 1, -0.5, NOW),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(e.predict("a", 1, 0.8, NOW).is_ok());
     }
 
@@ -1165,10 +1234,17 @@ mod tests {
         assert_eq!(a.state, AlertState::Raised as i32);
         assert!(a.lead_time_seconds > 0);
         assert!(a.predicted_percent >= 90.0);
-        let hot = out.predictions.iter().find(|p| p.node_name == "hot").unwrap();
+        let hot = out
+            .predictions
+            .iter()
+            .find(|p| p.node_name == "hot")
+            .unwrap();
         assert!(hot.model_type.starts_with("auto("), "{}", hot.model_type);
         assert!(hot.model_accuracy > 0.0 && hot.model_accuracy <= 1.0);
-        assert!(hot.recommendations.iter().any(|r| r.recommendation_type == "scale_out"));
+        assert!(hot
+            .recommendations
+            .iter()
+            .any(|r| r.recommendation_type == "scale_out"));
         // Same condition: no repeat.
         let out = e.refresh(NOW);
         assert!(out.alerts.iter().all(|a| a.kind != "overload"));
@@ -1203,6 +1279,9 @@ mod tests {
         let out = e.refresh(NOW + 601_000);
         assert_eq!(out.expired, vec!["a".to_string()]);
         assert_eq!(e.node_count(), 0);
-        assert!(matches!(e.predict("a", 1, 0.0, NOW), Err(Error::NodeNotFound(_))));
+        assert!(matches!(
+            e.predict("a", 1, 0.0, NOW),
+            Err(Error::NodeNotFound(_))
+        ));
     }
 }

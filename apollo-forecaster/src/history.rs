@@ -288,7 +288,9 @@ pub fn extract(insight: &ClusterInsight, publish_ms: Option<i64>) -> Result<Samp
     if !devices.is_empty() {
         let used: f64 = devices.iter().map(|d| d.used_bytes as f64).sum();
         let total: f64 = devices.iter().map(|d| d.total_bytes as f64).sum();
-        let any_negative = devices.iter().any(|d| d.used_bytes < 0 || d.total_bytes < 0);
+        let any_negative = devices
+            .iter()
+            .any(|d| d.used_bytes < 0 || d.total_bytes < 0);
         values[SeriesKind::Usage(Resource::Storage).index()] = if any_negative {
             Some(Err(ValueReject::Negative))
         } else {
@@ -302,9 +304,8 @@ pub fn extract(insight: &ClusterInsight, publish_ms: Option<i64>) -> Result<Samp
         );
     }
     if let Some(net) = &insight.network_status {
-        values[SeriesKind::Usage(Resource::Network).index()] = mean(std::iter::once(
-            net.current_utilization,
-        ));
+        values[SeriesKind::Usage(Resource::Network).index()] =
+            mean(std::iter::once(net.current_utilization));
         capacity.0[Resource::Network as usize] = if net.bandwidth_mbps.is_finite() {
             net.bandwidth_mbps.max(0.0)
         } else {
@@ -630,8 +631,14 @@ mod tests {
         });
         let s = extract(&i, None).unwrap();
         assert_eq!(s.values[CPU.index()], Some(50.0));
-        assert_eq!(s.values[SeriesKind::Usage(Resource::Memory).index()], Some(50.0));
-        assert_eq!(s.values[SeriesKind::Usage(Resource::Gpu).index()], Some(30.0));
+        assert_eq!(
+            s.values[SeriesKind::Usage(Resource::Memory).index()],
+            Some(50.0)
+        );
+        assert_eq!(
+            s.values[SeriesKind::Usage(Resource::Gpu).index()],
+            Some(30.0)
+        );
         assert_eq!(s.values[SeriesKind::GpuAllocation.index()], Some(75.0));
         assert_eq!(s.values[SeriesKind::Usage(Resource::Network).index()], None);
         assert_eq!(
@@ -676,7 +683,10 @@ mod tests {
         // A second sample in the same slot is averaged.
         apply(&mut h, 5.0, 12_500).unwrap();
         assert_eq!(h.segment(CPU), vec![10.0, 20.0, 40.0]);
-        assert_eq!(apply(&mut h, 1.0, NOW + 3_600_000), Err(SampleReject::Future));
+        assert_eq!(
+            apply(&mut h, 1.0, NOW + 3_600_000),
+            Err(SampleReject::Future)
+        );
         assert_eq!(h.len(CPU), 3);
     }
 
@@ -728,9 +738,16 @@ mod tests {
     #[test]
     fn arbitrary_garbage_never_panics() {
         let mut h = NodeHistory::new();
-        for (k, v) in [f64::NAN, f64::INFINITY, -1e300, 1e300, 0.0, f64::MIN_POSITIVE]
-            .iter()
-            .enumerate()
+        for (k, v) in [
+            f64::NAN,
+            f64::INFINITY,
+            -1e300,
+            1e300,
+            0.0,
+            f64::MIN_POSITIVE,
+        ]
+        .iter()
+        .enumerate()
         {
             for ts in [i64::MIN, -5, 0, i64::MAX, 10_000 + k as i64] {
                 let mut i = insight(*v, 0);

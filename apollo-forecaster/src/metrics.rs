@@ -87,7 +87,11 @@ impl Metrics {
             "Predictions or alerts that could not be published",
             m.publish_failures.clone(),
         );
-        r.register("alerts", "Alerts published, by kind and state", m.alerts.clone());
+        r.register(
+            "alerts",
+            "Alerts published, by kind and state",
+            m.alerts.clone(),
+        );
         m
     }
 

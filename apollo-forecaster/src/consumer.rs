@@ -1,0 +1,262 @@
+//! Consumption of `apollo.insight.cluster.>`.
+//!
+//! # Restart: rebuild, then follow
+//! A durable consumer resumes after its last ack, so on its own it would not
+//! give a restarted forecaster its history back. Instead, on start:
+//! 1. an ordered consumer with `DeliverPolicy::All` replays the insight
+//!    stream's retained window (1,440 messages per node subject, 24 h by
+//!    default), feeding the histories; the service reports ready once the
+//!    replay has caught up, so the first answers already have full history;
+//! 2. the durable consumer `apollo-forecaster` (explicit acks) then follows.
+//!    Messages it delivers that the replay already applied (stream sequence
+//!    at or below the replay's last) are acked and skipped.
+//!
+//! Poison messages (not JSON for a `ClusterInsight`, or without node and
+//! time) are terminated (`Term`) and counted; insights whose values are
+//! rejected (NaN, negative, too old, duplicate) are acked and counted.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use apollo_common::{
+    bus::{from_json, StreamKind},
+    health::Readiness,
+    shutdown::CancellationToken,
+    Bus,
+};
+use apollo_proto::ClusterInsight;
+use async_nats::jetstream::{
+    self,
+    consumer::{pull::OrderedConfig, DeliverPolicy},
+    AckKind,
+};
+use futures::StreamExt;
+
+use crate::{engine::Engine, history::SampleReject, Error, Result};
+
+/// Durable consumer name.
+pub const DURABLE: &str = "apollo-forecaster";
+
+/// Wall clock, Unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What to do with a message after ingesting it.
+enum Verdict {
+    Ack,
+    Term,
+}
+
+fn handle(engine: &Engine, bus: &Bus, msg: &jetstream::Message) -> Verdict {
+    let publish_ms = msg
+        .info()
+        .ok()
+        .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64);
+    let mut insight: ClusterInsight = match from_json(&msg.payload) {
+        Ok(i) => i,
+        Err(err) => {
+            engine.metrics().insights_consumed.inc();
+            engine.metrics().reject_insight("decode");
+            tracing::warn!(subject = %msg.subject, %err, "poison insight terminated");
+            return Verdict::Term;
+        }
+    };
+    if insight.node_name.is_empty() {
+        // The subject names the node too.
+        if let Some(tokens) = bus.subjects().parse("insight.cluster", &msg.subject) {
+            if let [node] = tokens.as_slice() {
+                insight.node_name = node.clone();
+            }
+        }
+    }
+    match engine.ingest(&insight, publish_ms, now_ms()) {
+        Ok(_) => Verdict::Ack,
+        Err(SampleReject::MissingNode | SampleReject::MissingTimestamp) => {
+            tracing::warn!(subject = %msg.subject, "insight without node or time terminated");
+            Verdict::Term
+        }
+        Err(reason) => {
+            tracing::debug!(subject = %msg.subject, reason = reason.as_str(), "insight not stored");
+            Verdict::Ack
+        }
+    }
+}
+
+/// Replays the retained window; returns the last stream sequence applied.
+async fn replay(
+    engine: &Engine,
+    bus: &Bus,
+    filter: &str,
+    shutdown: &CancellationToken,
+) -> Result<u64> {
+    let stream = bus.get_stream(StreamKind::Insight).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("replay consumer", e))?;
+    let pending = consumer.cached_info().num_pending;
+    if pending == 0 {
+        return Ok(0);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| js_err("replay messages", e))?;
+    let mut last = 0;
+    let mut n = 0u64;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(last),
+            m = tokio::time::timeout(Duration::from_secs(10), messages.next()) => m,
+        };
+        let msg = match next {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(js_err("replay", e)),
+            Ok(None) | Err(_) => break,
+        };
+        let _ = handle(engine, bus, &msg);
+        n += 1;
+        let Ok(info) = msg.info() else { continue };
+        last = last.max(info.stream_sequence);
+        if info.pending == 0 {
+            break;
+        }
+    }
+    tracing::info!(
+        messages = n,
+        nodes = engine.node_count(),
+        "history rebuilt from the insight stream"
+    );
+    Ok(last)
+}
+
+fn js_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Bus(apollo_common::BusError::JetStream {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+async fn follow(
+    engine: &Engine,
+    bus: &Bus,
+    filter: &str,
+    replayed: u64,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let consumer = bus
+        .durable_consumer(
+            StreamKind::Insight,
+            DURABLE,
+            vec![filter.to_string()],
+            DeliverPolicy::All,
+        )
+        .await?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| js_err("durable messages", e))?;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let msg = match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(js_err("durable consumer", e)),
+            None => return Err(js_err("durable consumer", "stream ended")),
+        };
+        let seq = msg.info().map_or(u64::MAX, |i| i.stream_sequence);
+        let verdict = if seq <= replayed {
+            Verdict::Ack
+        } else {
+            handle(engine, bus, &msg)
+        };
+        let res = match verdict {
+            Verdict::Ack => msg.ack().await,
+            Verdict::Term => msg.ack_with(AckKind::Term).await,
+        };
+        if let Err(err) = res {
+            tracing::warn!(%err, seq, "ack failed");
+        }
+    }
+}
+
+/// Rebuilds the histories, then follows new insights until `shutdown`;
+/// reconnects with backoff. Readiness is set once the replay caught up and
+/// follows NATS availability after that.
+pub async fn run(engine: Arc<Engine>, bus: Bus, readiness: Readiness, shutdown: CancellationToken) {
+    let filter = bus.subjects().all("insight.cluster");
+    let synced = Arc::new(AtomicBool::new(false));
+    // Readiness follows the bus once the history is in place.
+    {
+        let (bus, readiness, synced, shutdown) = (
+            bus.clone(),
+            readiness.clone(),
+            synced.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let mut rx = bus.readiness();
+            loop {
+                let ready = *rx.borrow_and_update() && synced.load(Ordering::SeqCst);
+                if !shutdown.is_cancelled() {
+                    readiness.set(ready).await;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+            }
+        });
+    }
+    let mut backoff = Duration::from_millis(200);
+    let mut replayed: Option<u64> = None;
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = bus.wait_ready(Duration::from_secs(3600)) => {}
+        }
+        if !bus.is_ready() {
+            continue;
+        }
+        if replayed.is_none() {
+            match replay(&engine, &bus, &filter, &shutdown).await {
+                Ok(last) => {
+                    replayed = Some(last);
+                    synced.store(true, Ordering::SeqCst);
+                    readiness.set(bus.is_ready()).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, retry_in = ?backoff, "history replay failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        match follow(&engine, &bus, &filter, replayed.unwrap_or(0), &shutdown).await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(%err, retry_in = ?backoff, "insight consumer failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
