@@ -221,7 +221,7 @@ pub fn load_genai(dir: &Path, min_len: usize) -> Result<Dataset, EvalError> {
 /// seconds. A pod holds its resources from `scheduled_time` to
 /// `deletion_time`; pods never scheduled are skipped.
 pub fn load_openb(dir: &Path, step: f64) -> Result<Dataset, EvalError> {
-    if !(step > 0.0) {
+    if step.is_nan() || step <= 0.0 {
         return Err(EvalError::Config("openb step must be positive".into()));
     }
     let node_path = dir.join("openb_node_list_gpu_node.csv");
