@@ -376,7 +376,7 @@ impl Engine {
     /// persistence fallback.
     fn forecast_series(
         &self,
-        selector: Option<&mut Option<AutoSelector>>,
+        selector: Option<(&mut Option<AutoSelector>, usize)>,
         y: &[f64],
         steps: usize,
         level: f64,
@@ -392,11 +392,16 @@ impl Engine {
             );
         }
         let res = match selector {
-            Some(slot) if self.cfg.model == "auto" => slot
+            Some((slot, jitter)) if self.cfg.model == "auto" => slot
                 .get_or_insert_with(|| {
+                    let base = AutoConfig::default();
+                    // Spread the full re-selections over refreshes instead
+                    // of re-running every series' backtest in the same one.
+                    let every = base.reselect_every.max(2);
                     AutoSelector::new(AutoConfig {
                         model: self.model_cfg.clone(),
-                        ..AutoConfig::default()
+                        reselect_every: every / 2 + jitter % every,
+                        ..base
                     })
                 })
                 .forecast(y, steps, level),
@@ -427,6 +432,7 @@ impl Engine {
 
     /// Forecasts one node; `stateful` = use and update the per-series
     /// selectors, anomaly checks and interval memory (refresh path).
+    #[allow(clippy::too_many_arguments)]
     fn forecast_node(
         &self,
         name: &str,
@@ -449,7 +455,10 @@ impl Engine {
             let Some(&last) = buf.last() else { continue };
             let idx = r as usize;
             let (forecast, basis) = if stateful {
-                self.forecast_series(Some(&mut state.selectors[idx]), buf, steps, level)
+                let jitter = name
+                    .bytes()
+                    .fold(idx, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
+                self.forecast_series(Some((&mut state.selectors[idx], jitter)), buf, steps, level)
             } else {
                 self.forecast_series(None, buf, steps, level)
             };

@@ -42,9 +42,9 @@ impl Metrics {
             nodes: Gauge::default(),
             series: Gauge::default(),
             nodes_expired: Counter::default(),
-            refresh_duration: Histogram::new(
-                [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
-            ),
+            refresh_duration: Histogram::new([
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             predictions_published: Counter::default(),
             publish_failures: Counter::default(),
             alerts: Family::default(),
