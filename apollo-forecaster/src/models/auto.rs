@@ -3,7 +3,10 @@
 //!
 //! Candidates are O(1)-O(window) per origin (naive, moving means and
 //! medians, simple exponential smoothing at fixed smoothing constants, a
-//! damped-trend Holt, seasonal naive when a season is set). A backtest over
+//! damped-trend Holt, drift over recent slopes, partial reversion of the last
+//! value towards a moving mean or median with per-step coefficients fitted
+//! on the backtest, and with a season: seasonal naive and season-long
+//! means). A backtest over
 //! the recent window scores each candidate at every step `h`; at each step
 //! the best `top_k` candidates are combined with inverse-MAE weights, and the
 //! combination's own backtest errors give the conformal interval offsets.
@@ -42,6 +45,9 @@ pub struct AutoConfig {
     pub alphas: Vec<f64>,
     /// Windows of the mean/median-reversion candidates.
     pub revert_windows: Vec<usize>,
+    /// Windows of the drift (recent mean slope) candidates, which let
+    /// steady ramps such as leaks be extrapolated.
+    pub drift_windows: Vec<usize>,
 }
 
 impl Default for AutoConfig {
@@ -55,6 +61,7 @@ impl Default for AutoConfig {
             windows: vec![5, 15, 30, 60, 120],
             alphas: vec![0.1, 0.3, 0.6],
             revert_windows: vec![30, 120],
+            drift_windows: vec![20, 60],
         }
     }
 }
@@ -71,6 +78,8 @@ enum Cand {
     /// or median (`true`) of window `w`, with a per-step coefficient fitted on
     /// the backtest origins.
     Revert(usize, bool),
+    /// Last value plus the mean slope over the last `w` steps.
+    Drift(usize),
 }
 
 impl Cand {
@@ -84,6 +93,7 @@ impl Cand {
             Cand::SeasonalNaive(m) => format!("snaive{m}"),
             Cand::Revert(w, false) => format!("revert_mean{w}"),
             Cand::Revert(w, true) => format!("revert_median{w}"),
+            Cand::Drift(w) => format!("drift{w}"),
         }
     }
 }
@@ -245,6 +255,14 @@ impl<'a> Prep<'a> {
                 l + damp * b
             }
             Cand::SeasonalNaive(m) => y[t - m + (k % m)],
+            Cand::Drift(w) => {
+                let back = w.min(t - 1);
+                if back == 0 {
+                    return y[t - 1];
+                }
+                let slope = (y[t - 1] - y[t - 1 - back]) / back as f64;
+                y[t - 1] + (k + 1) as f64 * slope
+            }
             Cand::Revert(w, med) => {
                 let centre = self.centre(w, med, t, scratch);
                 let b = self
@@ -260,7 +278,10 @@ impl<'a> Prep<'a> {
 
     /// Flat candidates forecast the same value at every step.
     fn flat(c: Cand) -> bool {
-        !matches!(c, Cand::Holt | Cand::SeasonalNaive(_) | Cand::Revert(..))
+        !matches!(
+            c,
+            Cand::Holt | Cand::SeasonalNaive(_) | Cand::Revert(..) | Cand::Drift(_)
+        )
     }
 }
 
@@ -371,6 +392,9 @@ impl AutoSelector {
             if w <= 60 {
                 c.push(Cand::Median(w));
             }
+        }
+        for &w in &self.config.drift_windows {
+            c.push(Cand::Drift(w));
         }
         for &w in &self.config.revert_windows {
             c.push(Cand::Revert(w, false));
