@@ -21,6 +21,8 @@ pub enum Transition {
 pub struct AlertMachine {
     raised: bool,
     calm: u32,
+    active_streak: u32,
+    since_clear: Option<u32>,
 }
 
 impl AlertMachine {
@@ -30,21 +32,31 @@ impl AlertMachine {
     }
 
     /// Feeds one refresh: `active` = the condition holds, `calm` = it is
-    /// clearly over (below the clear line).
+    /// clearly over (below the clear line). The first raise is immediate;
+    /// within `4 * clear_after` refreshes of a clear, a new raise needs the
+    /// condition on `clear_after` consecutive refreshes, so a condition at
+    /// the edge cannot alternate raise and clear.
     pub fn update(&mut self, active: bool, calm: bool, clear_after: u32) -> Option<Transition> {
+        let k = clear_after.max(1);
         if !self.raised {
-            if active {
+            self.active_streak = if active { self.active_streak + 1 } else { 0 };
+            let recent = self.since_clear.is_some_and(|s| s < 4 * k);
+            self.since_clear = self.since_clear.map(|s| s.saturating_add(1));
+            let need = if recent { k } else { 1 };
+            if self.active_streak >= need {
                 self.raised = true;
                 self.calm = 0;
+                self.active_streak = 0;
                 return Some(Transition::Raised);
             }
             return None;
         }
         if calm && !active {
             self.calm += 1;
-            if self.calm >= clear_after.max(1) {
+            if self.calm >= k {
                 self.raised = false;
                 self.calm = 0;
+                self.since_clear = Some(0);
                 return Some(Transition::Cleared);
             }
         } else {
@@ -102,6 +114,14 @@ mod tests {
         assert_eq!(feed(&mut m, 80.0), None);
         assert_eq!(feed(&mut m, 80.0), Some(Transition::Cleared));
         assert!(!m.is_raised());
+        // Right after a clear, one active refresh is not enough...
+        assert_eq!(feed(&mut m, 95.0), None);
+        assert_eq!(feed(&mut m, 80.0), None);
+        assert_eq!(feed(&mut m, 95.0), None);
+        assert_eq!(feed(&mut m, 95.0), None);
+        // ...three in a row are.
+        assert_eq!(feed(&mut m, 95.0), Some(Transition::Raised));
+        assert_eq!(m.force_clear(), Some(Transition::Cleared));
         assert_eq!(m.force_clear(), None);
     }
 

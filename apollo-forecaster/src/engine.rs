@@ -395,12 +395,13 @@ impl Engine {
             Some((slot, jitter)) if self.cfg.model == "auto" => slot
                 .get_or_insert_with(|| {
                     let base = AutoConfig::default();
-                    // Spread the full re-selections over refreshes instead
-                    // of re-running every series' backtest in the same one.
+                    // Spread the full re-selections over refreshes (each
+                    // series every 10-29 refreshes) instead of re-running
+                    // every series' backtest in the same one.
                     let every = base.reselect_every.max(2);
                     AutoSelector::new(AutoConfig {
                         model: self.model_cfg.clone(),
-                        reselect_every: every / 2 + jitter % every,
+                        reselect_every: every + jitter % (2 * every),
                         ..base
                     })
                 })
