@@ -591,12 +591,19 @@ pub async fn serve_engine(
             tracing::info!("draining gRPC requests");
         }
     };
+    // Small unary responses must not wait for Nagle + delayed ACK (~40 ms).
+    let incoming = apollo_common::grpc::incoming(listener).map(|conn| {
+        conn.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
     let mut server = Box::pin(
         tonic::transport::Server::builder()
             .add_service(health)
             .add_service(apollo_common::grpc::reflection_service()?)
             .add_service(SchedulingPolicyServiceServer::new(service))
-            .serve_with_incoming_shutdown(apollo_common::grpc::incoming(listener), drain_signal),
+            .serve_with_incoming_shutdown(incoming, drain_signal),
     );
     let outcome = tokio::select! {
         r = &mut server => r.map_err(Error::from),

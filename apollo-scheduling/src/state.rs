@@ -160,8 +160,15 @@ impl ClusterState {
         )
     }
 
-    /// State starting from a prepared snapshot (simulation, tests).
-    pub fn with_snapshot(view: ClusterView, cfg: EngineConfig, snapshot: ClusterSnapshot) -> Self {
+    /// State starting from a prepared snapshot (simulation, tests). Typical
+    /// pod shapes are refreshed by [`ClusterState::sweep`], never on the
+    /// request path.
+    pub fn with_snapshot(
+        view: ClusterView,
+        cfg: EngineConfig,
+        mut snapshot: ClusterSnapshot,
+    ) -> Self {
+        snapshot.set_shape_refresh_every(0);
         let now = SystemTime::now();
         let books = Books {
             insight_at: snapshot.nodes().map(|n| (n.name.clone(), now)).collect(),
@@ -665,6 +672,9 @@ impl ClusterState {
             .collect();
         let half_life = self.cfg.failure_penalty_decay;
         let mut snap = self.write();
+        if snap.shapes().pending() > 0 {
+            snap.refresh_shapes();
+        }
         for k in expired {
             if let Some(a) = books.assumed.remove(&k) {
                 let _ = snap.forget(&a.placement);
