@@ -9,6 +9,7 @@
 //!
 //! | factor | applies when | value |
 //! |---|---|---|
+//! | packing | always | share of the node's GPU capacity allocated after the placement (CPU share on GPU-less nodes) |
 //! | fragmentation (FGD) | always | `1 / (1 + exp(dF / 1000))`, `dF` = increase of the node's GPU fragmentation in milli-GPU (see [`crate::fgd`]); 0.5 = no change |
 //! | headroom | node has measured usage or a forecast | `1 - max_r(max(usage_r, forecast_peak_r) + demand_r / capacity_r)` over CPU and memory (and GPU for GPU pods), clamped to 0..=1 |
 //! | storage | pod has I/O hints | best device: `tier_fit * min(1, headroom / need) * (1 - utilisation / 2)` |
@@ -41,6 +42,10 @@ pub struct ScoreWeights {
     pub csd: f64,
     /// Data locality. Default 0.20.
     pub locality: f64,
+    /// GPU packing (share of the node's GPUs in use after placement): breaks
+    /// near-ties between placements that fragment equally in favour of the
+    /// fuller node. Default 0.01 (tuned on the openb default trace, seeds 42-44).
+    pub packing: f64,
     /// Strength of the bind-failure discount. Default 0.5 (a node whose binds
     /// keep failing keeps half its score).
     pub failure_penalty: f64,
@@ -58,6 +63,7 @@ impl Default for ScoreWeights {
             storage: 0.15,
             csd: 0.10,
             locality: 0.20,
+            packing: 0.01,
             failure_penalty: 0.5,
             exclude_predicted_overload: true,
             overload_discount: 0.2,
@@ -213,8 +219,9 @@ impl NodeScorer {
             }
 
             let (pick, frag_delta) = snapshot.best_gpu_pick(idx, demand, &filter, &mut scratch);
-            let mut num = w.fragmentation * frag_value(frag_delta);
-            let mut den = w.fragmentation;
+            let mut num = w.fragmentation * frag_value(frag_delta)
+                + w.packing * packing_value(&entry.cache, node, demand);
+            let mut den = w.fragmentation + w.packing;
             let mut headroom = -1.0f32;
             if node.usage.is_some() || node.forecast.is_some() {
                 let h = headroom_value(node, demand);
@@ -321,6 +328,19 @@ fn frag_value(delta: f64) -> f64 {
         return 0.0;
     }
     1.0 / (1.0 + (delta / 1000.0).exp())
+}
+
+/// Share of the node's GPU capacity in use after the placement (CPU share for
+/// nodes without GPUs). Packing GPUs (not CPU: CPU packing on GPU nodes strands
+/// their GPUs) makes pods that fragment equally go to the fuller node.
+fn packing_value(c: &crate::snapshot::NodeCache, node: &NodeState, demand: &PodDemand) -> f64 {
+    if c.gpu_capacity == 0 {
+        let cpu_cap = node.cpu_milli_capacity.max(1) as f64;
+        return (1.0 - c.cpu_free.saturating_sub(demand.cpu_milli) as f64 / cpu_cap)
+            .clamp(0.0, 1.0);
+    }
+    let left = c.gpu_free_total.saturating_sub(demand.gpu_milli_total()) as f64;
+    (1.0 - left / c.gpu_capacity as f64).clamp(0.0, 1.0)
 }
 
 fn predicted_overload(node: &NodeState, demand: &PodDemand) -> bool {

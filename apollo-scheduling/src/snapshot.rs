@@ -288,6 +288,9 @@ impl NodeState {
                 0.0
             }
         };
+        // proto3 cannot tell "not measured" from zero: an insight without any
+        // usage figure carries no measurement, and headroom is then not scored.
+        let measured = cpu_used > 0.0 || mem_used > 0.0 || gpu_util > 0.0 || io_util > 0.0;
         let usage = MeasuredUsage {
             cpu: ratio(cpu_used, cpu_cap),
             memory: ratio(mem_used, mem_cap),
@@ -324,7 +327,7 @@ impl NodeState {
                 .count() as u32,
             labels,
             forecast: None,
-            usage: Some(usage),
+            usage: measured.then_some(usage),
             bind_failure_penalty: 0.0,
         })
     }

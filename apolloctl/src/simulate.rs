@@ -1,10 +1,267 @@
-//! Placeholder until the harness lands.
+//! `apolloctl simulate`: replays a pod list against a node list with placement
+//! policies (the published GPU-allocation protocol, see
+//! `apollo_scheduling::simulate`).
 
-/// Arguments.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use apollo_scheduling::simulate::{self, Policy, ShapeSource, SimConfig, SimRun};
+use serde::Serialize;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Output {
+    /// Aligned text table.
+    Table,
+    /// One JSON document with every run and the means.
+    Json,
+}
+
+/// Typical-shape source of the `apollo` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Shapes {
+    /// Learned online from the pods seen so far.
+    Online,
+    /// From the whole pod list.
+    Trace,
+}
+
+/// Replay a pod list against a node list with placement policies.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`).
+    #[arg(long, env = "APOLLO_SIM_NODES")]
+    nodes: PathBuf,
+    /// Pod list CSV (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec]`).
+    #[arg(long, env = "APOLLO_SIM_PODS")]
+    pods: PathBuf,
+    /// Policies, comma separated: apollo, random, bestfit, dotprod, gpupacking, fgd, or all.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "apollo",
+        env = "APOLLO_SIM_POLICY"
+    )]
+    policy: Vec<String>,
+    /// Seed of a single run.
+    #[arg(
+        long,
+        default_value_t = 42,
+        env = "APOLLO_SIM_SEED",
+        conflicts_with = "seeds"
+    )]
+    seed: u64,
+    /// Seeds: a number, a range `a-b`, or a comma list of those (overrides --seed).
+    #[arg(long, env = "APOLLO_SIM_SEEDS")]
+    seeds: Option<String>,
+    /// Requested GPU of the workload relative to cluster capacity.
+    #[arg(long, default_value_t = 1.3, env = "APOLLO_SIM_INFLATION")]
+    inflation: f64,
+    /// Where the `apollo` policy learns typical pod shapes.
+    #[arg(long, value_enum, default_value = "online", env = "APOLLO_SIM_SHAPES")]
+    shapes: Shapes,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "table",
+        env = "APOLLO_SIM_OUTPUT"
+    )]
+    output: Output,
+    /// Leave the per-percent curve out of the JSON.
+    #[arg(long, env = "APOLLO_SIM_NO_CURVE")]
+    no_curve: bool,
+}
+
+/// Parses `42`, `42-51`, `1,5,7-9`.
+fn parse_seeds(spec: &str) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: u64 = a
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad seed range start in {part:?}"))?;
+                let b: u64 = b
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad seed range end in {part:?}"))?;
+                if b < a {
+                    bail!("empty seed range {part:?}");
+                }
+                if b - a >= 100_000 {
+                    bail!("seed range {part:?} is too long");
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().with_context(|| format!("bad seed {part:?}"))?),
+        }
+    }
+    if out.is_empty() {
+        bail!("no seeds in {spec:?}");
+    }
+    Ok(out)
+}
+
+fn parse_policies(names: &[String]) -> anyhow::Result<Vec<Policy>> {
+    let mut out = Vec::new();
+    for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if n.eq_ignore_ascii_case("all") {
+            out.extend(Policy::ALL);
+        } else {
+            out.push(n.parse::<Policy>()?);
+        }
+    }
+    out.dedup();
+    if out.is_empty() {
+        bail!("no policy given");
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+struct Mean {
+    gpu_alloc_ratio_at_100: f64,
+    gpu_alloc_ratio_at_130: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicyMean {
+    policy: String,
+    runs: usize,
+    gpu_alloc_ratio_at_100: f64,
+    gpu_alloc_ratio_at_130: f64,
+    failed_pods: f64,
+    wall_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    runs: Vec<SimRun>,
+    mean: Mean,
+    by_policy: Vec<PolicyMean>,
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}
 
 /// Runs the command.
-pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not available in this build")
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.inflation.is_finite() && args.inflation > 0.0 && args.inflation <= 10.0) {
+        bail!("--inflation must be in (0, 10], got {}", args.inflation);
+    }
+    let policies = parse_policies(&args.policy)?;
+    let seeds = match &args.seeds {
+        Some(s) => parse_seeds(s)?,
+        None => vec![args.seed],
+    };
+    let nodes = simulate::load_nodes(&args.nodes).context("failed to read the node list")?;
+    let pods = simulate::load_pods(&args.pods).context("failed to read the pod list")?;
+    let shapes = match args.shapes {
+        Shapes::Online => ShapeSource::Online,
+        Shapes::Trace => ShapeSource::Trace,
+    };
+    let total = policies.len() * seeds.len();
+    let mut runs = Vec::with_capacity(total);
+    for &policy in &policies {
+        for &seed in &seeds {
+            let cfg = SimConfig {
+                policy,
+                seed,
+                inflation: args.inflation,
+                shapes,
+            };
+            let mut r = simulate::run(&nodes, &pods, &cfg)
+                .with_context(|| format!("simulation {policy} seed {seed} failed"))?;
+            if total > 1 {
+                eprintln!(
+                    "[{}/{}] {policy} seed {seed}: {:.2}% at 100%, {:.2}% at 130%, {} failed, {:.1}s",
+                    runs.len() + 1,
+                    total,
+                    r.gpu_alloc_ratio_at_100,
+                    r.gpu_alloc_ratio_at_130,
+                    r.failed_pods,
+                    r.wall_s
+                );
+            }
+            if args.no_curve {
+                r.curve.clear();
+            }
+            runs.push(r);
+        }
+    }
+    let by_policy: Vec<PolicyMean> = policies
+        .iter()
+        .map(|p| {
+            let rs: Vec<&SimRun> = runs.iter().filter(|r| r.policy == p.name()).collect();
+            PolicyMean {
+                policy: p.name().to_string(),
+                runs: rs.len(),
+                gpu_alloc_ratio_at_100: mean(rs.iter().map(|r| r.gpu_alloc_ratio_at_100)),
+                gpu_alloc_ratio_at_130: mean(rs.iter().map(|r| r.gpu_alloc_ratio_at_130)),
+                failed_pods: mean(rs.iter().map(|r| r.failed_pods as f64)),
+                wall_s: mean(rs.iter().map(|r| r.wall_s)),
+            }
+        })
+        .collect();
+    let report = Report {
+        mean: Mean {
+            gpu_alloc_ratio_at_100: mean(runs.iter().map(|r| r.gpu_alloc_ratio_at_100)),
+            gpu_alloc_ratio_at_130: mean(runs.iter().map(|r| r.gpu_alloc_ratio_at_130)),
+        },
+        runs,
+        by_policy,
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string(&report)?),
+        Output::Table => {
+            println!(
+                "{:<12} {:>5} {:>9} {:>9} {:>9} {:>8}",
+                "policy", "runs", "@100%", "@130%", "failed", "wall_s"
+            );
+            for p in &report.by_policy {
+                println!(
+                    "{:<12} {:>5} {:>9.2} {:>9.2} {:>9.1} {:>8.2}",
+                    p.policy,
+                    p.runs,
+                    p.gpu_alloc_ratio_at_100,
+                    p.gpu_alloc_ratio_at_130,
+                    p.failed_pods,
+                    p.wall_s
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_accept_numbers_ranges_and_lists() {
+        assert_eq!(parse_seeds("42").unwrap(), vec![42]);
+        assert_eq!(parse_seeds("42-44").unwrap(), vec![42, 43, 44]);
+        assert_eq!(parse_seeds("1,5-6, 9").unwrap(), vec![1, 5, 6, 9]);
+        assert!(parse_seeds("5-3").is_err());
+        assert!(parse_seeds("x").is_err());
+        assert!(parse_seeds("").is_err());
+    }
+
+    #[test]
+    fn policies_parse() {
+        let p = parse_policies(&["fgd".into(), "Random".into()]).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(parse_policies(&["all".into()]).unwrap().len(), 6);
+        assert!(parse_policies(&["nope".into()]).is_err());
+    }
 }
