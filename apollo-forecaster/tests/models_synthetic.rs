@@ -196,12 +196,18 @@ fn global_lstm_beats_naive_on_mean_reverting_series() {
         })
         .collect();
     let refs: Vec<&[f64]> = series.iter().map(|s| &s[..500]).collect();
+    // Small schedule and few calibration origins: unoptimised test builds
+    // run the scalar loops slowly.
+    let cfg = ModelConfig {
+        calib_origins: 20,
+        ..ModelConfig::default()
+    };
     let model = Lstm::train(
         &refs,
-        &ModelConfig::default(),
+        &cfg,
         &TrainConfig {
-            steps: 300,
-            batch: 16,
+            steps: 120,
+            batch: 8,
             ..TrainConfig::default()
         },
     )
@@ -209,7 +215,7 @@ fn global_lstm_beats_naive_on_mean_reverting_series() {
     assert!(model.is_trained());
     let (mut err_lstm, mut err_naive) = (0.0, 0.0);
     for s in &series {
-        for t in (500..590).step_by(3) {
+        for t in (500..590).step_by(9) {
             let f = model.forecast(&s[..t], 10, 0.95).expect("forecast");
             err_lstm += (f.mean[9] - s[t + 9]).abs();
             err_naive += (s[t - 1] - s[t + 9]).abs();
@@ -247,7 +253,7 @@ fn intervals_cover_at_about_the_nominal_rate_on_noise() {
     for name in ["mean", "auto", "ets"] {
         let model = by_name(name).expect("known");
         let (mut inside, mut total) = (0usize, 0usize);
-        for _ in 0..150 {
+        for _ in 0..60 {
             let y: Vec<f64> = (0..505).map(|_| normal(&mut rng)).collect();
             let f = model.forecast(&y[..500], 5, 0.95).expect("forecast");
             for k in 0..5 {
@@ -351,4 +357,29 @@ fn auto_selector_reuses_its_choice_and_reselects_on_change() {
     let long = sel.forecast(&y[..902], 30, 0.95).expect("forecast");
     assert_eq!(long.mean.len(), 30);
     assert_ne!(sel.selection(), Some(&chosen));
+}
+
+#[test]
+fn invalid_configuration_is_rejected() {
+    let bad = ModelConfig {
+        season: Some(1),
+        ..ModelConfig::default()
+    };
+    let y: Vec<f64> = (0..100).map(f64::from).collect();
+    for name in MODEL_NAMES {
+        let m = by_name_with(name, &bad).expect("known");
+        assert!(
+            matches!(m.forecast(&y, 3, 0.9), Err(ModelError::InvalidConfig(_))),
+            "{name}"
+        );
+    }
+    let mut sel = AutoSelector::new(AutoConfig {
+        windows: vec![0],
+        ..AutoConfig::default()
+    });
+    assert!(matches!(
+        sel.forecast(&y, 3, 0.9),
+        Err(ModelError::InvalidConfig(_))
+    ));
+    assert!(by_name("no-such-model").is_none());
 }

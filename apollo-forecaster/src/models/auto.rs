@@ -50,6 +50,34 @@ pub struct AutoConfig {
     pub drift_windows: Vec<usize>,
 }
 
+impl AutoConfig {
+    /// Checks ranges once so selection can rely on them.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        self.model.validate()?;
+        let windows = self
+            .windows
+            .iter()
+            .chain(&self.revert_windows)
+            .chain(&self.drift_windows);
+        if windows.clone().any(|w| *w == 0) {
+            return Err(ModelError::InvalidConfig(
+                "auto windows must be at least 1".into(),
+            ));
+        }
+        if self.alphas.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
+            return Err(ModelError::InvalidConfig(
+                "auto smoothing constants must be in (0, 1]".into(),
+            ));
+        }
+        if self.backtest_window < 10 || self.stride == 0 || self.top_k == 0 {
+            return Err(ModelError::InvalidConfig(
+                "auto needs backtest_window >= 10, stride >= 1 and top_k >= 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for AutoConfig {
     fn default() -> Self {
         Self {
@@ -423,7 +451,7 @@ impl AutoSelector {
         horizon: usize,
         level: f64,
     ) -> Result<Forecast, ModelError> {
-        self.config.model.validate()?;
+        self.config.validate()?;
         check_input("auto", history, 3, horizon, level)?;
         let y = tail(history, self.config.model.max_train);
         let n = y.len();

@@ -172,6 +172,11 @@ impl ModelConfig {
                 "window must be at least 1".into(),
             ));
         }
+        if self.calib_origins < 10 {
+            return Err(ModelError::InvalidConfig(
+                "calib_origins must be at least 10 for meaningful intervals".into(),
+            ));
+        }
         Ok(())
     }
 }
