@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod eval_forecast;
+mod replay;
 mod simulate;
 
 /// APOLLO command-line tool.
@@ -21,6 +22,8 @@ enum Command {
     /// Replay a pod list against a node list with a placement policy (the
     /// published GPU-allocation protocol).
     Simulate(simulate::Args),
+    /// Drive a running APOLLO stack with a real trace and print its decisions.
+    Replay(replay::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Eval(EvalCommand::Forecast(args)) => eval_forecast::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Replay(args) => replay::run(args),
     }
 }
