@@ -14,7 +14,7 @@ pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 /// (`apollo.InsightService`, plain HTTP/2) and stores each on NATS JetStream
 /// as protobuf-JSON for the forecaster and the policy engines.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "apollo-ingest", version, about, long_about = None)]
+#[command(name = "apollo-ingest", version)]
 pub struct Config {
     /// Address of the gRPC server (InsightService, health, reflection).
     #[arg(long = "grpc-addr", env = "APOLLO_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]

@@ -629,3 +629,37 @@ async fn nats_outage_gives_unavailable_and_not_serving_then_recovers() {
     assert!(ok.success);
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_an_inflight_stream_finish_then_stops() {
+    let nats = TestNats::start().await;
+    let ingest = Ingest::start(&nats, |_| {}).await;
+    let (tx, rx) = futures::channel::mpsc::unbounded::<WorkloadSignature>();
+    tx.unbounded_send(signature("drain-0", 1.0)).unwrap();
+    let mut client = ingest.client.clone();
+    let call = tokio::spawn(async move { client.stream_workload_signatures(rx).await });
+
+    // The first item is stored while the stream is still open.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while ingest.stored_count().await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first item never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Drain starts: the open stream may still send and complete.
+    ingest.shutdown.cancel();
+    tx.unbounded_send(signature("drain-1", 2.0)).unwrap();
+    drop(tx);
+    let resp = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("stream did not complete during drain")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!((resp.messages_received, resp.messages_processed), (2, 2));
+    assert_eq!(ingest.stored_count().await, 2);
+    ingest.stop().await;
+}
