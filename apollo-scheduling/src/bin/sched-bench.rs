@@ -219,7 +219,7 @@ fn signatures(n: usize, nodes: &[String], rng: &mut StdRng) -> Vec<WorkloadSigna
 /// A request mix: half known pods (signature), half annotated unknown pods
 /// with GPU sharing, whole GPUs, model constraints, CSD, or CPU only.
 fn request(i: usize, known: usize, nodes: &[String], rng: &mut StdRng) -> SchedulingPolicyRequest {
-    if known > 0 && i % 2 == 0 {
+    if known > 0 && i.is_multiple_of(2) {
         let k = rng.random_range(0..known);
         return SchedulingPolicyRequest {
             pod_name: format!("pod-{k}"),
