@@ -52,6 +52,9 @@ pub struct ShapeDistribution {
     coverage: f64,
     typical: Vec<TypicalShape>,
     cpu_only_weight: f64,
+    /// Sorted CPU requests of the typical GPU shapes: a CPU change that crosses
+    /// none of them leaves the fragmentation unchanged.
+    cpu_thresholds: Vec<u64>,
     version: u64,
     observed_since_refresh: u64,
 }
@@ -75,6 +78,7 @@ impl ShapeDistribution {
             },
             typical: Vec::new(),
             cpu_only_weight: 0.0,
+            cpu_thresholds: Vec::new(),
             version: 0,
             observed_since_refresh: 0,
         }
@@ -150,6 +154,14 @@ impl ShapeDistribution {
             .filter(|t| t.shape.gpu_milli == 0 || t.shape.num_gpu == 0)
             .map(|t| t.weight)
             .sum();
+        self.cpu_thresholds = self
+            .typical
+            .iter()
+            .filter(|t| t.shape.gpu_milli > 0 && t.shape.num_gpu > 0)
+            .map(|t| t.shape.cpu_milli)
+            .collect();
+        self.cpu_thresholds.sort_unstable();
+        self.cpu_thresholds.dedup();
         self.version += 1;
         self.observed_since_refresh = 0;
     }
@@ -167,6 +179,14 @@ impl ShapeDistribution {
     /// Number of pods observed.
     pub fn observed(&self) -> f64 {
         self.total
+    }
+
+    /// True when lowering a node's free CPU from `before` to `after` (GPUs
+    /// unchanged) changes which typical shapes fit, i.e. can change fragmentation.
+    pub fn cpu_change_matters(&self, before: u64, after: u64) -> bool {
+        // Any threshold t with after < t <= before?
+        let i = self.cpu_thresholds.partition_point(|&t| t <= after);
+        self.cpu_thresholds.get(i).is_some_and(|&t| t <= before)
     }
 
     /// Fragmentation (milli-GPU) of a node with `cpu_free` milli-cores and the
@@ -243,6 +263,12 @@ mod tests {
         assert_eq!(d.fragmentation(10_000, &[300, 1000]), 300.0);
         // Without CPU the whole free capacity is fragmented.
         assert_eq!(d.fragmentation(500, &[300, 1000]), 1300.0);
+        assert!(d.cpu_change_matters(1000, 999));
+        assert!(!d.cpu_change_matters(5000, 1000));
+        assert!(
+            !d.cpu_change_matters(999, 0)
+                || d.fragmentation(0, &[1000]) != d.fragmentation(999, &[1000])
+        );
         let whole = ShapeDistribution::from_weights([(shape(1000, 2, 1000), 1.0)]);
         assert_eq!(whole.fragmentation(10_000, &[1000, 1000, 400]), 400.0);
         assert_eq!(whole.fragmentation(10_000, &[1000, 600, 400]), 2000.0);

@@ -692,6 +692,10 @@ impl ClusterSnapshot {
         scratch.clear();
         scratch.extend_from_slice(&c.gpu_free);
         if demand.num_gpu == 0 {
+            if c.gpu_free_total == 0 || !self.shapes.cpu_change_matters(c.frag_cpu_free, cpu_after)
+            {
+                return (GpuPick::None, 0.0);
+            }
             let after = self.shapes.fragmentation(cpu_after, scratch);
             return (GpuPick::None, after - c.frag);
         }
