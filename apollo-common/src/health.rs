@@ -36,9 +36,10 @@ impl std::fmt::Debug for Readiness {
 }
 
 impl Readiness {
-    /// Creates the health service (starts NOT_SERVING) for the given fully
-    /// qualified gRPC service names, plus the overall "" service.
-    pub fn new(
+    /// Creates the health service for the given fully qualified gRPC service
+    /// names plus the overall "" service, all NOT_SERVING until [`set`](Self::set)
+    /// says otherwise (tonic-health alone starts "" as SERVING).
+    pub async fn new(
         services: Vec<&'static str>,
     ) -> (
         Self,
@@ -50,12 +51,11 @@ impl Readiness {
             reporter,
             services: Arc::new(services),
         };
+        me.publish(false).await;
         (me, server)
     }
 
-    /// Marks the service serving or not.
-    pub async fn set(&self, ready: bool) {
-        let was = self.ready.swap(ready, Ordering::SeqCst);
+    async fn publish(&self, ready: bool) {
         let status = if ready {
             tonic_health::ServingStatus::Serving
         } else {
@@ -65,6 +65,12 @@ impl Readiness {
         for name in self.services.iter() {
             self.reporter.set_service_status(*name, status).await;
         }
+    }
+
+    /// Marks the service serving or not.
+    pub async fn set(&self, ready: bool) {
+        let was = self.ready.swap(ready, Ordering::SeqCst);
+        self.publish(ready).await;
         if was != ready {
             tracing::info!(ready, "readiness changed");
         }

@@ -97,7 +97,7 @@ impl Forecaster {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let engine = Arc::new(Engine::new(config.forecast.clone(), metrics)?);
-        let (readiness, health) = Readiness::new(vec!["apollo.ForecastService"]);
+        let (readiness, health) = Readiness::new(vec!["apollo.ForecastService"]).await;
         readiness.set(false).await;
         // The bus gets its own token so it outlives the drain of the server.
         let bus_token = CancellationToken::new();

@@ -73,7 +73,7 @@ pub async fn serve(
 
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
-    let (readiness, health) = Readiness::new(vec![SERVICE_NAME]);
+    let (readiness, health) = Readiness::new(vec![SERVICE_NAME]).await;
     // tonic-health reports the overall service SERVING until told otherwise.
     readiness.set(false).await;
 

@@ -82,7 +82,7 @@ pub async fn serve(
     let _follow = view.follow(bus.clone(), shutdown.clone());
 
     let (readiness, health_service) =
-        health::Readiness::new(vec!["apollo.OrchestrationPolicyService"]);
+        health::Readiness::new(vec!["apollo.OrchestrationPolicyService"]).await;
     let (metrics_addr, _http) = health::spawn_http(
         config.observability.metrics_addr,
         Arc::new(registry),

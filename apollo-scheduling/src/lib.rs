@@ -1,6 +1,7 @@
 //! Scheduling Policy Engine: answers the AI-Storage Scheduler per pod with node
 //! preferences, plugin weights, storage requirements and a decision.
 
+pub mod baselines;
 pub mod config;
 pub mod decision;
 pub mod demand;

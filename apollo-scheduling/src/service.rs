@@ -527,7 +527,7 @@ pub async fn serve_engine(
         });
     }
 
-    let (readiness, health) = Readiness::new(vec![SERVICE_NAME]);
+    let (readiness, health) = Readiness::new(vec![SERVICE_NAME]).await;
     let (_, http) = spawn_http(
         config.observability.metrics_addr,
         Arc::new(registry),
@@ -591,13 +591,7 @@ pub async fn serve_engine(
             tracing::info!("draining gRPC requests");
         }
     };
-    // Small unary responses must not wait for Nagle + delayed ACK (~40 ms).
-    let incoming = apollo_common::grpc::incoming(listener).map(|conn| {
-        conn.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
+    let incoming = apollo_common::grpc::incoming(listener);
     let mut server = Box::pin(
         tonic::transport::Server::builder()
             .add_service(health)
