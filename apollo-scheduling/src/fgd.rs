@@ -13,8 +13,28 @@
 //! for a GPU-sharing pod, the GPU) with the smallest increase.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::demand::PodDemand;
+
+/// Source of distribution versions: unique across all distributions of the
+/// process, so a version names one fragmentation function and memoised
+/// results can be shared between snapshots.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// Most distinct `gpu_milli` values among the typical shapes evaluated with
+/// the per-level fast path (more fall back to the per-shape loop).
+const MAX_LEVELS: usize = 32;
+
+/// A typical GPU shape prepared for evaluation: index of its `gpu_milli` in
+/// `levels`, GPU count, CPU request, weight.
+#[derive(Debug, Clone, Copy)]
+struct GpuTerm {
+    level: usize,
+    num_gpu: u32,
+    cpu_milli: u64,
+    weight: f64,
+}
 
 /// The resource shape of a pod as the fragmentation model sees it (memory and
 /// GPU model are left out, as in the published model).
@@ -55,6 +75,10 @@ pub struct ShapeDistribution {
     /// Sorted CPU requests of the typical GPU shapes: a CPU change that crosses
     /// none of them leaves the fragmentation unchanged.
     cpu_thresholds: Vec<u64>,
+    /// Distinct `gpu_milli` of the typical GPU shapes, ascending.
+    levels: Vec<u32>,
+    /// Typical GPU shapes in the order of `typical`.
+    terms: Vec<GpuTerm>,
     version: u64,
     observed_since_refresh: u64,
 }
@@ -79,6 +103,8 @@ impl ShapeDistribution {
             typical: Vec::new(),
             cpu_only_weight: 0.0,
             cpu_thresholds: Vec::new(),
+            levels: Vec::new(),
+            terms: Vec::new(),
             version: 0,
             observed_since_refresh: 0,
         }
@@ -162,7 +188,27 @@ impl ShapeDistribution {
             .collect();
         self.cpu_thresholds.sort_unstable();
         self.cpu_thresholds.dedup();
-        self.version += 1;
+        self.levels = self
+            .typical
+            .iter()
+            .filter(|t| t.shape.gpu_milli > 0 && t.shape.num_gpu > 0)
+            .map(|t| t.shape.gpu_milli)
+            .collect();
+        self.levels.sort_unstable();
+        self.levels.dedup();
+        let levels = &self.levels;
+        self.terms = self
+            .typical
+            .iter()
+            .filter(|t| t.shape.gpu_milli > 0 && t.shape.num_gpu > 0)
+            .map(|t| GpuTerm {
+                level: levels.partition_point(|&l| l < t.shape.gpu_milli),
+                num_gpu: t.shape.num_gpu,
+                cpu_milli: t.shape.cpu_milli,
+                weight: t.weight,
+            })
+            .collect();
+        self.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
         self.observed_since_refresh = 0;
     }
 
@@ -171,7 +217,9 @@ impl ShapeDistribution {
         &self.typical
     }
 
-    /// Incremented by every `refresh`.
+    /// Changed by every `refresh`; unique across the distributions of the
+    /// process (0 = never refreshed), so equal versions mean equal
+    /// fragmentation functions.
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -179,6 +227,18 @@ impl ShapeDistribution {
     /// Number of pods observed.
     pub fn observed(&self) -> f64 {
         self.total
+    }
+
+    /// Which typical GPU shapes a node with `cpu_free` milli-cores can hold
+    /// on CPU, as the number of distinct typical CPU requests at or below it.
+    /// Fragmentation depends on free CPU only through this class.
+    pub fn cpu_class(&self, cpu_free: u64) -> usize {
+        self.cpu_thresholds.partition_point(|&t| t <= cpu_free)
+    }
+
+    /// Number of CPU classes (one more than the distinct typical CPU requests).
+    pub fn cpu_classes(&self) -> usize {
+        self.cpu_thresholds.len() + 1
     }
 
     /// True when lowering a node's free CPU from `before` to `after` (GPUs
@@ -198,24 +258,34 @@ impl ShapeDistribution {
         }
         let total_f = total as f64;
         let mut frag = self.cpu_only_weight * total_f;
-        for t in &self.typical {
-            let s = &t.shape;
-            if s.gpu_milli == 0 || s.num_gpu == 0 {
-                continue;
+        if self.levels.len() > MAX_LEVELS {
+            for t in &self.terms {
+                let f = if cpu_free < t.cpu_milli {
+                    total_f
+                } else {
+                    let milli = self.levels[t.level];
+                    let (fit, small) = level_fit(gpu_free, milli);
+                    if fit >= t.num_gpu {
+                        small as f64
+                    } else {
+                        total_f
+                    }
+                };
+                frag += t.weight * f;
             }
-            let f = if cpu_free < s.cpu_milli {
+            return frag;
+        }
+        // GPUs that fit and capacity too small, once per distinct share.
+        let mut per_level = [(0u32, 0u64); MAX_LEVELS];
+        for (slot, &milli) in per_level.iter_mut().zip(&self.levels) {
+            *slot = level_fit(gpu_free, milli);
+        }
+        for t in &self.terms {
+            let f = if cpu_free < t.cpu_milli {
                 total_f
             } else {
-                let mut fit = 0u32;
-                let mut small = 0u64;
-                for &g in gpu_free {
-                    if g >= s.gpu_milli {
-                        fit += 1;
-                    } else {
-                        small += u64::from(g);
-                    }
-                }
-                if fit >= s.num_gpu {
+                let (fit, small) = per_level[t.level];
+                if fit >= t.num_gpu {
                     small as f64
                 } else {
                     total_f
@@ -225,6 +295,21 @@ impl ShapeDistribution {
         }
         frag
     }
+}
+
+/// GPUs with at least `milli` free, and the free capacity of the others.
+#[inline]
+fn level_fit(gpu_free: &[u32], milli: u32) -> (u32, u64) {
+    let mut fit = 0u32;
+    let mut small = 0u64;
+    for &g in gpu_free {
+        if g >= milli {
+            fit += 1;
+        } else {
+            small += u64::from(g);
+        }
+    }
+    (fit, small)
 }
 
 #[cfg(test)]

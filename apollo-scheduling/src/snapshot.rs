@@ -2,7 +2,9 @@
 //! name, with derived per-node data (free resources, current GPU fragmentation)
 //! cached and recomputed only when that node changes.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use apollo_proto::ClusterInsight;
 use thiserror::Error;
@@ -371,6 +373,77 @@ pub(crate) struct NodeCache {
     pub(crate) gpu_capacity: u64,
     pub(crate) max_free: u32,
     pub(crate) frag: f64,
+    /// Free milli-GPU of each GPU, sorted and packed 10 bits each (absent
+    /// GPUs as 0x3FF), when the node has at most [`MEMO_GPUS`] GPUs all of one
+    /// model: the node's GPU state as the fragmentation model sees it.
+    pub(crate) gpu_key: Option<u128>,
+    /// The model of every GPU when they share one.
+    pub(crate) uniform_model: Option<u16>,
+}
+
+/// Most GPUs per node whose fragmentation deltas are memoised.
+const MEMO_GPUS: usize = 8;
+/// Memoised deltas kept per thread before the memo starts over.
+const MEMO_CAPACITY: usize = 1 << 16;
+/// Marks an absent GPU in a packed GPU state.
+const NO_GPU: u128 = 0x3FF;
+/// Memoised pick: no particular GPU (CPU-only or whole GPUs).
+const PICK_NONE: u32 = u32::MAX;
+
+/// Multiplicative hasher for the memo's `u128` keys (they are already well
+/// mixed bit fields; SipHash would cost more than the lookup saves).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        let folded = (v as u64) ^ ((v >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = (self.0 ^ folded).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        self.0 ^= self.0 >> 29;
+    }
+}
+
+/// Fragmentation deltas by (GPU state, CPU classes, pod GPU shape), for one
+/// shape distribution version. Deltas are pure functions of that key, so
+/// nodes in the same state (common: idle nodes of one type, nodes filled
+/// the same way) and later requests of the same shape reuse them.
+#[derive(Default)]
+struct DeltaMemo {
+    version: u64,
+    map: HashMap<u128, (f64, u32), BuildHasherDefault<KeyHasher>>,
+}
+
+thread_local! {
+    static MEMO: RefCell<DeltaMemo> = RefCell::new(DeltaMemo::default());
+}
+
+fn pack_gpu_state(free: &[u32]) -> Option<u128> {
+    if free.len() > MEMO_GPUS {
+        return None;
+    }
+    let mut sorted = [u32::MAX; MEMO_GPUS];
+    sorted[..free.len()].copy_from_slice(free);
+    sorted[..free.len()].sort_unstable();
+    let mut key = 0u128;
+    for (i, &f) in sorted.iter().enumerate() {
+        let v = if f == u32::MAX {
+            NO_GPU
+        } else {
+            u128::from(f.min(1000))
+        };
+        key |= v << (10 * i);
+    }
+    Some(key)
 }
 
 #[derive(Debug, Clone)]
@@ -680,6 +753,10 @@ impl ClusterSnapshot {
 
     /// The GPU choice adding the least fragmentation and that increase
     /// (milli-GPU). Assumes the pod fits (see `fit_reason`).
+    ///
+    /// A GPU-sharing pod considers each distinct free share once (GPUs with the
+    /// same share and model are interchangeable; the first in device order is
+    /// taken), smallest share first; ties go to the fuller GPU.
     pub(crate) fn best_gpu_pick(
         &self,
         idx: usize,
@@ -689,42 +766,134 @@ impl ClusterSnapshot {
     ) -> (GpuPick, f64) {
         let c = &self.nodes[idx].cache;
         let cpu_after = c.frag_cpu_free.saturating_sub(demand.cpu_milli);
+        if demand.num_gpu == 0
+            && (c.gpu_free_total == 0
+                || !self.shapes.cpu_change_matters(c.frag_cpu_free, cpu_after))
+        {
+            return (GpuPick::None, 0.0);
+        }
+        let Some(key) = self.memo_key(c, demand, filter, cpu_after) else {
+            return self.compute_gpu_pick(c, demand, filter, cpu_after, scratch);
+        };
+        let version = self.shapes.version();
+        let hit = MEMO.with(|m| {
+            let m = m.borrow();
+            if m.version == version {
+                m.map.get(&key).copied()
+            } else {
+                None
+            }
+        });
+        let (delta, free) = match hit {
+            Some(v) => v,
+            None => {
+                let (pick, delta) = self.compute_gpu_pick(c, demand, filter, cpu_after, scratch);
+                let free = match pick {
+                    GpuPick::Share(g) => c.gpu_free[usize::from(g)],
+                    _ => PICK_NONE,
+                };
+                MEMO.with(|m| {
+                    let mut m = m.borrow_mut();
+                    if m.version != version || m.map.len() >= MEMO_CAPACITY {
+                        m.map.clear();
+                        m.version = version;
+                    }
+                    m.map.insert(key, (delta, free));
+                });
+                return (pick, delta);
+            }
+        };
+        let pick = if free == PICK_NONE {
+            match demand.num_gpu {
+                0 => GpuPick::None,
+                _ if demand.is_gpu_sharing() => GpuPick::None,
+                n => GpuPick::Whole(n),
+            }
+        } else {
+            match c.gpu_free.iter().position(|&f| f == free) {
+                Some(g) => GpuPick::Share(g as u16),
+                None => GpuPick::None,
+            }
+        };
+        (pick, delta)
+    }
+
+    /// The memo key of a placement, when the node's GPUs can be described by
+    /// their sorted free shares alone (at most 8, one model the pod may use).
+    fn memo_key(
+        &self,
+        c: &NodeCache,
+        demand: &PodDemand,
+        filter: &ModelFilter,
+        cpu_after: u64,
+    ) -> Option<u128> {
+        let gpus = c.gpu_key?;
+        if demand.num_gpu > 0 && !c.uniform_model.is_some_and(|m| filter.allows(m)) {
+            return None;
+        }
+        let before = self.shapes.cpu_class(c.frag_cpu_free);
+        let after = self.shapes.cpu_class(cpu_after);
+        if before > 0x7F || demand.num_gpu > 0x7F || demand.gpu_milli > 0x3FF {
+            return None;
+        }
+        Some(
+            gpus | (before as u128) << 80
+                | (after as u128) << 87
+                | u128::from(demand.gpu_milli) << 94
+                | u128::from(demand.num_gpu) << 104,
+        )
+    }
+
+    fn compute_gpu_pick(
+        &self,
+        c: &NodeCache,
+        demand: &PodDemand,
+        filter: &ModelFilter,
+        cpu_after: u64,
+        scratch: &mut Vec<u32>,
+    ) -> (GpuPick, f64) {
         scratch.clear();
         scratch.extend_from_slice(&c.gpu_free);
         if demand.num_gpu == 0 {
-            if c.gpu_free_total == 0 || !self.shapes.cpu_change_matters(c.frag_cpu_free, cpu_after)
-            {
-                return (GpuPick::None, 0.0);
-            }
             let after = self.shapes.fragmentation(cpu_after, scratch);
             return (GpuPick::None, after - c.frag);
         }
         if demand.is_gpu_sharing() {
             let mut best: Option<(u16, f64, u32)> = None;
-            for g in 0..c.gpu_free.len() {
-                let free = c.gpu_free[g];
-                if free < demand.gpu_milli || !filter.allows(c.gpu_model[g]) {
-                    continue;
-                }
-                // GPUs with the same free share and model are interchangeable.
-                if c.gpu_free[..g]
+            let mut last: Option<u32> = None;
+            loop {
+                // Next distinct free share above the last one tried.
+                let next = c
+                    .gpu_free
                     .iter()
-                    .zip(&c.gpu_model[..g])
-                    .any(|(&f, &m)| f == free && m == c.gpu_model[g])
-                {
-                    continue;
-                }
-                scratch[g] = free - demand.gpu_milli;
-                let after = self.shapes.fragmentation(cpu_after, scratch);
-                scratch[g] = free;
-                let delta = after - c.frag;
-                let better = match best {
-                    None => true,
-                    // Ties go to the fuller GPU (keeps whole GPUs whole).
-                    Some((_, d, f)) => delta < d - 1e-9 || (delta <= d + 1e-9 && free < f),
-                };
-                if better {
-                    best = Some((g as u16, delta, free));
+                    .zip(&c.gpu_model)
+                    .filter(|(&f, &m)| {
+                        f >= demand.gpu_milli && filter.allows(m) && last.is_none_or(|l| f > l)
+                    })
+                    .map(|(&f, _)| f)
+                    .min();
+                let Some(free) = next else { break };
+                last = Some(free);
+                // Interchangeable GPUs: each allowed model with this share once.
+                for g in 0..c.gpu_free.len() {
+                    let model = c.gpu_model[g];
+                    if c.gpu_free[g] != free
+                        || !filter.allows(model)
+                        || c.gpu_free[..g]
+                            .iter()
+                            .zip(&c.gpu_model[..g])
+                            .any(|(&f, &m)| f == free && m == model)
+                    {
+                        continue;
+                    }
+                    scratch[g] = free - demand.gpu_milli;
+                    let after = self.shapes.fragmentation(cpu_after, scratch);
+                    scratch[g] = free;
+                    let delta = after - c.frag;
+                    // Shares are tried smallest first: a tie keeps the fuller GPU.
+                    if best.is_none_or(|(_, d, _)| delta < d - 1e-9) {
+                        best = Some((g as u16, delta, free));
+                    }
                 }
             }
             return match best {
@@ -847,6 +1016,15 @@ impl ClusterSnapshot {
             n.gpus.iter().filter(|g| g.available).count() as u64 * u64::from(MILLI_PER_GPU);
         c.max_free = c.gpu_free.iter().copied().max().unwrap_or(0);
         c.frag = self.shapes.fragmentation(c.frag_cpu_free, &c.gpu_free);
+        c.uniform_model = match c.gpu_model.split_first() {
+            Some((&m, rest)) if rest.iter().all(|&o| o == m) => Some(m),
+            _ => None,
+        };
+        c.gpu_key = if c.uniform_model.is_some() {
+            pack_gpu_state(&c.gpu_free)
+        } else {
+            None
+        };
         self.gpu_capacity_milli += c.gpu_capacity;
         self.gpu_allocated_milli += c.gpu_capacity - c.gpu_free_total.min(c.gpu_capacity);
     }
