@@ -2,10 +2,14 @@
 //! USENIX ATC'23, section 5), used by the simulator as points of comparison.
 //!
 //! Every policy first filters the nodes where the pod fits (CPU, memory, GPU
-//! model, GPU share or whole GPUs). Among equally scored nodes one is drawn at
-//! random, as the Kubernetes scheduler does. Unless stated otherwise a
-//! GPU-sharing pod takes the fitting GPU with the least free share (best fit
-//! within the node) and a multi-GPU pod the first fully free GPUs.
+//! model, GPU share or whole GPUs). As in the published simulator, DotProd,
+//! GpuPacking and FGD score nodes with the scheduler framework's integer
+//! scores (0-100), and among equally scored nodes one is drawn uniformly at
+//! random, as the Kubernetes scheduler does: the coarse scores make ties
+//! common, and how they are broken moves the results by several points.
+//! Unless stated otherwise a GPU-sharing pod takes the fitting GPU with the
+//! least free share (best fit within the node) and a multi-GPU pod the first
+//! fully free GPUs.
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -22,16 +26,21 @@ pub enum Baseline {
     /// `0.5 * (cpu_free - cpu_req) / max_cpu + 0.5 * (gpu_free - gpu_req) / max_gpu`
     /// (free amounts of the node, maxima over the cluster's nodes), smallest wins.
     BestFit,
-    /// DotProd (Tetris alignment as used by the paper): the dot product of the
-    /// node's free (CPU, GPU) and the pod's request, both normalised by the
-    /// node's capacity; the smallest product wins (tightest alignment).
+    /// DotProd (Tetris alignment as used by the paper, GPUs merged into one
+    /// dimension): the dot product of the node's free (CPU, GPU) and the pod's
+    /// request, both normalised by the published maxima (128 cores, 8 GPUs);
+    /// score `trunc(100 * (1 - dot / 2))`, highest wins.
     DotProd,
     /// GpuPacking: prefer (1) sharing an already used GPU, the fullest first;
     /// then (2) idle GPUs on a node that already runs GPU pods; then (3) an
-    /// idle node, the one with fewest GPUs first.
+    /// idle node, the one with fewest GPUs first (integer scores, see
+    /// `packing_score`).
     GpuPacking,
     /// FGD: the node and GPU whose placement increases the node's fragmentation
-    /// the least (see [`crate::fgd`]); the GPU is chosen the FGD way too.
+    /// the least (see [`crate::fgd`]), scored `trunc(100 * sigmoid(-dF / 1000))`
+    /// as published; the GPU is chosen the FGD way too (smallest exact
+    /// increase, where the published code takes the first GPU of the best
+    /// integer score).
     Fgd,
 }
 
@@ -92,40 +101,60 @@ impl Baseline {
                     (best_fit_gpu(snap, idx, demand, filter), -s)
                 }
                 Self::DotProd => {
-                    let cap_cpu = snap.nodes[idx].state.cpu_milli_capacity.max(1) as f64;
-                    let cap_gpu = c.gpu_capacity.max(1) as f64;
-                    let dot = (c.cpu_free as f64 / cap_cpu) * (demand.cpu_milli as f64 / cap_cpu)
-                        + (c.gpu_free_total as f64 / cap_gpu)
-                            * (demand.gpu_milli_total() as f64 / cap_gpu);
-                    (best_fit_gpu(snap, idx, demand, filter), -dot)
+                    let dot = (c.cpu_free as f64 / MAX_SPEC_CPU)
+                        * (demand.cpu_milli as f64 / MAX_SPEC_CPU)
+                        + (c.gpu_free_total as f64 / MAX_SPEC_GPU)
+                            * (demand.gpu_milli_total() as f64 / MAX_SPEC_GPU);
+                    (
+                        best_fit_gpu(snap, idx, demand, filter),
+                        node_score(1.0 - dot / 2.0),
+                    )
                 }
                 Self::GpuPacking => {
                     let pick = best_fit_gpu(snap, idx, demand, filter);
-                    (pick, packing_score(snap, idx, demand, pick))
+                    (pick, packing_score(snap, idx, demand))
                 }
                 Self::Fgd => {
                     let (pick, delta) = snap.best_gpu_pick(idx, demand, filter, &mut scratch);
-                    (pick, -delta)
+                    (pick, node_score(sigmoid(-delta / 1000.0)))
                 }
             };
-            let better = match (self, best) {
-                (_, None) => true,
-                // Reservoir sampling: uniform over the feasible nodes.
-                (Self::Random, Some(_)) => {
+            // Reservoir sampling over the best-scored nodes: uniform among
+            // ties, as the Kubernetes scheduler's host selection.
+            let better = match best {
+                None => true,
+                Some((_, _, b)) if score > b + 1e-9 => true,
+                Some((_, _, b)) if score >= b - 1e-9 => {
                     ties += 1;
                     rng.random_range(0..ties) == 0
                 }
-                (_, Some((_, _, b))) => score > b + 1e-9,
+                Some(_) => false,
             };
             if better {
-                best = Some((idx, pick, score));
-                if ties == 0 {
+                if best.is_none_or(|(_, _, b)| score > b + 1e-9) {
                     ties = 1;
                 }
+                best = Some((idx, pick, score));
             }
         }
         best.map(|(i, p, _)| (i, p))
     }
+}
+
+/// Normalisation constants of the published simulator (milli-CPU, milli-GPU).
+const MAX_SPEC_CPU: f64 = 128_000.0;
+const MAX_SPEC_GPU: f64 = 8_000.0;
+
+/// A 0..=1 value as the integer node score (0-100) of the scheduler framework.
+fn node_score(v: f64) -> f64 {
+    (v.clamp(0.0, 1.0) * 100.0).trunc()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    if !x.is_finite() {
+        return if x > 0.0 { 1.0 } else { 0.0 };
+    }
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// The fitting GPU with the least free share (sharing pods) or the first fully
@@ -152,23 +181,36 @@ fn best_fit_gpu(
     best.map_or(GpuPick::None, |(g, _)| GpuPick::Share(g))
 }
 
-fn packing_score(snap: &ClusterSnapshot, idx: usize, demand: &PodDemand, pick: GpuPick) -> f64 {
+/// GpuPacking's integer score: sharing a used GPU (100 minus a tenth of the
+/// chosen GPU's free percentage, at least 50), then idle GPUs of a used node
+/// (50 minus the idle GPUs taken, at least 33), then an idle node (33 minus
+/// its GPU count). CPU-only pods score 0 everywhere.
+fn packing_score(snap: &ClusterSnapshot, idx: usize, demand: &PodDemand) -> f64 {
     let c = &snap.nodes[idx].cache;
     if demand.num_gpu == 0 {
         return 0.0;
     }
-    let fully_free = c.gpu_free.iter().filter(|&&f| f == MILLI_PER_GPU).count() as f64;
-    if let GpuPick::Share(g) = pick {
-        let free = c.gpu_free[usize::from(g)];
-        if free < MILLI_PER_GPU {
-            // Tier 1: share a used GPU, fullest first.
-            return 3.0 - f64::from(free) / 1000.0 / 2.0;
-        }
+    let gpus = c.gpu_free.len() as i64;
+    let fully_free = c.gpu_free.iter().filter(|&&f| f == MILLI_PER_GPU).count() as i64;
+    if fully_free == gpus {
+        return (33 - fully_free).max(fully_free) as f64;
     }
-    if (fully_free as usize) < c.gpu_free.len() {
-        // Tier 2: idle GPUs on an active node.
-        return 2.0;
+    // GPUs taken, fullest fitting first.
+    let mut order: Vec<u32> = c
+        .gpu_free
+        .iter()
+        .copied()
+        .filter(|&f| f >= demand.gpu_milli)
+        .collect();
+    order.sort_unstable();
+    let used = &order[..order.len().min(demand.num_gpu as usize)];
+    let idle_taken = used.iter().filter(|&&f| f == MILLI_PER_GPU).count() as i64;
+    if idle_taken > 0 {
+        return (50 - idle_taken).max(33) as f64;
     }
-    // Tier 3: an idle node, smallest first.
-    1.0 - fully_free / 100.0
+    let free_pct: i64 = used
+        .iter()
+        .map(|&f| i64::from(f) * 100 / i64::from(MILLI_PER_GPU))
+        .sum();
+    (100 - free_pct / 10).max(50) as f64
 }

@@ -10,22 +10,29 @@
 //! - the GPU allocation ratio (allocated / capacity, %) is recorded each time the
 //!   arrived GPU request passes another 1 % of capacity.
 //!
-//! The `apollo` policy places each pod on the top node of [`NodeScorer::rank`]
-//! and applies it with [`ClusterSnapshot::assume`], exactly what the gRPC
-//! handler and its assume cache do. Its nodes are built through
-//! [`NodeState::from_insight`] from `ClusterInsight` messages equivalent to the
-//! node list, and its pod-shape distribution is learned online from the pods
-//! seen so far ([`ClusterSnapshot::observe_pod`]) unless [`ShapeSource::Trace`]
-//! is asked for. The `fgd` baseline uses the shapes of the whole pod list, as
-//! the published simulator does.
+//! The `apollo` policy goes through the same code path as the gRPC handler
+//! (see [`ApolloSim`]): each pod becomes a `SchedulingPolicyRequest` whose
+//! annotations carry its resources, [`Engine::decide`] answers it and assumes
+//! the pod on its top node, and the node's new state comes back as a
+//! `ClusterInsight` through the [`ClusterView`] into [`ClusterState`], as a
+//! node agent would report it after the bind. Typical pod shapes are learned
+//! online from the placed GPU pods and refreshed by [`ClusterState::sweep`]
+//! every [`SWEEP_EVERY`] arrivals, unless [`ShapeSource::Trace`] fixes them to
+//! the whole pod list's. The `fgd` baseline uses the shapes of the whole pod
+//! list, as the published simulator does.
 
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
-use apollo_proto::{ClusterInsight, GpuStatus, NodeResources};
+use apollo_common::ClusterView;
+use apollo_proto::{
+    ClusterInsight, GpuStatus, NodeResources, SchedulingDecision, SchedulingPolicy,
+    SchedulingPolicyRequest, WorkloadSummary,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -33,10 +40,19 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::baselines::Baseline;
+use crate::config::EngineConfig;
 use crate::demand::{PodDemand, MILLI_PER_GPU};
+use crate::engine::Engine;
 use crate::fgd::{ShapeDistribution, DEFAULT_COVERAGE};
-use crate::scorer::NodeScorer;
 use crate::snapshot::{ClusterSnapshot, NodeState, SnapshotError};
+use crate::state::ClusterState;
+use crate::workload::ANNOTATION_PREFIX;
+
+/// Arrivals between two sweeps of the `apollo` policy's state (the service's
+/// sweeper runs every few seconds; this refreshes the learned shapes as often).
+pub const SWEEP_EVERY: u64 = 64;
+/// Namespace of the simulated pods.
+const SIM_NAMESPACE: &str = "sim";
 
 /// Errors reading traces or running a simulation.
 #[derive(Debug, Error)]
@@ -518,56 +534,222 @@ pub fn snapshot_for(
     Ok(snap)
 }
 
+/// The `apollo` policy's cluster: a [`ClusterView`] fed with node insights,
+/// the [`ClusterState`] following it and the [`Engine`] the gRPC handler
+/// uses. Placing a pod is one `GetSchedulingPolicy` decision followed by the
+/// node's insight after the bind.
+#[derive(Debug)]
+pub struct ApolloSim {
+    view: ClusterView,
+    state: Arc<ClusterState>,
+    engine: Engine,
+    /// Pods bound per node, reported in the node's insight.
+    running: std::collections::HashMap<String, Vec<WorkloadSummary>>,
+    shapes: ShapeSource,
+    arrivals: u64,
+}
+
+impl ApolloSim {
+    /// The empty cluster of the node list; `pods` gives the typical shapes
+    /// when `shapes` is [`ShapeSource::Trace`].
+    pub fn new(nodes: &[TraceNode], pods: &[TracePod], shapes: ShapeSource) -> Self {
+        let view = ClusterView::new();
+        let now = SystemTime::now();
+        for n in nodes {
+            view.upsert_node(insight_for(n), now, 0);
+        }
+        let cfg = EngineConfig::default();
+        let state = match shapes {
+            ShapeSource::Online => ClusterState::new(view.clone(), cfg),
+            ShapeSource::Trace => {
+                let demands: Vec<PodDemand> = pods.iter().map(TracePod::demand).collect();
+                let dist = ShapeDistribution::from_pods(demands.iter(), DEFAULT_COVERAGE);
+                ClusterState::with_snapshot(view.clone(), cfg, ClusterSnapshot::new(dist))
+            }
+        };
+        let state = Arc::new(state);
+        state.resync();
+        Self {
+            view,
+            engine: Engine::new(Arc::clone(&state)),
+            state,
+            running: std::collections::HashMap::new(),
+            shapes,
+            arrivals: 0,
+        }
+    }
+
+    /// The state the engine reads.
+    pub fn state(&self) -> &Arc<ClusterState> {
+        &self.state
+    }
+
+    /// Decides the `k`-th arrival of `pod` and, when the policy names a node,
+    /// binds it there and reports the node's new insight. Returns the policy.
+    pub fn place(&mut self, pod: &TracePod, k: u64) -> SchedulingPolicy {
+        self.arrivals += 1;
+        if self.shapes == ShapeSource::Online && self.arrivals % SWEEP_EVERY == 0 {
+            self.state.sweep();
+        }
+        let req = request_for(pod, k);
+        let policy = self.engine.decide(&req);
+        let placed = matches!(
+            policy.decision(),
+            SchedulingDecision::Allow | SchedulingDecision::Prefer | SchedulingDecision::Require
+        );
+        if let (true, Some(top)) = (placed, policy.node_preferences.first()) {
+            let node = top.node_name.clone();
+            if self
+                .state
+                .assumed_node(&req.pod_namespace, &req.pod_name)
+                .as_deref()
+                == Some(node.as_str())
+            {
+                self.report_bound(&node, &req);
+            }
+        }
+        policy
+    }
+
+    /// The node agent's report after a bind: the node as the engine assumed
+    /// it, listing the pod among its running workloads.
+    fn report_bound(&mut self, node: &str, req: &SchedulingPolicyRequest) {
+        let running = self.running.entry(node.to_string()).or_default();
+        running.push(WorkloadSummary {
+            pod_name: req.pod_name.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            ..WorkloadSummary::default()
+        });
+        let Some(insight) = self
+            .state
+            .read()
+            .node(node)
+            .map(|n| insight_from_state(n, running))
+        else {
+            return;
+        };
+        self.view.upsert_node(insight, SystemTime::now(), 0);
+        self.state.sync_node(node);
+    }
+
+    /// Allocated milli-GPU.
+    pub fn gpu_allocated_milli(&self) -> u64 {
+        self.state.read().gpu_allocated_milli()
+    }
+
+    /// GPU capacity in milli-GPU.
+    pub fn gpu_capacity_milli(&self) -> u64 {
+        self.state.read().gpu_capacity_milli()
+    }
+}
+
+/// The `GetSchedulingPolicy` request for the `k`-th arrival of a trace pod:
+/// its resources as APOLLO annotations (`cpu`, `memory`, `gpu` or
+/// `gpu-milli`, `gpu-model`).
+pub fn request_for(pod: &TracePod, k: u64) -> SchedulingPolicyRequest {
+    let mut ann = std::collections::HashMap::new();
+    let key = |name: &str| format!("{ANNOTATION_PREFIX}{name}");
+    ann.insert(key("cpu"), format!("{}m", pod.cpu_milli));
+    ann.insert(key("memory"), format!("{}Mi", pod.memory_mib));
+    if pod.num_gpu > 0 {
+        if pod.num_gpu == 1 && pod.gpu_milli < MILLI_PER_GPU {
+            ann.insert(key("gpu-milli"), pod.gpu_milli.to_string());
+        } else {
+            ann.insert(key("gpu"), pod.num_gpu.to_string());
+        }
+        if !pod.gpu_spec.is_empty() {
+            ann.insert(key("gpu-model"), pod.gpu_spec.join(","));
+        }
+    }
+    SchedulingPolicyRequest {
+        pod_name: format!("{}-{k}", pod.name),
+        pod_namespace: SIM_NAMESPACE.to_string(),
+        pod_annotations: ann.into_iter().collect(),
+        ..SchedulingPolicyRequest::default()
+    }
+}
+
+/// The insight a node agent reports for a node in this state.
+fn insight_from_state(n: &NodeState, running: &[WorkloadSummary]) -> ClusterInsight {
+    ClusterInsight {
+        node_name: n.name.clone(),
+        node_resources: Some(NodeResources {
+            cpu_allocatable_cores: n.cpu_milli_capacity as f64 / 1000.0,
+            cpu_requested_cores: n.cpu_milli_allocated as f64 / 1000.0,
+            memory_allocatable_bytes: i64::try_from(n.memory_bytes_capacity).unwrap_or(i64::MAX),
+            memory_requested_bytes: i64::try_from(n.memory_bytes_allocated).unwrap_or(i64::MAX),
+            gpu_allocatable: n.gpus.len() as i32,
+            gpu_available: n.gpus.iter().filter(|g| g.free_milli() > 0).count() as i32,
+            cpu_available_cores: n.cpu_milli_free() as f64 / 1000.0,
+            ..NodeResources::default()
+        }),
+        gpu_devices: n
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| GpuStatus {
+                gpu_id: format!("{}-gpu{i}", n.name),
+                gpu_model: g.model.clone(),
+                is_available: g.available,
+                allocated_milli: g.allocated_milli as i32,
+                ..GpuStatus::default()
+            })
+            .collect(),
+        running_workloads: running.to_vec(),
+        ..ClusterInsight::default()
+    }
+}
+
 /// Runs one simulation.
 pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<SimRun, SimError> {
     let start = Instant::now();
-    let demands: Vec<PodDemand> = pods.iter().map(TracePod::demand).collect();
-    let trace_shapes = || ShapeDistribution::from_pods(demands.iter(), DEFAULT_COVERAGE);
-    let online = cfg.policy == Policy::Apollo && cfg.shapes == ShapeSource::Online;
-    let uses_shapes = matches!(cfg.policy, Policy::Apollo | Policy::Baseline(Baseline::Fgd));
-    let shapes = if uses_shapes && !online {
-        trace_shapes()
-    } else {
-        ShapeDistribution::default()
-    };
-    let mut snap = snapshot_for(nodes, shapes)?;
-    let capacity = snap.gpu_capacity_milli();
+    let capacity: u64 = nodes
+        .iter()
+        .map(|n| u64::from(n.gpus) * u64::from(MILLI_PER_GPU))
+        .sum();
     if capacity == 0 {
         return Err(SimError::NoGpuCapacity);
     }
+    let demands: Vec<PodDemand> = pods.iter().map(TracePod::demand).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let order = build_workload(pods, capacity, cfg.inflation, &mut rng);
-    let scorer = NodeScorer::default();
+    let mut placer = match cfg.policy {
+        Policy::Apollo => Placer::Apollo(Box::new(ApolloSim::new(nodes, pods, cfg.shapes))),
+        Policy::Baseline(b) => {
+            let shapes = if b == Baseline::Fgd {
+                ShapeDistribution::from_pods(demands.iter(), DEFAULT_COVERAGE)
+            } else {
+                ShapeDistribution::default()
+            };
+            Placer::Baseline(b, Box::new(snapshot_for(nodes, shapes)?))
+        }
+    };
 
     let mut arrived: u64 = 0;
     let mut next_pct: u64 = 1;
     let mut curve = Vec::with_capacity((cfg.inflation * 100.0) as usize + 2);
     let mut failed = 0u64;
-    for &i in &order {
-        let demand = &demands[i];
-        let placed = match cfg.policy {
-            Policy::Apollo => {
-                if online {
-                    snap.observe_pod(demand);
-                }
-                let ranking = scorer.rank(&snap, demand, 1);
-                match ranking.top.first() {
-                    Some(best) => snap.assume(&best.node, demand).is_ok(),
-                    None => false,
-                }
+    for (k, &i) in order.iter().enumerate() {
+        let placed = match &mut placer {
+            Placer::Apollo(sim) => {
+                let before = sim.gpu_allocated_milli();
+                let policy = sim.place(&pods[i], k as u64);
+                placed_by(&policy)
+                    && (pods[i].gpu_request() == 0 || sim.gpu_allocated_milli() > before)
             }
-            Policy::Baseline(b) => b.place(&mut snap, demand, &mut rng).is_some(),
+            Placer::Baseline(b, snap) => b.place(snap, &demands[i], &mut rng).is_some(),
         };
         if !placed {
             failed += 1;
         }
         arrived += pods[i].gpu_request();
+        let allocated = placer.gpu_allocated_milli();
         while arrived.saturating_mul(100) >= next_pct.saturating_mul(capacity) {
-            curve.push(100.0 * snap.gpu_allocated_milli() as f64 / capacity as f64);
+            curve.push(100.0 * allocated as f64 / capacity as f64);
             next_pct += 1;
         }
     }
-    let last = 100.0 * snap.gpu_allocated_milli() as f64 / capacity as f64;
+    let last = 100.0 * placer.gpu_allocated_milli() as f64 / capacity as f64;
     let at = |pct: usize| curve.get(pct - 1).copied().unwrap_or(last);
     Ok(SimRun {
         policy: cfg.policy.name().to_string(),
@@ -579,4 +761,25 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
         curve,
         wall_s: start.elapsed().as_secs_f64(),
     })
+}
+
+fn placed_by(policy: &SchedulingPolicy) -> bool {
+    matches!(
+        policy.decision(),
+        SchedulingDecision::Allow | SchedulingDecision::Prefer | SchedulingDecision::Require
+    ) && !policy.node_preferences.is_empty()
+}
+
+enum Placer {
+    Apollo(Box<ApolloSim>),
+    Baseline(Baseline, Box<ClusterSnapshot>),
+}
+
+impl Placer {
+    fn gpu_allocated_milli(&self) -> u64 {
+        match self {
+            Self::Apollo(sim) => sim.gpu_allocated_milli(),
+            Self::Baseline(_, snap) => snap.gpu_allocated_milli(),
+        }
+    }
 }
