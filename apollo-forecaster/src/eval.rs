@@ -17,7 +17,11 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::models::{self, lstm, Forecast, Model, ModelConfig, ModelError};
+use std::sync::Mutex;
+
+use crate::models::{
+    self, lstm, AutoConfig, AutoSelector, Forecast, Model, ModelConfig, ModelError,
+};
 
 /// Errors of the harness; trace errors name the file, line and column.
 #[derive(Debug, Error)]
@@ -328,7 +332,7 @@ pub fn load_openb(dir: &Path, step: f64) -> Result<Dataset, EvalError> {
 pub struct EvalConfig {
     /// Horizons (steps ahead) to score.
     pub horizons: Vec<usize>,
-    /// Model names (see [`models::MODEL_NAMES`]).
+    /// Model names (see [`models::MODEL_NAMES`], plus [`AUTO_CACHED`]).
     pub models: Vec<String>,
     /// Interval level.
     pub level: f64,
@@ -410,11 +414,45 @@ struct SeriesResult {
     scale: f64,
 }
 
+/// Harness-only model name: `auto` as the service runs it, one
+/// [`AutoSelector`] per series kept across origins, re-selecting every
+/// `reselect_every` calls (the cached fast path in between).
+pub const AUTO_CACHED: &str = "auto_cached";
+
+/// [`AutoSelector`] behind the stateless [`Model`] interface.
+struct CachedAuto(Mutex<AutoSelector>);
+
+impl Model for CachedAuto {
+    fn name(&self) -> &'static str {
+        AUTO_CACHED
+    }
+    fn forecast(
+        &self,
+        history: &[f64],
+        horizon: usize,
+        level: f64,
+    ) -> Result<Forecast, ModelError> {
+        let mut sel = self.0.lock().map_err(|_| ModelError::Fit {
+            model: "auto",
+            reason: "selector lock poisoned".into(),
+        })?;
+        sel.forecast(history, horizon, level)
+    }
+}
+
 fn build_model(
     name: &str,
     cfg: &ModelConfig,
     global_lstm: Option<&lstm::Lstm>,
 ) -> Result<Box<dyn Model>, EvalError> {
+    if name == AUTO_CACHED {
+        return Ok(Box::new(CachedAuto(Mutex::new(AutoSelector::new(
+            AutoConfig {
+                model: cfg.clone(),
+                ..AutoConfig::default()
+            },
+        )))));
+    }
     if name == "lstm" {
         if let Some(m) = global_lstm {
             return Ok(Box::new(m.clone()));
@@ -517,7 +555,7 @@ pub fn evaluate(
     }
     mcfg.validate()?;
     for name in &cfg.models {
-        if !models::MODEL_NAMES.contains(&name.as_str()) {
+        if !models::MODEL_NAMES.contains(&name.as_str()) && name != AUTO_CACHED {
             return Err(EvalError::UnknownModel(name.clone()));
         }
     }
@@ -542,11 +580,14 @@ pub fn evaluate(
     } else {
         None
     };
-    let models: Vec<Box<dyn Model>> = cfg
-        .models
-        .iter()
-        .map(|n| build_model(n, &mcfg, global_lstm.as_ref()))
-        .collect::<Result<_, _>>()?;
+    // Built per series: stateful models (`auto_cached`) must not share state.
+    let build = || -> Result<Vec<Box<dyn Model>>, EvalError> {
+        cfg.models
+            .iter()
+            .map(|n| build_model(n, &mcfg, global_lstm.as_ref()))
+            .collect()
+    };
+    build()?;
     let jobs = cfg.jobs.clamp(1, 16);
     let total = series.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -562,11 +603,13 @@ pub fn evaluate(
                 .collect()
         };
         for (offset, chunk) in chunks {
-            let (series, models, done) = (&series, &models, &done);
+            let (series, build, done) = (&series, &build, &done);
             scope.spawn(move || {
                 for (j, slot) in chunk.iter_mut().enumerate() {
                     let s = series[offset + j];
-                    *slot = Some(eval_series(&s.values, models, cfg));
+                    // Checked above, so building cannot fail here.
+                    let models = build().unwrap_or_default();
+                    *slot = Some(eval_series(&s.values, &models, cfg));
                     let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     progress(&format!(
                         "[{d}/{total}] {} ({} points) {:.1} s",

@@ -27,7 +27,8 @@ pub(crate) struct Args {
     /// Horizons in steps; defaults to 5,15,30 for GenAI and 6,36,144 for openb.
     #[arg(long, value_delimiter = ',', env = "APOLLO_EVAL_HORIZONS")]
     horizons: Vec<usize>,
-    /// Models to evaluate.
+    /// Models to evaluate (`auto_cached` = `auto` with one selector kept per
+    /// series across origins, as the service runs it).
     #[arg(
         long,
         value_delimiter = ',',
@@ -90,6 +91,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         jobs: args.jobs,
         ..EvalConfig::default()
     };
+    // Fail on a bad model name before loading traces.
+    for m in &base.models {
+        if apollo_forecaster::models::by_name(m).is_none() && m != eval::AUTO_CACHED {
+            anyhow::bail!(
+                "unknown model `{m}` (known: {}, {})",
+                apollo_forecaster::models::MODEL_NAMES.join(", "),
+                eval::AUTO_CACHED
+            );
+        }
+    }
     let mut datasets = Vec::new();
     if let Some(dir) = &args.genai {
         progress(&format!("loading {}", dir.display()));
