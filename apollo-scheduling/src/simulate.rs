@@ -543,6 +543,8 @@ pub struct ApolloSim {
     view: ClusterView,
     state: Arc<ClusterState>,
     engine: Engine,
+    /// The same engine without the assume step, for looking without placing.
+    preview: Engine,
     /// Pods bound per node, reported in the node's insight.
     running: std::collections::HashMap<String, Vec<WorkloadSummary>>,
     shapes: ShapeSource,
@@ -572,6 +574,7 @@ impl ApolloSim {
         Self {
             view,
             engine: Engine::new(Arc::clone(&state)),
+            preview: Engine::new(Arc::clone(&state)).without_assume(),
             state,
             running: std::collections::HashMap::new(),
             shapes,
@@ -609,6 +612,11 @@ impl ApolloSim {
             }
         }
         policy
+    }
+
+    /// The policy the `k`-th arrival of `pod` would get now, without placing it.
+    pub fn preview(&self, pod: &TracePod, k: u64) -> SchedulingPolicy {
+        self.preview.decide(&request_for(pod, k))
     }
 
     /// The node agent's report after a bind: the node as the engine assumed

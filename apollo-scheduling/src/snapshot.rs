@@ -1036,3 +1036,83 @@ impl ClusterSnapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fgd::PodShape;
+
+    fn shapes() -> ShapeDistribution {
+        let s = |cpu, n, m| PodShape {
+            cpu_milli: cpu,
+            num_gpu: n,
+            gpu_milli: m,
+        };
+        ShapeDistribution::from_weights([
+            (s(4000, 1, 500), 4.0),
+            (s(2000, 1, 250), 3.0),
+            (s(8000, 2, 1000), 2.0),
+            (s(1000, 0, 0), 1.0),
+            (s(16000, 1, 1000), 1.0),
+        ])
+    }
+
+    #[test]
+    fn memoised_picks_equal_computed_ones() {
+        let mut snap = ClusterSnapshot::new(shapes());
+        // Same GPU state in a different device order, and a mixed-model node.
+        let mut a = NodeState::new("a", 32_000, 1 << 36).with_gpus(4, "T4");
+        for (g, alloc) in a.gpus.iter_mut().zip([750, 0, 500, 1000]) {
+            g.allocated_milli = alloc;
+        }
+        let mut b = a.clone();
+        b.name = "b".into();
+        b.gpus.reverse();
+        let mut c = NodeState::new("c", 9_000, 1 << 36)
+            .with_gpus(2, "T4")
+            .with_gpus(2, "A100");
+        c.gpus[1].allocated_milli = 300;
+        for n in [a, b, c] {
+            snap.upsert_node(n);
+        }
+        let demands = [
+            PodDemand::new(1000, 0).with_gpu(1, 250),
+            PodDemand::new(3000, 0).with_gpu(1, 500),
+            PodDemand::new(8000, 0).with_gpu(1, 200),
+            PodDemand::new(2000, 0).with_gpu(2, 1000),
+            PodDemand::new(5000, 0),
+            PodDemand::new(1000, 0).with_gpu(1, 500).with_gpu_models(["T4"]),
+        ];
+        let mut scratch = Vec::new();
+        for d in &demands {
+            let filter = snap.model_filter(d);
+            for idx in 0..snap.len() {
+                if snap.fit_reason(idx, d, &filter).is_some() {
+                    continue;
+                }
+                let c = &snap.nodes[idx].cache;
+                let cpu_after = c.frag_cpu_free.saturating_sub(d.cpu_milli);
+                let want = snap.compute_gpu_pick(c, d, &filter, cpu_after, &mut scratch);
+                // First call fills the memo, the second reads it.
+                for _ in 0..2 {
+                    let got = snap.best_gpu_pick(idx, d, &filter, &mut scratch);
+                    assert_eq!(got.0, want.0, "{d:?} on node {idx}");
+                    assert!((got.1 - want.1).abs() < 1e-9, "{d:?} on node {idx}");
+                }
+            }
+        }
+        // Nodes a and b share their state: b's pick is the GPU with the same share.
+        let d = PodDemand::new(1000, 0).with_gpu(1, 250);
+        let filter = snap.model_filter(&d);
+        let (GpuPick::Share(ga), _) = snap.best_gpu_pick(0, &d, &filter, &mut scratch) else {
+            panic!("node a should take a share");
+        };
+        let (GpuPick::Share(gb), _) = snap.best_gpu_pick(1, &d, &filter, &mut scratch) else {
+            panic!("node b should take a share");
+        };
+        assert_eq!(
+            snap.nodes[0].cache.gpu_free[usize::from(ga)],
+            snap.nodes[1].cache.gpu_free[usize::from(gb)]
+        );
+    }
+}
