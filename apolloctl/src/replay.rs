@@ -251,7 +251,8 @@ fn annotations(pod: &Pod) -> BTreeMap<String, String> {
         );
     }
     if !pod.gpu_spec.is_empty() {
-        a.insert("apollo.ai-storage/gpu-model".into(), pod.gpu_spec.clone());
+        // The trace joins allowed models with `|`; the annotation takes a comma list.
+        a.insert("apollo.ai-storage/gpu-model".into(), pod.gpu_spec.replace('|', ","));
     }
     a
 }
