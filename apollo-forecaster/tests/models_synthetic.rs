@@ -1,6 +1,6 @@
 //! Models on synthetic series with known structure (seeded, deterministic).
 
-use apollo_forecaster::models::arima::{choose_d, FittedArima};
+use apollo_forecaster::models::arima::{choose_d, winsorize, FittedArima};
 use apollo_forecaster::models::auto::detect_level_shift;
 use apollo_forecaster::models::ets::{AutoEts, FittedEts, Spec, Trend};
 use apollo_forecaster::models::lstm::{Lstm, TrainConfig};
@@ -382,4 +382,20 @@ fn invalid_configuration_is_rejected() {
         Err(ModelError::InvalidConfig(_))
     ));
     assert!(by_name("no-such-model").is_none());
+}
+
+#[test]
+fn winsorize_clips_spikes_but_keeps_level_shifts() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut y: Vec<f64> = (0..300).map(|_| 1.0 + 0.1 * normal(&mut rng)).collect();
+    y[100] = 50.0;
+    for v in y.iter_mut().skip(200) {
+        *v += 5.0;
+    }
+    let w = winsorize(&y);
+    assert!(w[100] < 2.0, "spike kept: {}", w[100]);
+    // The shifted regime is untouched away from its edge.
+    for i in 220..300 {
+        assert_eq!(w[i], y[i]);
+    }
 }

@@ -5,9 +5,12 @@
 //! scored by AICc of a Hannan-Rissanen conditional least-squares fit (a long
 //! AR gives residual estimates, then one linear regression on lagged values
 //! and lagged residuals). The chosen order is refined by Nelder-Mead on the
-//! conditional sum of squares (CSS). Seasonality is left to the ETS,
+//! conditional sum of squares (CSS). [`AutoArima`] fits on the history
+//! with isolated spikes clipped to a band around a rolling median (see
+//! [`winsorize`]), since spikes otherwise decide both `d` and the fitted mean. Seasonality is left to the ETS,
 //! Prophet-style and lag-regression models.
 
+use super::baseline::median;
 use super::conformal::{assemble, calibrate};
 use super::linalg::{cholesky_solve, ridge};
 use super::optim::nelder_mead;
@@ -351,7 +354,31 @@ impl FittedArima {
     }
 }
 
-/// ARIMA with automatic order selection.
+/// Clips isolated bursts: values farther than `WINSOR_K` robust standard
+/// deviations from a centred rolling median (window `WINSOR_WINDOW`) are
+/// pulled back to that band. Gaussian-likelihood fits are otherwise dragged
+/// by spikes (the unit-root test and the fitted mean are decided by them),
+/// while level shifts and long bursts, which move the rolling median, stay.
+pub fn winsorize(y: &[f64]) -> Vec<f64> {
+    let n = y.len();
+    let half = WINSOR_WINDOW / 2;
+    let centre: Vec<f64> = (0..n)
+        .map(|i| median(&y[i.saturating_sub(half)..(i + half + 1).min(n)]))
+        .collect();
+    let dev: Vec<f64> = y.iter().zip(&centre).map(|(v, c)| (v - c).abs()).collect();
+    let band = WINSOR_K * 1.4826 * median(&dev);
+    y.iter()
+        .zip(&centre)
+        .map(|(v, c)| v.clamp(c - band, c + band))
+        .collect()
+}
+
+/// Clipping threshold of [`winsorize`] in robust standard deviations.
+const WINSOR_K: f64 = 4.0;
+/// Window of the rolling median in [`winsorize`].
+const WINSOR_WINDOW: usize = 31;
+
+/// ARIMA with automatic order selection, fitted on the winsorized history.
 #[derive(Debug, Clone)]
 pub struct AutoArima {
     config: ModelConfig,
@@ -377,7 +404,9 @@ impl Model for AutoArima {
         self.config.validate()?;
         check_input("arima", history, 32, horizon, level)?;
         let y = tail(history, self.config.max_train);
-        let fit = FittedArima::fit_auto(y)?;
+        // Fit and forecast on the winsorized series; score against the raw one.
+        let yc = winsorize(y);
+        let fit = FittedArima::fit_auto(&yc)?;
         let warm = (fit.p + fit.d + 12).min(y.len() / 2);
         let cal = calibrate(
             y,
@@ -385,9 +414,9 @@ impl Model for AutoArima {
             horizon,
             level,
             self.config.calib_origins,
-            |t, h| fit.point(y, t, h),
+            |t, h| fit.point(&yc, t, h),
         );
-        let mean = fit.point(y, y.len(), horizon);
+        let mean = fit.point(&yc, yc.len(), horizon);
         Ok(assemble(fit.label(), mean, &cal, level))
     }
 }

@@ -12,7 +12,7 @@
 //! | `seasonal_naive` | value one season back (naive without a season) | - |
 //! | `mean`, `median` | moving mean / median over `window` | `window` |
 //! | `ets` | ETS(A,{N,A,Ad},{N,A}), Nelder-Mead on SSE, AICc choice | `max_train` |
-//! | `arima` | ARIMA(p<=3, d<=2 by ADF, q<=2), Hannan-Rissanen + CSS, AICc | `max_train` |
+//! | `arima` | ARIMA(p<=3, d<=2 by ADF, q<=2), Hannan-Rissanen + CSS, AICc, spikes clipped | `max_train` |
 //! | `prophet` | changepoint trend + Fourier season, ridge regression (own code) | `max_train` |
 //! | `lagreg` | smartcore random forest on lag features, direct multi-step | `max_train`, <= 1,000 rows |
 //! | `lstm` | hand-written LSTM (no deep-learning dependency), global across series | see [`lstm`] |
