@@ -252,7 +252,10 @@ fn annotations(pod: &Pod) -> BTreeMap<String, String> {
     }
     if !pod.gpu_spec.is_empty() {
         // The trace joins allowed models with `|`; the annotation takes a comma list.
-        a.insert("apollo.ai-storage/gpu-model".into(), pod.gpu_spec.replace('|', ","));
+        a.insert(
+            "apollo.ai-storage/gpu-model".into(),
+            pod.gpu_spec.replace('|', ","),
+        );
     }
     a
 }
