@@ -102,6 +102,16 @@ pub struct ForecastArgs {
     /// selection between refreshes.
     #[arg(long, env = "APOLLO_FORECAST_MODEL", default_value = "auto")]
     pub model: String,
+    /// Full `auto` selections (backtests) at most per refresh, shared by all
+    /// series; never-selected series and level shifts go first, then the
+    /// most overdue re-selections. Bounds the refresh time after a start or
+    /// a burst of new nodes; 0 = unbounded.
+    #[arg(
+        long,
+        env = "APOLLO_FORECAST_AUTO_SELECT_BUDGET",
+        default_value_t = 4000
+    )]
+    pub auto_select_budget: usize,
     /// Overload thresholds, percent of capacity.
     #[arg(long, env = "APOLLO_OVERLOAD_THRESHOLD", default_value = "cpu=90,memory=90,gpu=95,storage=85,network=90", value_parser = parse_thresholds)]
     pub overload_threshold: Thresholds,
@@ -136,6 +146,7 @@ impl Default for ForecastArgs {
             carry_forward: 5,
             min_history: 30,
             model: "auto".into(),
+            auto_select_budget: 4000,
             overload_threshold: Thresholds::default(),
             alert_clear_margin: 5.0,
             alert_clear_after: 3,

@@ -7,6 +7,13 @@
 //!   the configured level on every refresh; the `auto` model keeps a
 //!   per-series [`AutoSelector`] so most refreshes take its cheap path and
 //!   the full backtest reruns on its own slower cadence.
+//! - A refresh runs at most `auto_select_budget` full backtests, so a start
+//!   or a burst of new nodes does not pay for every selection at once:
+//!   never-selected series first, then level shifts, then the most overdue
+//!   re-selections. A series waiting for its first selection is served a
+//!   30-point moving median with conformal intervals (calibration cached),
+//!   reported as `auto(warming:median30)`; a due re-selection that has to
+//!   wait keeps serving the previous selection.
 //! - A series with fewer than `min_history` gap-free points gets a
 //!   persistence forecast (last value) with wide normal intervals
 //!   (`z * max(sd of first differences, 5 points) * sqrt(h)`), reported as
@@ -31,7 +38,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Instant,
 };
 
@@ -46,7 +56,7 @@ use crate::{
     config::ForecastArgs,
     history::{extract, Capacity, GridConfig, NodeHistory, Resource, SampleReject, SeriesKind},
     metrics::Metrics,
-    models::{self, AutoConfig, AutoSelector, Forecast, Model, ModelConfig},
+    models::{self, AutoConfig, AutoSelector, Forecast, Model, ModelConfig, Served, Want},
     Error, Result,
 };
 
@@ -144,9 +154,41 @@ pub struct RefreshOutput {
     pub expired: Vec<String>,
     /// Series forecast.
     pub series: usize,
+    /// Full `auto` selections (backtests) run by this refresh.
+    pub selections: usize,
+    /// Series served the `auto` warming forecast (not selected yet).
+    pub warming: usize,
     /// Compute time, seconds.
     pub seconds: f64,
 }
+
+/// The full selections one refresh may run, shared out before the pass
+/// ([`Engine::plan_selections`]) with the rest left for needs that appear
+/// during it (a level shift seen for the first time).
+#[derive(Debug, Default)]
+struct SelectBudget {
+    /// No limit configured.
+    unbounded: bool,
+    /// Selections not granted by the plan, first come first served.
+    spare: AtomicUsize,
+    /// Selections run.
+    done: AtomicUsize,
+    /// Warming forecasts served.
+    warming: AtomicUsize,
+}
+
+impl SelectBudget {
+    fn take(&self) -> bool {
+        self.unbounded
+            || self
+                .spare
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+                .is_ok()
+    }
+}
+
+/// Per refresh: the selection budget and this node's grants (bit = resource).
+type RefreshCtx<'a> = (&'a SelectBudget, u8);
 
 struct NodeState {
     history: NodeHistory,
@@ -376,7 +418,7 @@ impl Engine {
     /// persistence fallback.
     fn forecast_series(
         &self,
-        selector: Option<(&mut Option<AutoSelector>, usize)>,
+        selector: Option<(&mut Option<AutoSelector>, usize, &SelectBudget, bool)>,
         y: &[f64],
         steps: usize,
         level: f64,
@@ -392,7 +434,7 @@ impl Engine {
             );
         }
         let res = match selector {
-            Some((slot, jitter)) if self.cfg.model == "auto" => slot
+            Some((slot, jitter, budget, granted)) if self.cfg.model == "auto" => slot
                 .get_or_insert_with(|| {
                     let base = AutoConfig::default();
                     // Spread the full re-selections over refreshes (each
@@ -405,7 +447,15 @@ impl Engine {
                         ..base
                     })
                 })
-                .forecast(y, steps, level),
+                .forecast_budgeted(y, steps, level, &mut |_| granted || budget.take())
+                .map(|(f, served)| {
+                    match served {
+                        Served::Selected(_) => budget.done.fetch_add(1, Ordering::Relaxed),
+                        Served::Warming => budget.warming.fetch_add(1, Ordering::Relaxed),
+                        Served::Cached => 0,
+                    };
+                    f
+                }),
             _ => self.stateless.forecast(y, steps, level),
         };
         match res {
@@ -431,8 +481,9 @@ impl Engine {
         }
     }
 
-    /// Forecasts one node; `stateful` = use and update the per-series
-    /// selectors, anomaly checks and interval memory (refresh path).
+    /// Forecasts one node; `refresh` = use and update the per-series
+    /// selectors (within the refresh's selection budget), anomaly checks and
+    /// interval memory (refresh path).
     #[allow(clippy::too_many_arguments)]
     fn forecast_node(
         &self,
@@ -440,7 +491,7 @@ impl Engine {
         state: &mut NodeState,
         steps: usize,
         level: f64,
-        stateful: bool,
+        refresh: Option<RefreshCtx<'_>>,
         now_ms: i64,
         buf: &mut Vec<f64>,
     ) -> Option<NodeForecast> {
@@ -455,15 +506,22 @@ impl Engine {
             state.history.segment_into(kind, buf);
             let Some(&last) = buf.last() else { continue };
             let idx = r as usize;
-            let (forecast, basis) = if stateful {
-                let jitter = name
-                    .bytes()
-                    .fold(idx, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
-                self.forecast_series(Some((&mut state.selectors[idx], jitter)), buf, steps, level)
-            } else {
-                self.forecast_series(None, buf, steps, level)
+            let (forecast, basis) = match refresh {
+                Some((budget, grants)) => {
+                    let jitter = name
+                        .bytes()
+                        .fold(idx, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
+                    let granted = grants & (1 << idx) != 0;
+                    self.forecast_series(
+                        Some((&mut state.selectors[idx], jitter, budget, granted)),
+                        buf,
+                        steps,
+                        level,
+                    )
+                }
+                None => self.forecast_series(None, buf, steps, level),
             };
-            if stateful {
+            if refresh.is_some() {
                 if let Some(a) = series_anomaly(buf, 1, ANOMALY_WINDOW, self.cfg.anomaly_z) {
                     anomalies.push(AnomalyFinding {
                         resource: r,
@@ -514,6 +572,69 @@ impl Engine {
             anomalies,
             capacity: state.history.capacity(),
         })
+    }
+
+    /// Shares this refresh's full `auto` selections out: series never
+    /// selected first, then level shifts, changed settings and the most
+    /// overdue cadence re-selections, up to `auto_select_budget`. Returns
+    /// per node (same order as `nodes`) a bit per granted resource, and the
+    /// budget with what the plan left over.
+    fn plan_selections(
+        &self,
+        nodes: &[(String, Arc<Mutex<NodeState>>)],
+        steps: usize,
+        level: f64,
+    ) -> (Vec<u8>, SelectBudget) {
+        let mut grants = vec![0u8; nodes.len()];
+        let limit = self.cfg.auto_select_budget;
+        if self.cfg.model != "auto" || limit == 0 {
+            let budget = SelectBudget {
+                unbounded: true,
+                ..SelectBudget::default()
+            };
+            return (grants, budget);
+        }
+        // (want, most overdue first, node, resource)
+        let mut wants: Vec<(Want, std::cmp::Reverse<usize>, usize, usize)> = Vec::new();
+        for (i, (_, node)) in nodes.iter().enumerate() {
+            let st = lock(node);
+            for r in Resource::ALL {
+                let idx = r as usize;
+                let kind = SeriesKind::Usage(r);
+                let want = match &st.selectors[idx] {
+                    Some(sel) => sel.pending(steps, level),
+                    None if st.history.has(kind)
+                        && st.history.len(kind) >= self.cfg.min_history =>
+                    {
+                        Some((Want::Initial, 0))
+                    }
+                    None => None,
+                };
+                if let Some((w, overdue)) = want {
+                    wants.push((w, std::cmp::Reverse(overdue), i, idx));
+                }
+            }
+        }
+        let granted = limit.min(wants.len());
+        if granted < wants.len() {
+            // Ties (e.g. all never-selected) go by node name: stable
+            // across refreshes, so a series is not starved by the shuffle of
+            // the node map.
+            wants.sort_unstable_by(|a, b| {
+                (a.0, a.1)
+                    .cmp(&(b.0, b.1))
+                    .then_with(|| nodes[a.2].0.cmp(&nodes[b.2].0))
+                    .then(a.3.cmp(&b.3))
+            });
+        }
+        for (_, _, i, idx) in &wants[..granted] {
+            grants[*i] |= 1 << idx;
+        }
+        let budget = SelectBudget {
+            spare: AtomicUsize::new(limit - granted),
+            ..SelectBudget::default()
+        };
+        (grants, budget)
     }
 
     /// Recomputes every forecast; returns the predictions and alert
@@ -577,19 +698,24 @@ impl Engine {
             .collect();
         let steps = self.cfg.max_steps();
         let level = self.cfg.confidence;
+        let (grants, budget) = self.plan_selections(&nodes, steps, level);
+        let budget = &budget;
         let threads = self.threads.min(nodes.len()).max(1);
         let chunk = nodes.len().div_ceil(threads).max(1);
         let mut forecasts: Vec<NodeForecast> = std::thread::scope(|s| {
             let handles: Vec<_> = nodes
                 .chunks(chunk)
-                .map(|part| {
+                .zip(grants.chunks(chunk))
+                .map(|(part, grants)| {
                     s.spawn(move || {
                         let mut buf = Vec::with_capacity(self.cfg.history_points);
                         part.iter()
-                            .filter_map(|(name, node)| {
+                            .zip(grants)
+                            .filter_map(|((name, node), g)| {
                                 let mut st = lock(node);
+                                let ctx = Some((budget, *g));
                                 self.forecast_node(
-                                    name, &mut st, steps, level, true, now_ms, &mut buf,
+                                    name, &mut st, steps, level, ctx, now_ms, &mut buf,
                                 )
                             })
                             .collect::<Vec<_>>()
@@ -728,6 +854,8 @@ impl Engine {
         drop(map);
 
         out.series = forecasts.iter().map(|f| f.series.len()).sum();
+        out.selections = budget.done.load(Ordering::Relaxed);
+        out.warming = budget.warming.load(Ordering::Relaxed);
         let horizon = self.cfg.max_horizon_minutes();
         let mut latest = write(&self.latest);
         for f in forecasts {
@@ -840,7 +968,7 @@ impl Engine {
         let mut st = lock(&state);
         let mut buf = Vec::new();
         let mut f = self
-            .forecast_node(node, &mut st, steps, level, false, now_ms, &mut buf)
+            .forecast_node(node, &mut st, steps, level, None, now_ms, &mut buf)
             .ok_or_else(|| Error::NoData(format!("node {node:?} has no samples yet")))?;
         // Anomaly verdicts come from the refresh, which sees the fleet.
         if let Some(prev) = read(&self.latest).get(node) {
@@ -1280,6 +1408,113 @@ mod tests {
             assert!(k - prev >= 3, "flapping: {transitions:?}");
             prev = *k;
         }
+    }
+
+    fn engine_with_budget(budget: usize) -> Engine {
+        let cfg = ForecastArgs {
+            step: Duration::from_secs(1),
+            horizons: vec![1],
+            auto_select_budget: budget,
+            ..ForecastArgs::default()
+        };
+        Engine::new(cfg, Metrics::unregistered()).unwrap()
+    }
+
+    /// A noisy but deterministic series per node.
+    fn wiggle(seed: usize, len: usize) -> Vec<f64> {
+        (0..len)
+            .map(|i| 30.0 + seed as f64 + ((i * 7 + seed * 13) % 11) as f64)
+            .collect()
+    }
+
+    #[test]
+    fn budget_bounds_selections_and_warming_series_say_so() {
+        let (n, k) = (7usize, 3usize);
+        let e = engine_with_budget(k);
+        for i in 0..n {
+            feed(&e, &format!("n{i}"), &wiggle(i, 80), NOW);
+        }
+        let rounds = n.div_ceil(k);
+        let mut selected = 0;
+        for round in 1..=rounds {
+            let out = e.refresh(NOW);
+            let expect = k.min(n - selected);
+            selected += expect;
+            assert_eq!(out.selections, expect, "round {round}");
+            assert_eq!(out.warming, n - selected, "round {round}");
+            let warming: Vec<&ResourcePrediction> = out
+                .predictions
+                .iter()
+                .filter(|p| p.model_type.contains("warming"))
+                .collect();
+            assert_eq!(warming.len(), n - selected, "round {round}");
+            for p in warming {
+                assert_eq!(p.model_type, "auto(warming:median30)");
+                let (lo, mid, hi) = (
+                    p.lower_bound[0].cpu_usage,
+                    p.predicted_usage[0].cpu_usage,
+                    p.upper_bound[0].cpu_usage,
+                );
+                assert!(lo <= mid && mid <= hi && hi > lo, "{lo} {mid} {hi}");
+                assert!(p.model_accuracy > 0.0 && p.model_accuracy <= 1.0);
+            }
+        }
+        // Every series has its own selection now; none re-selects yet.
+        let out = e.refresh(NOW);
+        assert_eq!((out.selections, out.warming), (0, 0));
+        for p in &out.predictions {
+            assert!(p.model_type.starts_with("auto("), "{}", p.model_type);
+            assert!(!p.model_type.contains("warming"), "{}", p.model_type);
+        }
+    }
+
+    fn cpu_pending(e: &Engine, name: &str) -> Option<(Want, usize)> {
+        let node = read(&e.nodes).get(name).cloned().unwrap();
+        let st = lock(&node);
+        let sel = st.selectors[Resource::Cpu as usize].as_ref().unwrap();
+        sel.pending(e.cfg.max_steps(), e.cfg.confidence)
+    }
+
+    #[test]
+    fn never_selected_series_go_before_due_reselections() {
+        // With a budget of one, a new series arriving when an old one is
+        // due for re-selection is selected first; the old one keeps serving
+        // its selection and re-selects on the next refresh.
+        let e = engine_with_budget(1);
+        feed(&e, "old", &wiggle(0, 80), NOW);
+        assert_eq!(e.refresh(NOW).selections, 1);
+        let mut waited = 0;
+        while cpu_pending(&e, "old").is_none() {
+            assert_eq!(e.refresh(NOW).selections, 0);
+            waited += 1;
+            assert!(waited < 40, "cadence never came round");
+        }
+        feed(&e, "new", &wiggle(2, 80), NOW);
+        let out = e.refresh(NOW);
+        assert_eq!((out.selections, out.warming), (1, 0));
+        assert!(matches!(
+            cpu_pending(&e, "old"),
+            Some((Want::Cadence, overdue)) if overdue >= 1
+        ));
+        let old = out.predictions.iter().find(|p| p.node_name == "old");
+        let old = old.map(|p| p.model_type.as_str()).unwrap_or_default();
+        assert!(
+            old.starts_with("auto(") && !old.contains("warming"),
+            "{old}"
+        );
+        assert_eq!(e.refresh(NOW).selections, 1);
+        assert_eq!(cpu_pending(&e, "old"), None);
+        assert_eq!(cpu_pending(&e, "new"), None);
+    }
+
+    #[test]
+    fn zero_budget_selects_everything_at_once() {
+        let e = engine_with_budget(0);
+        for i in 0..5 {
+            feed(&e, &format!("n{i}"), &wiggle(i, 80), NOW);
+        }
+        let out = e.refresh(NOW);
+        assert_eq!((out.selections, out.warming), (5, 0));
     }
 
     #[test]

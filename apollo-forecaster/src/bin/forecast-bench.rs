@@ -2,7 +2,10 @@
 //! with the served model and with `naive`, in one run. Prints JSON with wall
 //! times and peak RSS (`VmHWM`).
 //!
-//! `cargo run --release -p apollo-forecaster --bin forecast-bench -- [nodes] [points] [refreshes]`
+//! `cargo run --release -p apollo-forecaster --bin forecast-bench -- [nodes] [points] [refreshes] [auto select budget]`
+//!
+//! Per-refresh times, full `auto` selections and warming series go to
+//! stderr as they happen and into the JSON.
 
 use std::time::{Duration, Instant};
 
@@ -27,9 +30,10 @@ fn arg(i: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn build(model: &str, nodes: usize, points: usize, now_ms: i64) -> Engine {
+fn build(model: &str, nodes: usize, points: usize, budget: usize, now_ms: i64) -> Engine {
     let cfg = ForecastArgs {
         model: model.into(),
+        auto_select_budget: budget,
         history_points: points,
         node_ttl: Duration::from_secs(86_400 * 365),
         ..ForecastArgs::default()
@@ -82,17 +86,29 @@ fn run(
     nodes: usize,
     points: usize,
     refreshes: usize,
+    budget: usize,
     now_ms: i64,
 ) -> serde_json::Value {
     let t0 = Instant::now();
-    let engine = build(model, nodes, points, now_ms);
+    let engine = build(model, nodes, points, budget, now_ms);
     let load = t0.elapsed().as_secs_f64();
     let mut times = Vec::new();
+    let mut selections = Vec::new();
+    let mut warming = Vec::new();
     let mut series = 0;
     for i in 0..refreshes {
         let out = engine.refresh(now_ms + i as i64);
         series = out.series;
         times.push(out.seconds);
+        selections.push(out.selections);
+        warming.push(out.warming);
+        eprintln!(
+            "{model} refresh {}: {:.3} s, {} full selections, {} warming",
+            i + 1,
+            out.seconds,
+            out.selections,
+            out.warming
+        );
     }
     let first = times.first().copied().unwrap_or(0.0);
     let rest = &times[1.min(times.len())..];
@@ -110,6 +126,9 @@ fn run(
         "steady_refresh_seconds_mean": steady,
         "max_refresh_seconds": max,
         "refresh_seconds": times,
+        "selections_per_refresh": selections,
+        "warming_per_refresh": warming,
+        "auto_select_budget": engine.config().auto_select_budget,
         "vm_hwm_mib_after": vm_hwm_kib().map(|k| k as f64 / 1024.0),
     })
 }
@@ -118,10 +137,11 @@ fn main() {
     let nodes = arg(1, 5000);
     let points = arg(2, 1440);
     let refreshes = arg(3, 12).max(1);
+    let budget = arg(4, ForecastArgs::default().auto_select_budget);
     let now_ms = 1_700_000_000_000;
     // Naive first, so the served model's peak RSS includes both.
-    let naive = run("naive", nodes, points, refreshes, now_ms);
-    let auto = run("auto", nodes, points, refreshes, now_ms);
+    let naive = run("naive", nodes, points, refreshes, budget, now_ms);
+    let auto = run("auto", nodes, points, refreshes, budget, now_ms);
     let ratio = |k: &str| {
         let a = auto[k].as_f64().unwrap_or(0.0);
         let n = naive[k].as_f64().unwrap_or(0.0);

@@ -21,8 +21,8 @@
 //! `reselect_every` calls, when the horizon or level changes, or when a level
 //! shift appears or disappears.
 
-use super::baseline::median;
-use super::conformal::conformal_quantile;
+use super::baseline::{median, median_point};
+use super::conformal::{assemble, calibrate, conformal_quantile, Calibration};
 use super::{check_input, tail, Forecast, Model, ModelConfig, ModelError};
 
 /// Settings of the `auto` selector.
@@ -382,6 +382,52 @@ pub struct AutoSelector {
     config: AutoConfig,
     selection: Option<Selection>,
     calls_since: usize,
+    /// The last call saw a level shift appear or disappear but was not
+    /// allowed to re-select.
+    shift_flip_seen: bool,
+    /// Cached calibration of the warming forecast.
+    warm: Option<WarmCalibration>,
+}
+
+/// Interval offsets of the warming forecast, reused for a few calls.
+#[derive(Debug, Clone)]
+struct WarmCalibration {
+    horizon: usize,
+    level: f64,
+    /// Calls served since it was computed.
+    age: usize,
+    cal: Calibration,
+}
+
+/// Moving-median window of the warming forecast: robust to bursts and
+/// one of the candidates, so a series keeps a sane forecast until its
+/// first selection.
+const WARMING_WINDOW: usize = 30;
+
+/// Why a selector wants a full re-selection, most urgent first (the order
+/// of the variants is the priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Want {
+    /// Never selected (or only for other settings): serving the warming
+    /// forecast.
+    Initial,
+    /// A level shift appeared or disappeared since the selection.
+    Shift,
+    /// The horizon grew or the level changed.
+    Settings,
+    /// The re-selection cadence came round.
+    Cadence,
+}
+
+/// What a [`AutoSelector::forecast_budgeted`] call served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Ran a full selection (for this reason) and served it.
+    Selected(Want),
+    /// Served the existing selection (a due re-selection, if any, waits).
+    Cached,
+    /// Served the warming forecast.
+    Warming,
 }
 
 impl AutoSelector {
@@ -391,6 +437,8 @@ impl AutoSelector {
             config,
             selection: None,
             calls_since: 0,
+            shift_flip_seen: false,
+            warm: None,
         }
     }
 
@@ -402,6 +450,7 @@ impl AutoSelector {
     /// Forgets the choice so the next call re-selects.
     pub fn invalidate(&mut self) {
         self.selection = None;
+        self.shift_flip_seen = false;
     }
 
     /// Seasonal series need about a week of origins for a stable choice.
@@ -451,63 +500,97 @@ impl AutoSelector {
         horizon: usize,
         level: f64,
     ) -> Result<Forecast, ModelError> {
+        self.forecast_budgeted(history, horizon, level, &mut |_| true)
+            .map(|(f, _)| f)
+    }
+
+    /// Why the next call would re-select, judged from the state left by the
+    /// previous call (a level-shift flip is only known once a call saw it).
+    /// `Some((want, overdue))`: `overdue` orders cadence re-selections, the
+    /// most overdue first. Lets a caller share a selection budget among
+    /// many selectors before forecasting them.
+    pub fn pending(&self, horizon: usize, level: f64) -> Option<(Want, usize)> {
+        let Some(s) = &self.selection else {
+            return Some((Want::Initial, 0));
+        };
+        if self.shift_flip_seen {
+            Some((Want::Shift, 0))
+        } else if s.horizon < horizon || s.level != level {
+            Some((Want::Settings, 0))
+        } else if self.calls_since >= self.config.reselect_every {
+            Some((Want::Cadence, self.calls_since - self.config.reselect_every))
+        } else {
+            None
+        }
+    }
+
+    /// Forecasts `horizon` steps; a due re-selection runs only when `allow`
+    /// grants it. Without a grant the previous selection keeps serving
+    /// (re-selecting later), and a series never selected (or selected for
+    /// other settings) gets the warming forecast: a moving median with
+    /// conformal intervals, reported as `auto(warming:median30)`, whose
+    /// calibration is cached between calls.
+    pub fn forecast_budgeted(
+        &mut self,
+        history: &[f64],
+        horizon: usize,
+        level: f64,
+        allow: &mut dyn FnMut(Want) -> bool,
+    ) -> Result<(Forecast, Served), ModelError> {
         self.config.validate()?;
         check_input("auto", history, 3, horizon, level)?;
         let y = tail(history, self.config.model.max_train);
         let n = y.len();
         let cp = detect_level_shift(y, self.config.backtest_window);
         let shift_age = cp.map(|c| n - c);
-        let due = match &self.selection {
-            None => true,
-            Some(s) => {
-                s.horizon < horizon
-                    || s.level != level
-                    || self.calls_since >= self.config.reselect_every
-                    || s.shift_age.is_some() != shift_age.is_some()
-            }
+        let want = match &self.selection {
+            None => Some(Want::Initial),
+            Some(s) if s.shift_age.is_some() != shift_age.is_some() => Some(Want::Shift),
+            Some(s) if s.horizon < horizon || s.level != level => Some(Want::Settings),
+            Some(_) if self.calls_since >= self.config.reselect_every => Some(Want::Cadence),
+            Some(_) => None,
         };
-        if due {
-            self.selection = Some(self.select(y, cp, horizon, level));
-            self.calls_since = 0;
+        let mut served = Served::Cached;
+        if let Some(w) = want {
+            if allow(w) {
+                self.selection = Some(self.select(y, cp, horizon, level));
+                self.calls_since = 0;
+                self.warm = None;
+                served = Served::Selected(w);
+            }
         }
+        self.shift_flip_seen = want == Some(Want::Shift) && served == Served::Cached;
+        let usable = self
+            .selection
+            .as_ref()
+            .filter(|s| s.horizon >= horizon && s.level == level);
+        let Some(sel) = usable else {
+            return Ok((self.warming(y, horizon, level), Served::Warming));
+        };
         self.calls_since += 1;
-        let sel = self.selection.as_ref().ok_or_else(|| ModelError::Fit {
-            model: "auto",
-            reason: "no selection".into(),
-        })?;
-        let used: Vec<Cand> = {
-            let mut u: Vec<Cand> = Vec::new();
-            for step in &sel.weights[..horizon] {
-                for (c, _) in step {
-                    if !u.contains(c) {
-                        u.push(*c);
-                    }
-                }
-            }
-            u
-        };
-        let mut prep = Prep::new(y, &used, cp);
-        prep.revert = sel.revert.clone();
-        let mut scratch = Vec::new();
-        let mut mean = Vec::with_capacity(horizon);
-        for k in 0..horizon {
-            let v: f64 = sel.weights[k]
-                .iter()
-                .map(|(c, w)| w * prep.point(*c, n, k, &mut scratch))
-                .sum();
-            mean.push(v);
+        Ok((serve(sel, y, cp, horizon, level), served))
+    }
+
+    /// The warming forecast (see [`AutoSelector::forecast_budgeted`]).
+    fn warming(&mut self, y: &[f64], horizon: usize, level: f64) -> Forecast {
+        let w = WARMING_WINDOW;
+        let point = |t: usize, h: usize| median_point(y, t, h, w);
+        let stale = self.warm.as_ref().is_some_and(|c| {
+            c.horizon < horizon || c.level != level || c.age >= self.config.reselect_every
+        });
+        if stale {
+            self.warm = None;
         }
-        let lower = mean.iter().zip(&sel.lower).map(|(m, l)| m + l).collect();
-        let upper = mean.iter().zip(&sel.upper).map(|(m, u)| m + u).collect();
-        Ok(Forecast {
-            mean,
-            lower,
-            upper,
+        let origins = self.config.model.calib_origins;
+        let c = self.warm.get_or_insert_with(|| WarmCalibration {
+            horizon,
             level,
-            model_type: sel.model_type.clone(),
-            accuracy: sel.accuracy,
-            rel_mae: sel.rel_mae,
-        })
+            age: 0,
+            cal: calibrate(y, 1, horizon, level, origins, point),
+        });
+        c.age += 1;
+        let mean = point(y.len(), horizon);
+        assemble(format!("auto(warming:median{w})"), mean, &c.cal, level)
     }
 
     /// Runs the backtest and builds a new selection.
@@ -680,6 +763,42 @@ impl AutoSelector {
     }
 }
 
+/// The fast path: the chosen candidates at the newest origin plus the
+/// selection's interval offsets.
+fn serve(sel: &Selection, y: &[f64], cp: Option<usize>, horizon: usize, level: f64) -> Forecast {
+    let n = y.len();
+    let mut used: Vec<Cand> = Vec::new();
+    for step in &sel.weights[..horizon] {
+        for (c, _) in step {
+            if !used.contains(c) {
+                used.push(*c);
+            }
+        }
+    }
+    let mut prep = Prep::new(y, &used, cp);
+    prep.revert = sel.revert.clone();
+    let mut scratch = Vec::new();
+    let mut mean = Vec::with_capacity(horizon);
+    for k in 0..horizon {
+        let v: f64 = sel.weights[k]
+            .iter()
+            .map(|(c, w)| w * prep.point(*c, n, k, &mut scratch))
+            .sum();
+        mean.push(v);
+    }
+    let lower = mean.iter().zip(&sel.lower).map(|(m, l)| m + l).collect();
+    let upper = mean.iter().zip(&sel.upper).map(|(m, u)| m + u).collect();
+    Forecast {
+        mean,
+        lower,
+        upper,
+        level,
+        model_type: sel.model_type.clone(),
+        accuracy: sel.accuracy,
+        rel_mae: sel.rel_mae,
+    }
+}
+
 /// Stateless `auto` for the [`Model`] trait: selects afresh on every call.
 #[derive(Debug, Clone)]
 pub struct Auto {
@@ -704,5 +823,66 @@ impl Model for Auto {
         level: f64,
     ) -> Result<Forecast, ModelError> {
         AutoSelector::new(self.config.clone()).forecast(history, horizon, level)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noisy(level: f64, len: usize, seed: usize) -> Vec<f64> {
+        (0..len)
+            .map(|i| level + ((i * 7 + seed) % 5) as f64 - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn denied_selection_serves_warming_then_cached_until_granted() {
+        let mut sel = AutoSelector::new(AutoConfig::default());
+        let y = noisy(40.0, 300, 1);
+        let (f, served) = sel.forecast_budgeted(&y, 10, 0.9, &mut |_| false).unwrap();
+        assert_eq!(served, Served::Warming);
+        assert_eq!(f.model_type, "auto(warming:median30)");
+        assert!(f.lower.iter().zip(&f.upper).all(|(l, u)| l < u));
+        assert_eq!(sel.pending(10, 0.9), Some((Want::Initial, 0)));
+
+        let (f, served) = sel.forecast_budgeted(&y, 10, 0.9, &mut |_| true).unwrap();
+        assert_eq!(served, Served::Selected(Want::Initial));
+        assert!(!f.model_type.contains("warming"));
+        assert_eq!(sel.pending(10, 0.9), None);
+
+        // A level shift appears: denied, the old selection keeps serving
+        // and the selector asks for a shift re-selection.
+        let mut shifted = y.clone();
+        shifted.extend(noisy(75.0, 120, 3));
+        let (g, served) = sel
+            .forecast_budgeted(&shifted, 10, 0.9, &mut |_| false)
+            .unwrap();
+        assert_eq!(served, Served::Cached);
+        assert_eq!(g.model_type, f.model_type);
+        assert_eq!(sel.pending(10, 0.9), Some((Want::Shift, 0)));
+        let (_, served) = sel
+            .forecast_budgeted(&shifted, 10, 0.9, &mut |_| true)
+            .unwrap();
+        assert_eq!(served, Served::Selected(Want::Shift));
+        assert_eq!(sel.pending(10, 0.9), None);
+    }
+
+    #[test]
+    fn cadence_overdue_grows_while_denied() {
+        let mut sel = AutoSelector::new(AutoConfig {
+            reselect_every: 3,
+            ..AutoConfig::default()
+        });
+        let y = noisy(20.0, 200, 2);
+        sel.forecast_budgeted(&y, 5, 0.9, &mut |_| true).unwrap();
+        for _ in 0..2 {
+            sel.forecast_budgeted(&y, 5, 0.9, &mut |_| false).unwrap();
+        }
+        assert_eq!(sel.pending(5, 0.9), Some((Want::Cadence, 0)));
+        sel.forecast_budgeted(&y, 5, 0.9, &mut |_| false).unwrap();
+        assert_eq!(sel.pending(5, 0.9), Some((Want::Cadence, 1)));
+        let (_, served) = sel.forecast_budgeted(&y, 5, 0.9, &mut |_| true).unwrap();
+        assert_eq!(served, Served::Selected(Want::Cadence));
     }
 }
