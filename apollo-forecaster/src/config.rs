@@ -112,6 +112,11 @@ pub struct ForecastArgs {
         default_value_t = 4000
     )]
     pub auto_select_budget: usize,
+    /// Wall time after which a refresh starts no further full `auto`
+    /// selection (the rest wait for the next refresh); adapts the count
+    /// budget to a loaded machine. 0 = no time limit.
+    #[arg(long, env = "APOLLO_FORECAST_AUTO_SELECT_TIME_BUDGET", default_value = "3s", value_parser = parse_duration)]
+    pub auto_select_time_budget: Duration,
     /// Overload thresholds, percent of capacity.
     #[arg(long, env = "APOLLO_OVERLOAD_THRESHOLD", default_value = "cpu=90,memory=90,gpu=95,storage=85,network=90", value_parser = parse_thresholds)]
     pub overload_threshold: Thresholds,
@@ -147,6 +152,7 @@ impl Default for ForecastArgs {
             min_history: 30,
             model: "auto".into(),
             auto_select_budget: 4000,
+            auto_select_time_budget: Duration::from_secs(3),
             overload_threshold: Thresholds::default(),
             alert_clear_margin: 5.0,
             alert_clear_after: 3,

@@ -7,7 +7,8 @@
 //!   the configured level on every refresh; the `auto` model keeps a
 //!   per-series [`AutoSelector`] so most refreshes take its cheap path and
 //!   the full backtest reruns on its own slower cadence.
-//! - A refresh runs at most `auto_select_budget` full backtests, so a start
+//! - A refresh runs at most `auto_select_budget` full backtests, and starts
+//!   none after `auto_select_time_budget`, so a start
 //!   or a burst of new nodes does not pay for every selection at once:
 //!   never-selected series first, then level shifts, then the most overdue
 //!   re-selections. A series waiting for its first selection is served a
@@ -171,6 +172,8 @@ struct SelectBudget {
     unbounded: bool,
     /// Selections not granted by the plan, first come first served.
     spare: AtomicUsize,
+    /// No selection starts after this instant.
+    deadline: Option<Instant>,
     /// Selections run.
     done: AtomicUsize,
     /// Warming forecasts served.
@@ -178,6 +181,10 @@ struct SelectBudget {
 }
 
 impl SelectBudget {
+    fn open(&self) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
     fn take(&self) -> bool {
         self.unbounded
             || self
@@ -447,7 +454,9 @@ impl Engine {
                         ..base
                     })
                 })
-                .forecast_budgeted(y, steps, level, &mut |_| granted || budget.take())
+                .forecast_budgeted(y, steps, level, &mut |_| {
+                    budget.open() && (granted || budget.take())
+                })
                 .map(|(f, served)| {
                     match served {
                         Served::Selected(_) => budget.done.fetch_add(1, Ordering::Relaxed),
@@ -576,7 +585,8 @@ impl Engine {
 
     /// Shares this refresh's full `auto` selections out: series never
     /// selected first, then level shifts, changed settings and the most
-    /// overdue cadence re-selections, up to `auto_select_budget`. Returns
+    /// overdue cadence re-selections, up to `auto_select_budget` (none
+    /// starting after `auto_select_time_budget` of wall time). Returns
     /// per node (same order as `nodes`) a bit per granted resource, and the
     /// budget with what the plan left over.
     fn plan_selections(
@@ -587,9 +597,12 @@ impl Engine {
     ) -> (Vec<u8>, SelectBudget) {
         let mut grants = vec![0u8; nodes.len()];
         let limit = self.cfg.auto_select_budget;
+        let time = self.cfg.auto_select_time_budget;
+        let deadline = (!time.is_zero()).then(|| Instant::now() + time);
         if self.cfg.model != "auto" || limit == 0 {
             let budget = SelectBudget {
                 unbounded: true,
+                deadline,
                 ..SelectBudget::default()
             };
             return (grants, budget);
@@ -632,6 +645,7 @@ impl Engine {
         }
         let budget = SelectBudget {
             spare: AtomicUsize::new(limit - granted),
+            deadline,
             ..SelectBudget::default()
         };
         (grants, budget)
@@ -1415,6 +1429,8 @@ mod tests {
             step: Duration::from_secs(1),
             horizons: vec![1],
             auto_select_budget: budget,
+            // Counts only: the tests must not depend on machine speed.
+            auto_select_time_budget: Duration::ZERO,
             ..ForecastArgs::default()
         };
         Engine::new(cfg, Metrics::unregistered()).unwrap()

@@ -129,6 +129,7 @@ fn run(
         "selections_per_refresh": selections,
         "warming_per_refresh": warming,
         "auto_select_budget": engine.config().auto_select_budget,
+        "auto_select_time_budget_seconds": engine.config().auto_select_time_budget.as_secs_f64(),
         "vm_hwm_mib_after": vm_hwm_kib().map(|k| k as f64 / 1024.0),
     })
 }
