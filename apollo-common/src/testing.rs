@@ -54,12 +54,6 @@ fn docker_available() -> bool {
         || std::path::Path::new("/var/run/docker.sock").exists()
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn wait_listening(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -71,13 +65,55 @@ fn wait_listening(port: u16, timeout: Duration) -> bool {
     false
 }
 
-fn spawn_binary(binary: &PathBuf, port: u16, store: &std::path::Path) -> std::io::Result<Child> {
-    Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store)
+/// Starts nats-server on `port`, or on a port the server picks itself when
+/// `None`. Picking a "free" port first and passing it races with parallel
+/// tests: a second server fails to bind and the test silently talks to
+/// another test's server. The server reports the port it bound in a ports
+/// file, which doubles as the readiness check.
+fn spawn_binary(
+    binary: &PathBuf,
+    port: Option<u16>,
+    store: &std::path::Path,
+) -> std::io::Result<(Child, u16)> {
+    let ports_dir = store.join("ports");
+    let _ = std::fs::remove_dir_all(&ports_dir);
+    std::fs::create_dir_all(&ports_dir)?;
+    let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+    let mut child = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        .arg(store.join("jetstream"))
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(std::io::Error::other(format!(
+                "nats-server exited: {status}"
+            )));
+        }
+        let bound = std::fs::read_dir(&ports_dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .find_map(|text| {
+                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                let url = v.get("nats")?.get(0)?.as_str()?;
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+        if let Some(bound) = bound {
+            if wait_listening(bound, Duration::from_secs(5)) {
+                return Ok((child, bound));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(std::io::Error::other(
+        "nats-server did not report a listening port",
+    ))
 }
 
 impl TestNats {
@@ -92,25 +128,17 @@ impl TestNats {
         }
         if let Some(binary) = find_binary() {
             let store = tempfile::tempdir().expect("create temp dir for the JetStream store");
-            for _ in 0..5 {
-                let port = free_port().expect("pick a free port");
-                let mut child =
-                    spawn_binary(&binary, port, store.path()).expect("start nats-server");
-                if wait_listening(port, Duration::from_secs(10)) {
-                    return Self {
-                        url: format!("nats://127.0.0.1:{port}"),
-                        backend: Backend::Binary {
-                            child: Some(child),
-                            port,
-                            store,
-                            binary,
-                        },
-                    };
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            panic!("nats-server did not start listening");
+            let (child, port) = spawn_binary(&binary, None, store.path())
+                .unwrap_or_else(|e| panic!("failed to start {}: {e}", binary.display()));
+            return Self {
+                url: format!("nats://127.0.0.1:{port}"),
+                backend: Backend::Binary {
+                    child: Some(child),
+                    port,
+                    store,
+                    binary,
+                },
+            };
         }
         if docker_available() {
             use testcontainers::{runners::AsyncRunner, ImageExt};
@@ -190,11 +218,11 @@ impl TestNats {
             if child.is_some() {
                 return true;
             }
-            let Ok(c) = spawn_binary(binary, *port, store.path()) else {
+            let Ok((c, _)) = spawn_binary(binary, Some(*port), store.path()) else {
                 return false;
             };
             *child = Some(c);
-            return wait_listening(*port, Duration::from_secs(10));
+            return true;
         }
         false
     }
@@ -204,4 +232,35 @@ impl Drop for TestNats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Subscribes to `subject` and returns only once the server has registered
+/// the interest. `Client::flush` only flushes the socket; a message published
+/// right after on another connection could otherwise arrive before the
+/// subscription exists. Subscriptions on one connection are processed in
+/// order, so a round trip through a second, private subscription is the
+/// barrier.
+pub async fn subscribe_ready(
+    client: &async_nats::Client,
+    subject: String,
+) -> async_nats::Subscriber {
+    use futures::StreamExt as _;
+    let sub = client
+        .subscribe(subject.clone())
+        .await
+        .unwrap_or_else(|e| panic!("subscribe {subject}: {e}"));
+    let barrier = format!("_apollo_test_barrier.{}", uuid::Uuid::new_v4().simple());
+    let mut probe = client
+        .subscribe(barrier.clone())
+        .await
+        .expect("subscribe barrier");
+    client
+        .publish(barrier, "".into())
+        .await
+        .expect("publish barrier");
+    tokio::time::timeout(Duration::from_secs(10), probe.next())
+        .await
+        .expect("barrier round trip timed out")
+        .expect("barrier subscription closed");
+    sub
 }

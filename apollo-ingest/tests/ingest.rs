@@ -101,13 +101,7 @@ impl Ingest {
     }
 
     async fn subscribe_insights(&self) -> async_nats::Subscriber {
-        let sub = self
-            .nats
-            .subscribe(self.subjects.all("insight"))
-            .await
-            .unwrap();
-        self.nats.flush().await.unwrap();
-        sub
+        apollo_common::testing::subscribe_ready(&self.nats, self.subjects.all("insight")).await
     }
 
     async fn metrics(&self) -> String {

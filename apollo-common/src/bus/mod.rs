@@ -199,6 +199,7 @@ impl Bus {
         let url = nats.url.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            let mut reconnecting = false;
             loop {
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
@@ -226,12 +227,18 @@ impl Bus {
                     ev = event_rx.recv() => match ev {
                         Some(Event::Disconnected) => {
                             tracing::warn!(url = %url, "disconnected from NATS, reconnecting");
+                            reconnecting = true;
                             let _ = ready_tx.send(false);
                         }
                         Some(Event::Connected) => {
                             tracing::info!(url = %url, "NATS connection established");
-                            // Streams may be gone (e.g. a server without storage restarted).
-                            let _ = ready_tx.send(false);
+                            // After an outage the streams may be gone (a server
+                            // without storage restarted): set them up again. The
+                            // first connection was already handled above.
+                            if reconnecting {
+                                reconnecting = false;
+                                let _ = ready_tx.send(false);
+                            }
                         }
                         Some(other) => tracing::debug!(event = %other, "nats event"),
                         None => {}
