@@ -570,7 +570,11 @@ impl ApolloSim {
             }
         };
         let state = Arc::new(state);
-        state.resync();
+        // Node by node in list order (a resync would take the view's hash
+        // order): cluster order breaks ties between equally scored nodes.
+        for n in nodes {
+            state.sync_node(&n.name);
+        }
         Self {
             view,
             engine: Engine::new(Arc::clone(&state)),

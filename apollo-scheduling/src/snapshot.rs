@@ -418,13 +418,19 @@ impl Hasher for KeyHasher {
 /// nodes in the same state (common: idle nodes of one type, nodes filled
 /// the same way) and later requests of the same shape reuse them.
 #[derive(Default)]
-struct DeltaMemo {
+pub(crate) struct DeltaMemo {
     version: u64,
     map: HashMap<u128, (f64, u32), BuildHasherDefault<KeyHasher>>,
 }
 
 thread_local! {
     static MEMO: RefCell<DeltaMemo> = RefCell::new(DeltaMemo::default());
+}
+
+/// Runs `f` with this thread's delta memo (borrowed once for a whole pass over
+/// the nodes; `f` must not call back into it).
+pub(crate) fn with_delta_memo<R>(f: impl FnOnce(&mut DeltaMemo) -> R) -> R {
+    MEMO.with(|m| f(&mut m.borrow_mut()))
 }
 
 fn pack_gpu_state(free: &[u32]) -> Option<u128> {
@@ -667,7 +673,10 @@ impl ClusterSnapshot {
                     reason,
                 })
             }
-            None => self.best_gpu_pick(idx, demand, &filter, &mut scratch).0,
+            None => {
+                with_delta_memo(|memo| self.best_gpu_pick(idx, demand, &filter, &mut scratch, memo))
+                    .0
+            }
         };
         Ok(self.apply_pick(idx, demand, &filter, pick))
     }
@@ -763,6 +772,7 @@ impl ClusterSnapshot {
         demand: &PodDemand,
         filter: &ModelFilter,
         scratch: &mut Vec<u32>,
+        memo: &mut DeltaMemo,
     ) -> (GpuPick, f64) {
         let c = &self.nodes[idx].cache;
         let cpu_after = c.frag_cpu_free.saturating_sub(demand.cpu_milli);
@@ -776,14 +786,11 @@ impl ClusterSnapshot {
             return self.compute_gpu_pick(c, demand, filter, cpu_after, scratch);
         };
         let version = self.shapes.version();
-        let hit = MEMO.with(|m| {
-            let m = m.borrow();
-            if m.version == version {
-                m.map.get(&key).copied()
-            } else {
-                None
-            }
-        });
+        let hit = if memo.version == version {
+            memo.map.get(&key).copied()
+        } else {
+            None
+        };
         let (delta, free) = match hit {
             Some(v) => v,
             None => {
@@ -792,14 +799,11 @@ impl ClusterSnapshot {
                     GpuPick::Share(g) => c.gpu_free[usize::from(g)],
                     _ => PICK_NONE,
                 };
-                MEMO.with(|m| {
-                    let mut m = m.borrow_mut();
-                    if m.version != version || m.map.len() >= MEMO_CAPACITY {
-                        m.map.clear();
-                        m.version = version;
-                    }
-                    m.map.insert(key, (delta, free));
-                });
+                if memo.version != version || memo.map.len() >= MEMO_CAPACITY {
+                    memo.map.clear();
+                    memo.version = version;
+                }
+                memo.map.insert(key, (delta, free));
                 return (pick, delta);
             }
         };
@@ -1081,7 +1085,9 @@ mod tests {
             PodDemand::new(8000, 0).with_gpu(1, 200),
             PodDemand::new(2000, 0).with_gpu(2, 1000),
             PodDemand::new(5000, 0),
-            PodDemand::new(1000, 0).with_gpu(1, 500).with_gpu_models(["T4"]),
+            PodDemand::new(1000, 0)
+                .with_gpu(1, 500)
+                .with_gpu_models(["T4"]),
         ];
         let mut scratch = Vec::new();
         for d in &demands {
@@ -1095,7 +1101,8 @@ mod tests {
                 let want = snap.compute_gpu_pick(c, d, &filter, cpu_after, &mut scratch);
                 // First call fills the memo, the second reads it.
                 for _ in 0..2 {
-                    let got = snap.best_gpu_pick(idx, d, &filter, &mut scratch);
+                    let got =
+                        with_delta_memo(|m| snap.best_gpu_pick(idx, d, &filter, &mut scratch, m));
                     assert_eq!(got.0, want.0, "{d:?} on node {idx}");
                     assert!((got.1 - want.1).abs() < 1e-9, "{d:?} on node {idx}");
                 }
@@ -1104,10 +1111,11 @@ mod tests {
         // Nodes a and b share their state: b's pick is the GPU with the same share.
         let d = PodDemand::new(1000, 0).with_gpu(1, 250);
         let filter = snap.model_filter(&d);
-        let (GpuPick::Share(ga), _) = snap.best_gpu_pick(0, &d, &filter, &mut scratch) else {
+        let pick = |i| with_delta_memo(|m| snap.best_gpu_pick(i, &d, &filter, &mut Vec::new(), m));
+        let (GpuPick::Share(ga), _) = pick(0) else {
             panic!("node a should take a share");
         };
-        let (GpuPick::Share(gb), _) = snap.best_gpu_pick(1, &d, &filter, &mut scratch) else {
+        let (GpuPick::Share(gb), _) = pick(1) else {
             panic!("node b should take a share");
         };
         assert_eq!(
