@@ -146,10 +146,22 @@ pub struct Ranking {
 
 /// Scores nodes for a pod; stateless apart from its weights, so one instance
 /// serves all requests.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeScorer {
     weights: ScoreWeights,
+    /// `frag_value(k * frag_resolution)` for k in -FRAG_TABLE..=FRAG_TABLE
+    /// (empty when the resolution is 0): no `exp` per node.
+    frag_table: Vec<f64>,
 }
+
+impl Default for NodeScorer {
+    fn default() -> Self {
+        Self::new(ScoreWeights::default())
+    }
+}
+
+/// Half-width of the precomputed fragmentation-factor table.
+const FRAG_TABLE: i64 = 1024;
 
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
@@ -177,7 +189,31 @@ fn cmp_candidates(a: &Candidate, b: &Candidate) -> Ordering {
 impl NodeScorer {
     /// A scorer with these weights.
     pub fn new(weights: ScoreWeights) -> Self {
-        Self { weights }
+        let step = weights.frag_resolution;
+        let frag_table = if step > 0.0 && step.is_finite() {
+            (-FRAG_TABLE..=FRAG_TABLE)
+                .map(|k| frag_value(k as f64 * step))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            weights,
+            frag_table,
+        }
+    }
+
+    /// The fragmentation factor of an increase, at the configured resolution.
+    fn frag_factor(&self, delta: f64) -> f64 {
+        let step = self.weights.frag_resolution;
+        if !self.frag_table.is_empty() {
+            let r = delta / step;
+            if r.abs() < FRAG_TABLE as f64 {
+                let k = round_half_away(r);
+                return self.frag_table[(k + FRAG_TABLE) as usize];
+            }
+        }
+        frag_value(quantise(delta, step))
     }
 
     /// The weights in use.
@@ -225,11 +261,12 @@ impl NodeScorer {
                     None => {}
                 }
                 let node = &entry.state;
-                if demand.csd == CsdNeed::Requires && node.csd_available == 0 {
+                let hot = &snapshot.hot[idx];
+                if demand.csd == CsdNeed::Requires && !hot.csd {
                     out.excluded.csd += 1;
                     continue;
                 }
-                let overloaded = predicted_overload(node, demand);
+                let overloaded = hot.has_forecast && predicted_overload(node, demand);
                 if overloaded && w.exclude_predicted_overload {
                     out.excluded.predicted_overload += 1;
                     continue;
@@ -237,11 +274,11 @@ impl NodeScorer {
 
                 let (pick, frag_delta) =
                     snapshot.best_gpu_pick(idx, demand, &filter, &mut scratch, memo);
-                let mut num = w.fragmentation * frag_value(quantise(frag_delta, w.frag_resolution))
-                    + w.packing * packing_value(&entry.cache, node, demand);
+                let mut num = w.fragmentation * self.frag_factor(frag_delta)
+                    + w.packing * packing_value(hot, demand);
                 let mut den = w.fragmentation + w.packing;
                 let mut headroom = -1.0f32;
-                if node.usage.is_some() || node.forecast.is_some() {
+                if hot.observed {
                     let h = headroom_value(node, demand);
                     headroom = h as f32;
                     num += w.headroom * h;
@@ -255,7 +292,7 @@ impl NodeScorer {
                     den += w.storage;
                 }
                 if demand.csd != CsdNeed::None {
-                    num += w.csd * if node.csd_available > 0 { 1.0 } else { 0.0 };
+                    num += w.csd * if hot.csd { 1.0 } else { 0.0 };
                     den += w.csd;
                 }
                 let mut loc = -1.0f32;
@@ -266,7 +303,9 @@ impl NodeScorer {
                     den += w.locality;
                 }
                 let mut composite = if den > 0.0 { num / den } else { 0.0 };
-                composite *= 1.0 - (w.failure_penalty * node.bind_failure_penalty).clamp(0.0, 1.0);
+                if hot.penalty > 0.0 {
+                    composite *= 1.0 - (w.failure_penalty * hot.penalty).clamp(0.0, 1.0);
+                }
                 if overloaded {
                     composite *= w.overload_discount.clamp(0.0, 1.0);
                 }
@@ -372,6 +411,16 @@ fn quantise(delta: f64, step: f64) -> f64 {
     }
 }
 
+/// Rounds half away from zero without a libm call; `r` must be finite and
+/// well inside the `i64` range.
+fn round_half_away(r: f64) -> i64 {
+    if r >= 0.0 {
+        (r + 0.5) as i64
+    } else {
+        (r - 0.5) as i64
+    }
+}
+
 /// Maps a fragmentation increase (milli-GPU) to 0..=1, 0.5 for no change.
 fn frag_value(delta: f64) -> f64 {
     if delta == 0.0 {
@@ -386,9 +435,9 @@ fn frag_value(delta: f64) -> f64 {
 /// Share of the node's GPU capacity in use after the placement (CPU share for
 /// nodes without GPUs). Packing GPUs (not CPU: CPU packing on GPU nodes strands
 /// their GPUs) makes pods that fragment equally go to the fuller node.
-fn packing_value(c: &crate::snapshot::NodeCache, node: &NodeState, demand: &PodDemand) -> f64 {
+fn packing_value(c: &crate::snapshot::NodeHot, demand: &PodDemand) -> f64 {
     if c.gpu_capacity == 0 {
-        let cpu_cap = node.cpu_milli_capacity.max(1) as f64;
+        let cpu_cap = c.cpu_capacity.max(1) as f64;
         return (1.0 - c.cpu_free.saturating_sub(demand.cpu_milli) as f64 / cpu_cap)
             .clamp(0.0, 1.0);
     }

@@ -452,6 +452,35 @@ fn pack_gpu_state(free: &[u32]) -> Option<u128> {
     Some(key)
 }
 
+/// What the scan over all nodes reads, kept in one compact array parallel to
+/// the nodes so a request touches one or two cache lines per node.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NodeHot {
+    pub(crate) cpu_free: u64,
+    pub(crate) mem_free: u64,
+    pub(crate) frag_cpu_free: u64,
+    pub(crate) gpu_free_total: u64,
+    pub(crate) gpu_capacity: u64,
+    pub(crate) cpu_capacity: u64,
+    pub(crate) frag: f64,
+    pub(crate) penalty: f64,
+    /// Packed sorted GPU state, valid when `keyed`.
+    pub(crate) gpu_key: u128,
+    pub(crate) max_free: u32,
+    /// Available GPUs with nothing allocated.
+    pub(crate) whole_free: u32,
+    /// Model of every GPU, [`NO_MODEL`] when mixed or without GPUs.
+    pub(crate) model: u16,
+    pub(crate) keyed: bool,
+    /// Measured usage or a forecast is present (headroom is scored).
+    pub(crate) observed: bool,
+    pub(crate) has_forecast: bool,
+    pub(crate) csd: bool,
+}
+
+/// No single GPU model.
+pub(crate) const NO_MODEL: u16 = u16::MAX;
+
 #[derive(Debug, Clone)]
 pub(crate) struct NodeEntry {
     pub(crate) state: NodeState,
@@ -477,6 +506,8 @@ impl ModelFilter {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterSnapshot {
     pub(crate) nodes: Vec<NodeEntry>,
+    /// Parallel to `nodes`.
+    pub(crate) hot: Vec<NodeHot>,
     index: HashMap<String, usize>,
     models: Vec<String>,
     model_index: HashMap<String, u16>,
@@ -581,6 +612,7 @@ impl ClusterSnapshot {
                     state: node,
                     cache: NodeCache::default(),
                 });
+                self.hot.push(NodeHot::default());
                 self.nodes.len() - 1
             }
         };
@@ -604,6 +636,7 @@ impl ClusterSnapshot {
         let idx = self.index.remove(name)?;
         self.remove_totals(idx);
         let entry = self.nodes.swap_remove(idx);
+        self.hot.swap_remove(idx);
         if idx < self.nodes.len() {
             let moved = self.nodes[idx].state.name.clone();
             self.index.insert(moved, idx);
@@ -653,6 +686,7 @@ impl ClusterSnapshot {
             .get(name)
             .ok_or_else(|| SnapshotError::UnknownNode(name.to_string()))?;
         self.nodes[idx].state.bind_failure_penalty = p;
+        self.hot[idx].penalty = p;
         Ok(())
     }
 
@@ -733,20 +767,41 @@ impl ClusterSnapshot {
         demand: &PodDemand,
         filter: &ModelFilter,
     ) -> Option<&'static str> {
-        let c = &self.nodes[idx].cache;
-        if demand.num_gpu > 0 && !c.gpu_model.iter().any(|&m| filter.allows(m)) {
-            return Some("gpu model");
+        let h = &self.hot[idx];
+        if demand.num_gpu > 0 {
+            let allowed = if h.model != NO_MODEL {
+                filter.allows(h.model)
+            } else {
+                self.nodes[idx]
+                    .cache
+                    .gpu_model
+                    .iter()
+                    .any(|&m| filter.allows(m))
+            };
+            if !allowed {
+                return Some("gpu model");
+            }
         }
-        if c.cpu_free < demand.cpu_milli {
+        if h.cpu_free < demand.cpu_milli {
             return Some("cpu");
         }
-        if c.mem_free < demand.memory_bytes {
+        if h.mem_free < demand.memory_bytes {
             return Some("memory");
         }
         if demand.num_gpu > 0 {
-            if c.max_free < demand.gpu_milli {
+            if h.max_free < demand.gpu_milli {
                 return Some("gpu");
             }
+            if h.model != NO_MODEL {
+                // One model, and the pod may use it.
+                if demand.num_gpu == 1 {
+                    return None;
+                }
+                if demand.gpu_milli == MILLI_PER_GPU {
+                    return (h.whole_free < demand.num_gpu).then_some("gpu");
+                }
+            }
+            let c = &self.nodes[idx].cache;
             let fit = c
                 .gpu_free
                 .iter()
@@ -774,15 +829,16 @@ impl ClusterSnapshot {
         scratch: &mut Vec<u32>,
         memo: &mut DeltaMemo,
     ) -> (GpuPick, f64) {
-        let c = &self.nodes[idx].cache;
-        let cpu_after = c.frag_cpu_free.saturating_sub(demand.cpu_milli);
+        let h = &self.hot[idx];
+        let cpu_after = h.frag_cpu_free.saturating_sub(demand.cpu_milli);
         if demand.num_gpu == 0
-            && (c.gpu_free_total == 0
-                || !self.shapes.cpu_change_matters(c.frag_cpu_free, cpu_after))
+            && (h.gpu_free_total == 0
+                || !self.shapes.cpu_change_matters(h.frag_cpu_free, cpu_after))
         {
             return (GpuPick::None, 0.0);
         }
-        let Some(key) = self.memo_key(c, demand, filter, cpu_after) else {
+        let c = &self.nodes[idx].cache;
+        let Some(key) = self.memo_key(h, demand, filter, cpu_after) else {
             return self.compute_gpu_pick(c, demand, filter, cpu_after, scratch);
         };
         let version = self.shapes.version();
@@ -826,16 +882,16 @@ impl ClusterSnapshot {
     /// their sorted free shares alone (at most 8, one model the pod may use).
     fn memo_key(
         &self,
-        c: &NodeCache,
+        h: &NodeHot,
         demand: &PodDemand,
         filter: &ModelFilter,
         cpu_after: u64,
     ) -> Option<u128> {
-        let gpus = c.gpu_key?;
-        if demand.num_gpu > 0 && !c.uniform_model.is_some_and(|m| filter.allows(m)) {
+        if !h.keyed || (demand.num_gpu > 0 && (h.model == NO_MODEL || !filter.allows(h.model))) {
             return None;
         }
-        let before = self.shapes.cpu_class(c.frag_cpu_free);
+        let gpus = h.gpu_key;
+        let before = self.shapes.cpu_class(h.frag_cpu_free);
         let after = self.shapes.cpu_class(cpu_after);
         if before > 0x7F || demand.num_gpu > 0x7F || demand.gpu_milli > 0x3FF {
             return None;
@@ -1029,14 +1085,33 @@ impl ClusterSnapshot {
         } else {
             None
         };
+        self.hot[idx] = NodeHot {
+            cpu_free: c.cpu_free,
+            mem_free: c.mem_free,
+            frag_cpu_free: c.frag_cpu_free,
+            gpu_free_total: c.gpu_free_total,
+            gpu_capacity: c.gpu_capacity,
+            cpu_capacity: n.cpu_milli_capacity,
+            frag: c.frag,
+            penalty: n.bind_failure_penalty,
+            gpu_key: c.gpu_key.unwrap_or(0),
+            max_free: c.max_free,
+            whole_free: c.gpu_free.iter().filter(|&&f| f == MILLI_PER_GPU).count() as u32,
+            model: c.uniform_model.unwrap_or(NO_MODEL),
+            keyed: c.gpu_key.is_some(),
+            observed: n.usage.is_some() || n.forecast.is_some(),
+            has_forecast: n.forecast.is_some(),
+            csd: n.csd_available > 0,
+        };
         self.gpu_capacity_milli += c.gpu_capacity;
         self.gpu_allocated_milli += c.gpu_capacity - c.gpu_free_total.min(c.gpu_capacity);
     }
 
     fn recompute_all_frag(&mut self) {
         let shapes = &self.shapes;
-        for e in &mut self.nodes {
+        for (e, h) in self.nodes.iter_mut().zip(&mut self.hot) {
             e.cache.frag = shapes.fragmentation(e.cache.frag_cpu_free, &e.cache.gpu_free);
+            h.frag = e.cache.frag;
         }
     }
 }
