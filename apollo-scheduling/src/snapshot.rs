@@ -467,6 +467,8 @@ pub(crate) struct NodeHot {
     /// Packed sorted GPU state, valid when `keyed`.
     pub(crate) gpu_key: u128,
     pub(crate) max_free: u32,
+    /// CPU class of `frag_cpu_free` under the current shapes.
+    pub(crate) cpu_class: u32,
     /// Available GPUs with nothing allocated.
     pub(crate) whole_free: u32,
     /// Model of every GPU, [`NO_MODEL`] when mixed or without GPUs.
@@ -831,14 +833,16 @@ impl ClusterSnapshot {
     ) -> (GpuPick, f64) {
         let h = &self.hot[idx];
         let cpu_after = h.frag_cpu_free.saturating_sub(demand.cpu_milli);
-        if demand.num_gpu == 0
-            && (h.gpu_free_total == 0
-                || !self.shapes.cpu_change_matters(h.frag_cpu_free, cpu_after))
-        {
+        if demand.num_gpu == 0 && h.gpu_free_total == 0 {
+            return (GpuPick::None, 0.0);
+        }
+        let after_class = self.shapes.cpu_class(cpu_after);
+        // Fragmentation sees CPU only through its class.
+        if demand.num_gpu == 0 && after_class == h.cpu_class as usize {
             return (GpuPick::None, 0.0);
         }
         let c = &self.nodes[idx].cache;
-        let Some(key) = self.memo_key(h, demand, filter, cpu_after) else {
+        let Some(key) = self.memo_key(h, demand, filter, after_class) else {
             return self.compute_gpu_pick(c, demand, filter, cpu_after, scratch);
         };
         let version = self.shapes.version();
@@ -885,14 +889,13 @@ impl ClusterSnapshot {
         h: &NodeHot,
         demand: &PodDemand,
         filter: &ModelFilter,
-        cpu_after: u64,
+        after: usize,
     ) -> Option<u128> {
         if !h.keyed || (demand.num_gpu > 0 && (h.model == NO_MODEL || !filter.allows(h.model))) {
             return None;
         }
         let gpus = h.gpu_key;
-        let before = self.shapes.cpu_class(h.frag_cpu_free);
-        let after = self.shapes.cpu_class(cpu_after);
+        let before = h.cpu_class as usize;
         if before > 0x7F || demand.num_gpu > 0x7F || demand.gpu_milli > 0x3FF {
             return None;
         }
@@ -1096,6 +1099,7 @@ impl ClusterSnapshot {
             penalty: n.bind_failure_penalty,
             gpu_key: c.gpu_key.unwrap_or(0),
             max_free: c.max_free,
+            cpu_class: self.shapes.cpu_class(c.frag_cpu_free) as u32,
             whole_free: c.gpu_free.iter().filter(|&&f| f == MILLI_PER_GPU).count() as u32,
             model: c.uniform_model.unwrap_or(NO_MODEL),
             keyed: c.gpu_key.is_some(),
@@ -1112,6 +1116,7 @@ impl ClusterSnapshot {
         for (e, h) in self.nodes.iter_mut().zip(&mut self.hot) {
             e.cache.frag = shapes.fragmentation(e.cache.frag_cpu_free, &e.cache.gpu_free);
             h.frag = e.cache.frag;
+            h.cpu_class = shapes.cpu_class(e.cache.frag_cpu_free) as u32;
         }
     }
 }
