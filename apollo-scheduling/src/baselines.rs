@@ -12,6 +12,19 @@
 //! Unless stated otherwise a GPU-sharing pod takes the fitting GPU with the
 //! least free share (best fit within the node) and a multi-GPU pod the first
 //! fully free GPUs.
+//!
+//! Reproduction (`apolloctl simulate`, openb GPU nodes, seeds 42-51, mean
+//! allocation % at 100 % arrived, ours / published): default Random 87.07 /
+//! 86.30, DotProd 90.53 / 90.62, GpuPacking 90.86 / 91.78, BestFit 92.99 /
+//! 92.86, FGD 95.01 / 95.23; multigpu50 within 0.3 for all five; cpu250
+//! Random, DotProd and BestFit within 0.3, but FGD 91.35 / 93.20 and
+//! GpuPacking 85.92 / 88.05. Both short cases are CPU-heavy: the placement of
+//! CPU-only pods (score ties everywhere for GpuPacking, mostly zero
+//! fragmentation change for FGD) is decided by the tie-break, and the
+//! published simulator's exact order (its node iteration order, and any
+//! framework plugins left enabled beside the policy) is not documented; a
+//! random tie-break for CPU-only pods was tried and is much worse (FGD 84 on
+//! cpu250), so the published order is some other deterministic one.
 
 use rand::rngs::StdRng;
 use rand::Rng;

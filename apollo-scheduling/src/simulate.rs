@@ -595,7 +595,7 @@ impl ApolloSim {
     /// binds it there and reports the node's new insight. Returns the policy.
     pub fn place(&mut self, pod: &TracePod, k: u64) -> SchedulingPolicy {
         self.arrivals += 1;
-        if self.shapes == ShapeSource::Online && self.arrivals % SWEEP_EVERY == 0 {
+        if self.shapes == ShapeSource::Online && self.arrivals.is_multiple_of(SWEEP_EVERY) {
             self.state.sweep();
         }
         let req = request_for(pod, k);
