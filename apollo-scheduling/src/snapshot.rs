@@ -1049,13 +1049,19 @@ impl ClusterSnapshot {
     }
 
     fn recache(&mut self, idx: usize) {
-        let models: Vec<String> = self.nodes[idx]
-            .state
-            .gpus
-            .iter()
-            .map(|g| g.model.clone())
-            .collect();
-        let ids: Vec<u16> = models.iter().map(|m| self.intern_model(m.trim())).collect();
+        // Known models resolve without allocating; new ones are interned.
+        let mut ids: Vec<u16> = Vec::with_capacity(self.nodes[idx].state.gpus.len());
+        for g in 0..self.nodes[idx].state.gpus.len() {
+            let name = self.nodes[idx].state.gpus[g].model.trim();
+            let id = match self.model_index.get(name) {
+                Some(&id) => id,
+                None => {
+                    let name = name.to_string();
+                    self.intern_model(&name)
+                }
+            };
+            ids.push(id);
+        }
         let entry = &mut self.nodes[idx];
         let n = &entry.state;
         let c = &mut entry.cache;

@@ -136,12 +136,11 @@ fn insight(name: &str, cpu: f64, csd: bool) -> ClusterInsight {
 #[tokio::test]
 async fn empty_view_allows_and_policies_are_published() {
     let mut h = start().await;
-    let mut sub = h
-        .bus
-        .client()
-        .subscribe(h.bus.subjects().all("policy.scheduling"))
-        .await
-        .unwrap();
+    let mut sub = apollo_common::testing::subscribe_ready(
+        h.bus.client(),
+        h.bus.subjects().all("policy.scheduling"),
+    )
+    .await;
     let p = h.ask("first", &[]).await;
     assert_eq!(p.decision(), SchedulingDecision::Allow);
     assert!(p.reason.contains("no cluster data"), "{}", p.reason);
@@ -218,12 +217,11 @@ async fn insights_signatures_and_feedback_shape_the_answers() {
     let first_score = p.node_preferences[0].score;
 
     // Feedback: a failed bind on n3 demotes it; a repeated report is a duplicate.
-    let mut feedback_sub = h
-        .bus
-        .client()
-        .subscribe(subjects.all("feedback.scheduling"))
-        .await
-        .unwrap();
+    let mut feedback_sub = apollo_common::testing::subscribe_ready(
+        h.bus.client(),
+        subjects.all("feedback.scheduling"),
+    )
+    .await;
     let report = SchedulingResult {
         request_id: p.request_id.clone(),
         pod_name: "loader".into(),
