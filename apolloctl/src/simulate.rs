@@ -1,6 +1,7 @@
 //! `apolloctl simulate`: replays a pod list against a node list with placement
 //! policies (the published GPU-allocation protocol, see
-//! `apollo_scheduling::simulate`).
+//! `apollo_scheduling::simulate`). The `apollo` policy answers each pod with
+//! the engine behind `GetSchedulingPolicy`, fed node insights as in production.
 
 use std::path::PathBuf;
 
@@ -20,7 +21,8 @@ pub(crate) enum Output {
 /// Typical-shape source of the `apollo` policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Shapes {
-    /// Learned online from the pods seen so far.
+    /// Learned online from the GPU pods placed so far, refreshed by the
+    /// state's sweep (what the service does).
     Online,
     /// From the whole pod list.
     Trace,
