@@ -38,7 +38,8 @@ pub enum Resource {
     /// Storage: used / total bytes over the storage devices (else the node's
     /// storage fields); published as `io_usage`.
     Storage = 3,
-    /// Network: `network_status.current_utilization`, read as percent.
+    /// Network: `network_status.current_utilization`, a 0-1 ratio (as ingest
+    /// validates it), kept as percent like every other series.
     Network = 4,
 }
 
@@ -304,8 +305,7 @@ pub fn extract(insight: &ClusterInsight, publish_ms: Option<i64>) -> Result<Samp
         );
     }
     if let Some(net) = &insight.network_status {
-        values[SeriesKind::Usage(Resource::Network).index()] =
-            mean(std::iter::once(net.current_utilization));
+        values[SeriesKind::Usage(Resource::Network).index()] = ratio(net.current_utilization, 1.0);
         capacity.0[Resource::Network as usize] = if net.bandwidth_mbps.is_finite() {
             net.bandwidth_mbps.max(0.0)
         } else {
@@ -608,6 +608,19 @@ mod tests {
     fn apply(h: &mut NodeHistory, cpu: f64, ts: i64) -> Result<usize, SampleReject> {
         let s = extract(&insight(cpu, ts), None).unwrap();
         h.apply(&s, NOW, &CFG)
+    }
+
+    #[test]
+    fn network_utilisation_ratio_becomes_percent() {
+        let mut i = insight(5.0, NOW);
+        i.network_status = Some(NetworkStatus {
+            current_utilization: 0.3,
+            bandwidth_mbps: 10_000.0,
+            ..Default::default()
+        });
+        let s = extract(&i, None).unwrap();
+        let net = s.values[SeriesKind::Usage(Resource::Network).index()].unwrap();
+        assert!((net - 30.0).abs() < 1e-9, "{net}");
     }
 
     #[test]
