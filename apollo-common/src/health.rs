@@ -76,6 +76,30 @@ impl Readiness {
         }
     }
 
+    /// Mirrors a dependency's readiness (e.g. [`crate::Bus::readiness`]) into
+    /// gRPC health and `/readyz` until `shutdown`, then reports NOT_SERVING so
+    /// load balancers stop sending work while the service drains.
+    pub fn follow(
+        &self,
+        mut source: tokio::sync::watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ready = *source.borrow_and_update();
+                if !shutdown.is_cancelled() {
+                    me.set(ready).await;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = source.changed() => if changed.is_err() { break },
+                }
+            }
+            me.set(false).await;
+        })
+    }
+
     /// Whether the service is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)

@@ -84,11 +84,7 @@ pub async fn serve(
         readiness.clone(),
         http_token.clone(),
     ));
-    let follower = tokio::spawn(follow_readiness(
-        bus.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
+    let follower = readiness.follow(bus.readiness(), shutdown.clone());
 
     let settings = IngestSettings {
         max_future_skew: config.max_future_skew,
@@ -128,18 +124,4 @@ pub async fn serve(
     let _ = http_task.await;
     tracing::info!("apollo-ingest stopped");
     served.map_err(Error::from)
-}
-
-/// Mirrors the bus readiness into gRPC health and `/readyz`.
-async fn follow_readiness(bus: Bus, readiness: Readiness, shutdown: CancellationToken) {
-    let mut ready = bus.readiness();
-    loop {
-        let now = *ready.borrow_and_update();
-        readiness.set(now && !shutdown.is_cancelled()).await;
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = ready.changed() => if changed.is_err() { break },
-        }
-    }
-    readiness.set(false).await;
 }

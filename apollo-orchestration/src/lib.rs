@@ -92,22 +92,7 @@ pub async fn serve(
     .await?;
     tracing::info!(grpc = %listener.local_addr()?, metrics = %metrics_addr, "apollo-orchestration listening");
 
-    let ready_task = {
-        let readiness = readiness.clone();
-        let mut ready = bus.readiness();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let now = *ready.borrow_and_update();
-                readiness.set(now).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = ready.changed() => if r.is_err() { break },
-                }
-            }
-            readiness.set(false).await;
-        })
-    };
+    let ready_task = readiness.follow(bus.readiness(), shutdown.clone());
 
     let grace = config.observability.shutdown_grace;
     let drain = shutdown.clone();

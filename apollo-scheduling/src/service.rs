@@ -542,19 +542,7 @@ pub async fn serve_engine(
     match &bus {
         None => readiness.set(true).await,
         Some(bus) => {
-            let (r, mut rx, sd) = (readiness.clone(), bus.readiness(), shutdown.clone());
-            tokio::spawn(async move {
-                loop {
-                    let ready = *rx.borrow_and_update();
-                    if !sd.is_cancelled() {
-                        r.set(ready).await;
-                    }
-                    tokio::select! {
-                        _ = sd.cancelled() => return,
-                        c = rx.changed() => if c.is_err() { return },
-                    }
-                }
-            });
+            readiness.follow(bus.readiness(), shutdown.clone());
         }
     }
 
