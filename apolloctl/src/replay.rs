@@ -543,12 +543,15 @@ async fn replay(args: Args) -> anyhow::Result<()> {
                     let agg = p.aggregated_prediction.unwrap_or_default();
                     let last = agg.predicted_usage.last().cloned().unwrap_or_default();
                     println!(
-                        "forecast (15 min)    {} nodes; cluster cpu {:.1}% mem {:.1}% gpu {:.1}%  model {}",
+                        "forecast (15 min)    {} nodes; cluster cpu {:.1}% mem {:.1}% gpu {:.1}% used  model {}",
                         p.node_predictions.len(),
                         last.cpu_usage,
                         last.memory_usage,
                         last.gpu_usage,
                         agg.model_type
+                    );
+                    println!(
+                        "                     (the trace gives allocations, not measured usage, so replayed nodes report 0 % used)"
                     );
                 }
                 Err(status) => println!("forecast             unavailable: {}", status.message()),
