@@ -462,6 +462,9 @@ pub(crate) struct NodeHot {
     pub(crate) gpu_free_total: u64,
     pub(crate) gpu_capacity: u64,
     pub(crate) cpu_capacity: u64,
+    /// `1 / (max(gpu_capacity, 1) * max(cpu_capacity, 1))`: both capacity
+    /// shares of a placement with one multiplication each.
+    pub(crate) inv_caps: f64,
     pub(crate) frag: f64,
     pub(crate) penalty: f64,
     /// Packed sorted GPU state, valid when `keyed`.
@@ -1101,6 +1104,7 @@ impl ClusterSnapshot {
             gpu_free_total: c.gpu_free_total,
             gpu_capacity: c.gpu_capacity,
             cpu_capacity: n.cpu_milli_capacity,
+            inv_caps: 1.0 / (c.gpu_capacity.max(1) as f64 * n.cpu_milli_capacity.max(1) as f64),
             frag: c.frag,
             penalty: n.bind_failure_penalty,
             gpu_key: c.gpu_key.unwrap_or(0),

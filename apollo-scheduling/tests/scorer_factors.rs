@@ -78,6 +78,30 @@ fn whole_gpu_pod_avoids_breaking_a_gpu_pair() {
 }
 
 #[test]
+fn equal_fragmentation_goes_to_the_node_with_cpu_left_for_its_gpus() {
+    // Same GPU use, same fragmentation; "drained" comes first in cluster
+    // order but has almost no CPU left for its two free GPUs.
+    let mut drained = gpu_node("drained", 4);
+    drained.gpus[0].allocated_milli = 1000;
+    drained.cpu_milli_allocated = 28_000;
+    let mut even = gpu_node("even", 4);
+    even.gpus[0].allocated_milli = 1000;
+    even.cpu_milli_allocated = 8_000;
+    let s = snapshot(vec![drained, even]);
+    let pod = PodDemand::new(2000, GIB).with_gpu(1, 1000);
+    let r = NodeScorer::default().rank(&s, &pod, 2);
+    assert_eq!(r.top[0].frag_delta, r.top[1].frag_delta);
+    assert_eq!(r.top[0].node, "even");
+
+    // Without the balance factor the tie goes to cluster order.
+    let no_balance = NodeScorer::new(ScoreWeights {
+        balance: 0.0,
+        ..ScoreWeights::default()
+    });
+    assert_eq!(no_balance.rank(&s, &pod, 2).top[0].node, "drained");
+}
+
+#[test]
 fn cpu_pod_prefers_node_without_gpus() {
     let s = snapshot(vec![gpu_node("gpu", 4), cpu_node("cpu")]);
     // 31 cores would starve the GPU node's typical pods of CPU.
