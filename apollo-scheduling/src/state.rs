@@ -367,14 +367,17 @@ impl ClusterState {
             summary.peak_cpu = summary.peak_cpu.max(frac(b.cpu_usage));
             summary.peak_memory = summary.peak_memory.max(frac(b.memory_usage));
             summary.peak_io = summary.peak_io.max(frac(b.io_usage));
+            summary.peak_gpu = summary.peak_gpu.max(frac(b.gpu_usage));
         }
         let t = self.cfg.overload_threshold;
         summary.overload_cpu = summary.peak_cpu >= t;
         summary.overload_memory = summary.peak_memory >= t;
         summary.overload_io = summary.peak_io >= t;
+        summary.overload_gpu = summary.peak_gpu >= t;
         summary.peak_cpu = summary.peak_cpu.min(1.0);
         summary.peak_memory = summary.peak_memory.min(1.0);
         summary.peak_io = summary.peak_io.min(1.0);
+        summary.peak_gpu = summary.peak_gpu.min(1.0);
         let points: Vec<_> = p
             .predicted_usage
             .iter()

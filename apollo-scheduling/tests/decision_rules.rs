@@ -242,6 +242,38 @@ fn forecast_of_freeing_capacity_gives_delay() {
 }
 
 #[test]
+fn forecast_gpu_overload_steers_gpu_pods_only() {
+    let gpu_node = |name| Node {
+        gpus: &["A100", "A100"],
+        ..node(name)
+    };
+    let e = engine(&[gpu_node("hot"), gpu_node("cool")]);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let pred = ResourcePrediction {
+        node_name: "hot".into(),
+        upper_bound: vec![TimestampedResources {
+            timestamp: Some(Timestamp {
+                seconds: now + 600,
+                nanos: 0,
+            }),
+            cpu_usage: 20.0,
+            memory_usage: 20.0,
+            gpu_usage: 97.0,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(e.state().apply_forecast(&pred));
+    let gpu_pod = e.decide(&req("gpu-pod", &[("apollo.ai-storage/gpu", "1")]));
+    assert_eq!(names(&gpu_pod), vec!["cool"], "{}", gpu_pod.reason);
+    let cpu_pod = e.decide(&req("cpu-pod", &[("apollo.ai-storage/cpu", "2")]));
+    assert!(names(&cpu_pod).contains(&"hot"), "{}", cpu_pod.reason);
+}
+
+#[test]
 fn no_data_and_stale_data_give_allow() {
     let e = engine(&[]);
     let p = e.decide(&req("early", &[]));
