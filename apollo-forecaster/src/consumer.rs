@@ -15,13 +15,7 @@
 //! time) are terminated (`Term`) and counted; insights whose values are
 //! rejected (NaN, negative, too old, duplicate) are acked and counted.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use apollo_common::{
     bus::{from_json, StreamKind},
@@ -199,29 +193,6 @@ async fn follow(
 /// follows NATS availability after that.
 pub async fn run(engine: Arc<Engine>, bus: Bus, readiness: Readiness, shutdown: CancellationToken) {
     let filter = bus.subjects().all("insight.cluster");
-    let synced = Arc::new(AtomicBool::new(false));
-    // Readiness follows the bus once the history is in place.
-    {
-        let (bus, readiness, synced, shutdown) = (
-            bus.clone(),
-            readiness.clone(),
-            synced.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let mut rx = bus.readiness();
-            loop {
-                let ready = *rx.borrow_and_update() && synced.load(Ordering::SeqCst);
-                if !shutdown.is_cancelled() {
-                    readiness.set(ready).await;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = rx.changed() => if r.is_err() { break },
-                }
-            }
-        });
-    }
     let mut backoff = Duration::from_millis(200);
     let mut replayed: Option<u64> = None;
     while !shutdown.is_cancelled() {
@@ -236,8 +207,9 @@ pub async fn run(engine: Arc<Engine>, bus: Bus, readiness: Readiness, shutdown: 
             match replay(&engine, &bus, &filter, &shutdown).await {
                 Ok(last) => {
                     replayed = Some(last);
-                    synced.store(true, Ordering::SeqCst);
-                    readiness.set(bus.is_ready()).await;
+                    // Serving only once the history is in place; from then on
+                    // readiness follows NATS availability.
+                    readiness.follow(bus.readiness(), shutdown.clone());
                 }
                 Err(err) => {
                     tracing::warn!(%err, retry_in = ?backoff, "history replay failed");
