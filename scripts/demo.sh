@@ -5,11 +5,11 @@
 #
 #   scripts/demo.sh [apolloctl replay flags...]      e.g. --pods 1000 --show-every 10
 #
-# Trace location: APOLLO_TRACE_DIR (default ../shared/data/alibaba-gpu-2023).
+# Trace location: APOLLO_TRACE_DIR (default: the excerpt in data/ of the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
-export APOLLO_TRACE_DIR="${APOLLO_TRACE_DIR:-$ROOT/../shared/data/alibaba-gpu-2023}"
+export APOLLO_TRACE_DIR="${APOLLO_TRACE_DIR:-$ROOT/data/alibaba-gpu-2023}"
 if [ ! -f "$APOLLO_TRACE_DIR/openb_node_list_gpu_node.csv" ]; then
   echo "trace not found in $APOLLO_TRACE_DIR (set APOLLO_TRACE_DIR)" >&2
   exit 1

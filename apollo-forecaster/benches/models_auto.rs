@@ -45,7 +45,12 @@ fn main() {
     let n_series: usize = std::env::var("BENCH_SERIES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+        // Under `cargo test` (no `--bench` argument) a short smoke pass.
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            2_000
+        } else {
+            20
+        });
     let mut rng = StdRng::seed_from_u64(7);
     let data: Vec<Vec<f64>> = (0..n_series).map(|i| series(i, &mut rng)).collect();
 

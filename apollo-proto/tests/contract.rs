@@ -1,7 +1,7 @@
 //! Checks `apollo.proto` against the deployed peers' wire contract
-//! (`../shared/reference/apollo-wire-contract.md` beside the repository, or
+//! (`tests/fixtures/wire-contract.md`, or the document named by
 //! `APOLLO_WIRE_CONTRACT`): every listed element must exist with the same
-//! number, label, type and name.
+//! number, label, type and name. A missing contract fails the test.
 
 use std::path::PathBuf;
 
@@ -11,8 +11,7 @@ fn contract_path() -> PathBuf {
     std::env::var_os("APOLLO_WIRE_CONTRACT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/reference/apollo-wire-contract.md")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire-contract.md")
         })
 }
 
@@ -35,19 +34,26 @@ fn kind_name(kind: &Kind) -> String {
 
 #[test]
 fn proto_keeps_every_element_of_the_wire_contract() {
-    let path = contract_path();
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!(
-            "skipping: wire contract not found at {} (set APOLLO_WIRE_CONTRACT)",
-            path.display()
-        );
-        return;
-    };
+    let checked = check_contract(&contract_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(checked > 400, "only {checked} contract items checked");
+}
+
+#[test]
+fn a_missing_contract_fails_the_check() {
+    let missing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/no-such-contract.md");
+    let err = check_contract(&missing).expect_err("a missing contract must not pass");
+    assert!(err.contains("no-such-contract.md"), "{err}");
+}
+
+/// Checks every element of the contract at `path`; returns how many were checked.
+fn check_contract(path: &std::path::Path) -> Result<usize, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("wire contract {} unreadable: {e}", path.display()))?;
     let pool = DescriptorPool::decode(apollo_proto::FILE_DESCRIPTOR_SET).unwrap();
     let elements = text
         .split("## Elements")
         .nth(1)
-        .expect("contract has an Elements section");
+        .ok_or_else(|| format!("{}: no Elements section", path.display()))?;
     let mut checked = 0;
     for block in elements.split("\n### ").skip(1) {
         let mut lines = block.lines();
@@ -142,5 +148,5 @@ fn proto_keeps_every_element_of_the_wire_contract() {
             other => panic!("unknown element kind {other}"),
         }
     }
-    assert!(checked > 400, "only {checked} contract items checked");
+    Ok(checked)
 }

@@ -3,7 +3,9 @@
 //! about 70 % of GPU capacity with trace pods. Prints one JSON line per case.
 //!
 //! Run: `cargo bench -p apollo-scheduling --bench scorer` (reads the openb
-//! trace from `APOLLO_TRACE_DIR`, default `../shared/data/alibaba-gpu-2023`).
+//! trace from `APOLLO_TRACE_DIR`, default the excerpt in `data/` of the
+//! repository). Under `cargo test` (no `--bench` argument) it runs a short
+//! smoke pass on the same data so the bench cannot rot.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,7 +21,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn case(name: &str, nodes: &[TraceNode], demands: &[PodDemand]) -> anyhow::Result<()> {
+fn case(
+    name: &str,
+    nodes: &[TraceNode],
+    demands: &[PodDemand],
+    samples: usize,
+) -> anyhow::Result<()> {
     let shapes = ShapeDistribution::from_pods(demands.iter(), DEFAULT_COVERAGE);
     let mut snap: ClusterSnapshot = simulate::snapshot_for(nodes, shapes)?;
     let scorer = NodeScorer::default();
@@ -38,7 +45,6 @@ fn case(name: &str, nodes: &[TraceNode], demands: &[PodDemand]) -> anyhow::Resul
             None => misses += 1,
         }
     }
-    let samples = 3000;
     let mut lat = Vec::with_capacity(samples);
     let mut feasible = 0usize;
     for k in 0..samples {
@@ -73,13 +79,18 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/data/alibaba-gpu-2023"
+                "/../data/alibaba-gpu-2023"
             ))
         });
     let nodes = simulate::load_nodes(&dir.join("openb_node_list_gpu_node.csv"))?;
     let pods = simulate::load_pods(&dir.join("openb_pod_list_default.csv"))?;
     let demands: Vec<PodDemand> = pods.iter().map(simulate::TracePod::demand).collect();
-    case("openb-1213", &nodes, &demands)?;
+    let full = std::env::args().any(|a| a == "--bench");
+    let samples = if full { 3000 } else { 50 };
+    case("openb-1213", &nodes, &demands, samples)?;
+    if !full {
+        return Ok(());
+    }
     let synthetic: Vec<TraceNode> = (0..5000)
         .map(|i| {
             let mut n = nodes[(i * 7) % nodes.len()].clone();
@@ -87,6 +98,6 @@ fn main() -> anyhow::Result<()> {
             n
         })
         .collect();
-    case("synthetic-5000", &synthetic, &demands)?;
+    case("synthetic-5000", &synthetic, &demands, samples)?;
     Ok(())
 }

@@ -31,7 +31,7 @@ pub(crate) struct Args {
     #[arg(
         long,
         env = "APOLLO_TRACE_DIR",
-        default_value = "../shared/data/alibaba-gpu-2023"
+        default_value = "data/alibaba-gpu-2023"
     )]
     trace_dir: PathBuf,
     /// Pod list inside the trace directory.

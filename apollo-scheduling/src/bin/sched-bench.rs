@@ -41,7 +41,7 @@ struct Args {
     /// openb node list (sn,cpu_milli,memory_mib,gpu,model).
     #[arg(
         long,
-        default_value = "/work/shared/data/alibaba-gpu-2023/openb_node_list_gpu_node.csv"
+        default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/alibaba-gpu-2023/openb_node_list_gpu_node.csv")
     )]
     nodes: PathBuf,
     /// Synthetic cluster size.
