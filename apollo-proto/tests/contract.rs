@@ -40,7 +40,8 @@ fn proto_keeps_every_element_of_the_wire_contract() {
 
 #[test]
 fn a_missing_contract_fails_the_check() {
-    let missing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/no-such-contract.md");
+    let missing =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/no-such-contract.md");
     let err = check_contract(&missing).expect_err("a missing contract must not pass");
     assert!(err.contains("no-such-contract.md"), "{err}");
 }
