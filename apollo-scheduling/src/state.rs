@@ -45,6 +45,9 @@ const MAX_PIPELINE_MEMBERS: usize = 64;
 const MAX_PIPELINES: usize = 20_000;
 /// Upstream nodes handed to the scorer.
 const MAX_UPSTREAM: usize = 8;
+/// Marker the forecaster puts in `model_type` for series with too little
+/// history to forecast (`persistence(insufficient-history:<have>/<need>)`).
+const INSUFFICIENT_HISTORY: &str = "insufficient-history";
 /// A penalty below this is dropped.
 const PENALTY_FLOOR: f64 = 0.01;
 
@@ -342,6 +345,15 @@ impl ClusterState {
         let node = p.node_name.trim();
         if node.is_empty() {
             return false;
+        }
+        if p.model_type.contains(INSUFFICIENT_HISTORY) {
+            // A node the forecaster knows too little about gets a persistence
+            // forecast with deliberately wide intervals; its upper bound says
+            // "unknown", not "overloaded" (the forecaster raises no alert on it
+            // either), so it must not push pods away from new nodes.
+            lock(&self.forecasts).remove(node);
+            let _books = lock(&self.books);
+            return self.write().set_forecast(node, None).is_ok();
         }
         let now = SystemTime::now();
         let until = now + self.cfg.forecast_horizon;

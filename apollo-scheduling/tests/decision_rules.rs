@@ -274,6 +274,46 @@ fn forecast_gpu_overload_steers_gpu_pods_only() {
 }
 
 #[test]
+fn insufficient_history_forecasts_do_not_mark_overload() {
+    let gpu_node = |name| Node {
+        gpus: &["A100", "A100"],
+        ..node(name)
+    };
+    let e = engine(&[gpu_node("new"), gpu_node("known")]);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // The forecaster's answer for a node it has one point of: persistence
+    // with intervals far past capacity.
+    let wide = |node: &str, model: &str| ResourcePrediction {
+        node_name: node.into(),
+        model_type: model.into(),
+        upper_bound: vec![TimestampedResources {
+            timestamp: Some(Timestamp {
+                seconds: now + 600,
+                nanos: 0,
+            }),
+            cpu_usage: 207.0,
+            memory_usage: 207.0,
+            gpu_usage: 207.0,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(e
+        .state()
+        .apply_forecast(&wide("new", "persistence(insufficient-history:1/30)")));
+    let p = e.decide(&req("gpu-pod", &[("apollo.ai-storage/gpu", "1")]));
+    assert!(names(&p).contains(&"new"), "{}", p.reason);
+    assert!(!p.reason.contains("overload"), "{}", p.reason);
+    // The same bounds from a fitted model do mark the node.
+    assert!(e.state().apply_forecast(&wide("new", "auto(ets)")));
+    let p = e.decide(&req("gpu-pod-2", &[("apollo.ai-storage/gpu", "1")]));
+    assert_eq!(names(&p), vec!["known"], "{}", p.reason);
+}
+
+#[test]
 fn no_data_and_stale_data_give_allow() {
     let e = engine(&[]);
     let p = e.decide(&req("early", &[]));
