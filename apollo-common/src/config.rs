@@ -163,6 +163,10 @@ pub struct StreamArgs {
         default_value_t = 1
     )]
     pub replicas: usize,
+    /// How long the engines keep the decision record of each policy (its
+    /// inputs and factors, read by `apolloctl explain`).
+    #[arg(long = "decision-record-ttl", env = "APOLLO_DECISION_RECORD_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub decision_record_ttl: Duration,
 }
 
 impl Default for StreamArgs {
@@ -175,6 +179,7 @@ impl Default for StreamArgs {
             duplicate_window: Duration::from_secs(120),
             storage: "file".into(),
             replicas: 1,
+            decision_record_ttl: Duration::from_secs(3600),
         }
     }
 }

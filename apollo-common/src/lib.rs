@@ -9,6 +9,7 @@ pub mod cluster_view;
 pub mod config;
 pub mod grpc;
 pub mod health;
+pub mod nats_server;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

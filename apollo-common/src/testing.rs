@@ -7,12 +7,7 @@
 //! returns unique subject and stream prefixes, so tests share a server and
 //! still run in parallel.
 
-use std::{
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Child, time::Duration};
 
 use crate::config::{NatsArgs, StreamArgs};
 
@@ -41,79 +36,9 @@ impl std::fmt::Debug for TestNats {
     }
 }
 
-fn find_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
 fn docker_available() -> bool {
     std::env::var_os("DOCKER_HOST").is_some()
         || std::path::Path::new("/var/run/docker.sock").exists()
-}
-
-fn wait_listening(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// Starts nats-server on `port`, or on a port the server picks itself when
-/// `None`. Picking a "free" port first and passing it races with parallel
-/// tests: a second server fails to bind and the test silently talks to
-/// another test's server. The server reports the port it bound in a ports
-/// file, which doubles as the readiness check.
-fn spawn_binary(
-    binary: &PathBuf,
-    port: Option<u16>,
-    store: &std::path::Path,
-) -> std::io::Result<(Child, u16)> {
-    let ports_dir = store.join("ports");
-    let _ = std::fs::remove_dir_all(&ports_dir);
-    std::fs::create_dir_all(&ports_dir)?;
-    let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
-    let mut child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-        .arg(store.join("jetstream"))
-        .arg("--ports_file_dir")
-        .arg(&ports_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            return Err(std::io::Error::other(format!(
-                "nats-server exited: {status}"
-            )));
-        }
-        let bound = std::fs::read_dir(&ports_dir)?
-            .filter_map(Result::ok)
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .find_map(|text| {
-                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-                let url = v.get("nats")?.get(0)?.as_str()?;
-                url.rsplit(':').next()?.parse::<u16>().ok()
-            });
-        if let Some(bound) = bound {
-            if wait_listening(bound, Duration::from_secs(5)) {
-                return Ok((child, bound));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    Err(std::io::Error::other(
-        "nats-server did not report a listening port",
-    ))
 }
 
 impl TestNats {
@@ -126,9 +51,9 @@ impl TestNats {
                 backend: Backend::External,
             };
         }
-        if let Some(binary) = find_binary() {
+        if let Some(binary) = crate::nats_server::find_binary() {
             let store = tempfile::tempdir().expect("create temp dir for the JetStream store");
-            let (child, port) = spawn_binary(&binary, None, store.path())
+            let (child, port) = crate::nats_server::spawn(&binary, None, store.path())
                 .unwrap_or_else(|e| panic!("failed to start {}: {e}", binary.display()));
             return Self {
                 url: format!("nats://127.0.0.1:{port}"),
@@ -218,7 +143,7 @@ impl TestNats {
             if child.is_some() {
                 return true;
             }
-            let Ok((c, _)) = spawn_binary(binary, Some(*port), store.path()) else {
+            let Ok((c, _)) = crate::nats_server::spawn(binary, Some(*port), store.path()) else {
                 return false;
             };
             *child = Some(c);

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use streams::{StreamKind, ALL_STREAMS};
+pub use streams::{decision_bucket, StreamKind, ALL_STREAMS};
 pub use subjects::{decode_token, encode_token, Subjects};
 pub use trace::{extract_context, inject_trace_context, HeaderExtractor};
 
@@ -112,6 +112,7 @@ struct Inner {
     stream_prefix: String,
     ready: watch::Receiver<bool>,
     shutdown: CancellationToken,
+    decisions: tokio::sync::OnceCell<jetstream::kv::Store>,
 }
 
 /// Handle to NATS + JetStream; cheap to clone.
@@ -193,9 +194,11 @@ impl Bus {
             stream_prefix: nats.stream_prefix.clone(),
             ready: ready_rx,
             shutdown: shutdown.clone(),
+            decisions: tokio::sync::OnceCell::new(),
         });
 
         let stream_cfgs = streams::configs(&nats.stream_prefix, &subjects, streams);
+        let decision_cfg = streams::decision_bucket_config(&nats.stream_prefix, streams);
         let url = nats.url.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
@@ -204,7 +207,7 @@ impl Bus {
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
                 if connected && !*ready_tx.borrow() {
-                    match streams::ensure(&js, &stream_cfgs).await {
+                    match streams::ensure(&js, &stream_cfgs, &decision_cfg).await {
                         Ok(()) => {
                             tracing::info!(url = %url, "connected to NATS, streams ready");
                             let _ = ready_tx.send(true);
@@ -399,6 +402,59 @@ impl Bus {
         Ok((pending, messages))
     }
 
+    /// Stores the decision record of the policy `request_id` (its inputs and
+    /// factors, as JSON) in the decision bucket, replacing an earlier one.
+    pub async fn put_decision_record<T: Serialize>(
+        &self,
+        request_id: &str,
+        record: &T,
+    ) -> Result<(), BusError> {
+        if !self.is_ready() {
+            return Err(BusError::Unavailable("not connected to NATS".into()));
+        }
+        let key = decision_key(request_id)?;
+        let store = self.decision_store().await?;
+        store
+            .put(key, to_json(record)?)
+            .await
+            .map_err(|e| BusError::JetStream {
+                what: format!("put decision record {request_id}"),
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// The decision record of `request_id`, if still kept.
+    pub async fn decision_record(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<serde_json::Value>, BusError> {
+        let key = decision_key(request_id)?;
+        let store = self.decision_store().await?;
+        let value = store.get(key).await.map_err(|e| BusError::JetStream {
+            what: format!("get decision record {request_id}"),
+            reason: e.to_string(),
+        })?;
+        value.map(|v| from_json(&v)).transpose()
+    }
+
+    async fn decision_store(&self) -> Result<&jetstream::kv::Store, BusError> {
+        self.inner
+            .decisions
+            .get_or_try_init(|| async {
+                let bucket = decision_bucket(&self.inner.stream_prefix);
+                self.inner
+                    .js
+                    .get_key_value(&bucket)
+                    .await
+                    .map_err(|e| BusError::JetStream {
+                        what: format!("key-value bucket {bucket}"),
+                        reason: e.to_string(),
+                    })
+            })
+            .await
+    }
+
     /// The stream handle of a kind.
     pub async fn get_stream(&self, kind: StreamKind) -> Result<stream::Stream, BusError> {
         let name = self.stream_name(kind);
@@ -419,6 +475,20 @@ impl Bus {
             tracing::debug!(%err, "nats drain");
         }
     }
+}
+
+/// A request id as a key-value key: ids are uuids or `[A-Za-z0-9_-]` words.
+fn decision_key(request_id: &str) -> Result<String, BusError> {
+    let id = request_id.trim();
+    if id.is_empty()
+        || id.len() > 200
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(BusError::BadToken(request_id.to_string()));
+    }
+    Ok(id.to_string())
 }
 
 // nats-server before 2.10 knows only the single `filter_subject`; use it

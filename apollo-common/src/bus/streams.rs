@@ -84,11 +84,45 @@ pub(super) fn configs(prefix: &str, subjects: &Subjects, args: &StreamArgs) -> V
         .collect()
 }
 
+/// Name of the key-value bucket of decision records under a stream prefix.
+pub fn decision_bucket(prefix: &str) -> String {
+    format!("{prefix}_DECISIONS")
+}
+
+/// The decision-record bucket: one entry per policy `request_id`, kept for
+/// `--decision-record-ttl`, latest value only. Declared as the stream behind a
+/// key-value bucket (`KV_<bucket>` on `$KV.<bucket>.>`) rather than through
+/// the client's bucket helper, which needs an account-info reply that
+/// nats-server 2.9 does not give.
+pub(super) fn decision_bucket_config(prefix: &str, args: &StreamArgs) -> stream::Config {
+    let bucket = decision_bucket(prefix);
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("APOLLO decision records by request id".into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: args.decision_record_ttl,
+        storage: if args.storage == "memory" {
+            stream::StorageType::Memory
+        } else {
+            stream::StorageType::File
+        },
+        num_replicas: args.replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: args.duplicate_window.min(args.decision_record_ttl),
+        ..Default::default()
+    }
+}
+
 pub(super) async fn ensure(
     js: &jetstream::Context,
     configs: &[stream::Config],
+    decisions: &stream::Config,
 ) -> Result<(), BusError> {
-    for config in configs {
+    for config in configs.iter().chain([decisions]) {
         js.create_or_update_stream(config.clone())
             .await
             .map_err(|e| BusError::JetStream {
