@@ -209,10 +209,33 @@ fn decision_name(d: i32) -> &'static str {
     }
 }
 
+/// What `apolloctl explain` reads back for a `request_id`: the request, the
+/// policy with every preferred node's factors (its `reason`) and the state of
+/// the engine's view when it decided. Kept in the decision bucket for
+/// `--decision-record-ttl`.
+#[derive(Debug, serde::Serialize)]
+struct DecisionRecord {
+    kind: &'static str,
+    request_id: String,
+    decided_at: String,
+    request: SchedulingPolicyRequest,
+    policy: SchedulingPolicy,
+    view: ViewSummary,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ViewSummary {
+    nodes: usize,
+    stale_nodes: usize,
+    assumed_pods: usize,
+    penalised_nodes: usize,
+}
+
 /// A message waiting to be published.
 #[derive(Debug)]
 enum Outgoing {
     Policy(Box<SchedulingPolicy>),
+    Record(Box<DecisionRecord>),
     Feedback(SchedulingResult),
 }
 
@@ -220,6 +243,7 @@ impl Outgoing {
     fn kind(&self) -> &'static str {
         match self {
             Self::Policy(_) => "policy",
+            Self::Record(_) => "decision_record",
             Self::Feedback(_) => "feedback",
         }
     }
@@ -227,6 +251,7 @@ impl Outgoing {
     fn subject(&self, s: &Subjects) -> Option<String> {
         match self {
             Self::Policy(p) => s.scheduling_policy(&p.pod_namespace, &p.pod_name).ok(),
+            Self::Record(r) => Some(r.request_id.clone()),
             Self::Feedback(f) => s.scheduling_feedback(&f.pod_namespace, &f.pod_name).ok(),
         }
     }
@@ -304,6 +329,20 @@ impl SchedulingPolicyService for SchedulingService {
             .inc();
         tracing::debug!(request_id = %policy.request_id, decision = decision_name(policy.decision), "policy issued");
         self.enqueue(Outgoing::Policy(Box::new(policy.clone())));
+        let stats = self.shared.engine.state().stats();
+        self.enqueue(Outgoing::Record(Box::new(DecisionRecord {
+            kind: "scheduling",
+            request_id: policy.request_id.clone(),
+            decided_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            request: req,
+            policy: policy.clone(),
+            view: ViewSummary {
+                nodes: stats.nodes,
+                stale_nodes: stats.stale_nodes,
+                assumed_pods: stats.assumed,
+                penalised_nodes: stats.penalised,
+            },
+        })));
         Ok(Response::new(policy))
     }
 
@@ -410,23 +449,26 @@ async fn run_publisher(
         };
         type Ack = std::pin::Pin<
             Box<
-                dyn std::future::Future<
-                        Output = std::result::Result<
-                            apollo_common::bus::Stored,
-                            apollo_common::BusError,
-                        >,
-                    > + Send,
+                dyn std::future::Future<Output = std::result::Result<(), apollo_common::BusError>>
+                    + Send,
             >,
         >;
-        let started: std::result::Result<Ack, _> = match &msg {
+        let started: std::result::Result<Ack, _> = match msg {
             Outgoing::Policy(p) => bus
                 .start_publish(subject, p.as_ref())
                 .await
-                .map(|a| Box::pin(a) as Ack),
+                .map(|a| Box::pin(async move { a.await.map(|_| ()) }) as Ack),
+            Outgoing::Record(r) => {
+                let bus = bus.clone();
+                Ok(
+                    Box::pin(async move { bus.put_decision_record(&r.request_id, &r).await })
+                        as Ack,
+                )
+            }
             Outgoing::Feedback(f) => bus
-                .start_publish(subject, f)
+                .start_publish(subject, &f)
                 .await
-                .map(|a| Box::pin(a) as Ack),
+                .map(|a| Box::pin(async move { a.await.map(|_| ()) }) as Ack),
         };
         match started {
             Ok(ack) => acks.push(async move { (kind, ack.await) }),
@@ -441,7 +483,7 @@ async fn run_publisher(
 fn count_ack(
     metrics: &Metrics,
     kind: &'static str,
-    r: std::result::Result<apollo_common::bus::Stored, apollo_common::BusError>,
+    r: std::result::Result<(), apollo_common::BusError>,
 ) {
     match r {
         Ok(_) => {
