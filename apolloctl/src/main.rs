@@ -1,14 +1,30 @@
 //! `apolloctl`: APOLLO's command-line tool.
+//!
+//! Exit codes: 0 success, 1 failure (unreachable server, bad data, a child
+//! that died), 2 usage error (bad arguments). Errors print as one line on
+//! stderr.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
+mod client;
+mod demo;
 mod eval_forecast;
+mod inspect;
+mod output;
 mod replay;
 mod simulate;
+mod stack;
+mod up;
 
-/// APOLLO command-line tool.
+/// APOLLO command-line tool: run the stack locally, drive it with real
+/// traces, inspect its decisions, and measure its components.
 #[derive(Debug, Parser)]
-#[command(name = "apolloctl", version, about)]
+#[command(
+    name = "apolloctl",
+    version,
+    about,
+    after_help = "Examples:\n  apolloctl demo                         # the whole stack on the shipped trace excerpt\n  apolloctl up                           # the stack until Ctrl-C\n  apolloctl policy get openb/openb-pod-0017\n  apolloctl tap 'apollo.alert.>'"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,14 +32,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole stack locally (nats-server and the four services) until Ctrl-C.
+    Up(up::Args),
+    /// The stack plus a replay of the shipped trace excerpt, narrating what the engines decide.
+    Demo(demo::Args),
+    /// Drive a running APOLLO stack with a real trace and print its decisions.
+    Replay(replay::Args),
+    /// Scheduling or orchestration policy for a pod.
+    #[command(subcommand)]
+    Policy(inspect::PolicyCommand),
+    /// Stream orchestration policies as the orchestration engine issues them.
+    Watch(inspect::WatchArgs),
+    /// A node's resource forecast.
+    Forecast(inspect::ForecastArgs),
+    /// Print messages on a NATS subject, decoded by type.
+    Tap(inspect::TapArgs),
+    /// The inputs and factors behind a policy, by its request id.
+    Explain(inspect::ExplainArgs),
     /// Measure a component on real traces.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Replay a pod list against a node list with a placement policy (the
     /// published GPU-allocation protocol).
     Simulate(simulate::Args),
-    /// Drive a running APOLLO stack with a real trace and print its decisions.
-    Replay(replay::Args),
+    /// Print a shell completion script.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,11 +68,59 @@ enum EvalCommand {
     Forecast(eval_forecast::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("failed to start the async runtime: {e}"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Up(args) => runtime()?.block_on(up::run(args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Replay(args) => replay::run(args),
+        Command::Policy(cmd) => runtime()?.block_on(inspect::policy(cmd)),
+        Command::Watch(args) => runtime()?.block_on(inspect::watch(args)),
+        Command::Forecast(args) => runtime()?.block_on(inspect::forecast(args)),
+        Command::Tap(args) => runtime()?.block_on(inspect::tap(args)),
+        Command::Explain(args) => runtime()?.block_on(inspect::explain(args)),
         Command::Eval(EvalCommand::Forecast(args)) => eval_forecast::run(args),
         Command::Simulate(args) => simulate::run(args),
-        Command::Replay(args) => replay::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "apolloctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => match err.downcast_ref::<client::UsageError>() {
+            Some(usage) => {
+                eprintln!("apolloctl: {usage}");
+                std::process::ExitCode::from(2)
+            }
+            None => {
+                eprintln!("apolloctl: {}", one_line(&format!("{err:#}")));
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Multi-line causes joined on one line, so scripts see one error line.
+fn one_line(msg: &str) -> String {
+    msg.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

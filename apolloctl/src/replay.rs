@@ -337,7 +337,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .block_on(replay(args))
 }
 
-async fn replay(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn replay(args: Args) -> anyhow::Result<()> {
     let node_path = args.trace_dir.join("openb_node_list_gpu_node.csv");
     let pod_path = args.trace_dir.join(&args.pod_list);
     let mut nodes = load_nodes(&node_path)?;
