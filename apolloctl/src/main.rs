@@ -100,7 +100,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help, --version
+            let _ = err.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // clap's first line names the problem; the usage block after it
+            // is what `--help` prints.
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "apolloctl: {} (see --help)",
+                first.trim_start_matches("error: ").trim()
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => match err.downcast_ref::<client::UsageError>() {

@@ -1,0 +1,322 @@
+//! `apolloctl` as a user runs it: real processes, real nats-server, real
+//! services (the workspace's binaries beside apolloctl).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn apolloctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_apolloctl"))
+}
+
+/// The service binaries must sit beside apolloctl (`cargo test --workspace`
+/// builds them before any test runs).
+fn require_service_binaries() {
+    let dir = apolloctl().parent().unwrap().to_path_buf();
+    for b in [
+        "apollo-ingest",
+        "apollo-forecaster",
+        "apollo-scheduling",
+        "apollo-orchestration",
+    ] {
+        assert!(
+            dir.join(b).is_file(),
+            "{b} missing in {}: run `cargo build --bins` (scripts/test.sh builds the workspace)",
+            dir.display()
+        );
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(apolloctl())
+        .args(args)
+        .env_remove("APOLLO_NATS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run apolloctl")
+}
+
+fn stderr_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 checks existence; a zombie is reaped by its parent, which has exited.
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
+
+fn port_free(url: &str) -> bool {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "apolloctl did not exit in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Up {
+    child: Child,
+    endpoints: serde_json::Value,
+}
+
+impl Up {
+    fn start() -> Self {
+        require_service_binaries();
+        let mut child = Command::new(apolloctl())
+            .args(["up", "--free-ports", "-o", "json", "--service-log", "warn"])
+            .env_remove("APOLLO_NATS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start apolloctl up");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        match serde_json::from_str(&line) {
+            Ok(endpoints) => Self { child, endpoints },
+            Err(e) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "up printed no endpoints ({e}): {line:?} / {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            }
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.endpoints["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["pid"].as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    fn grpc(&self, service: &str) -> String {
+        self.endpoints["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == service)
+            .unwrap()["grpc"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = wait_exit(&mut self.child, Duration::from_secs(40));
+        }
+    }
+}
+
+#[test]
+fn up_serves_then_stops_everything_on_ctrl_c() {
+    let mut up = Up::start();
+    let pids = up.pids();
+    assert_eq!(pids.len(), 4);
+    assert!(pids.iter().all(|p| alive(*p)));
+    let grpc: Vec<String> = up.endpoints["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["grpc"].as_str().unwrap().to_string())
+        .collect();
+    assert!(grpc.iter().all(|g| !port_free(g)), "services listen");
+
+    // The scheduling engine answers through apolloctl, in JSON.
+    let sched = up.grpc("apollo-scheduling");
+    let o = run(&[
+        "policy",
+        "get",
+        "ml/trainer-0",
+        "--scheduling",
+        &sched,
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{:?}", stderr_lines(&o));
+    let policy: serde_json::Value = serde_json::from_slice(&o.stdout).expect("policy JSON");
+    let request_id = policy["requestId"].as_str().unwrap().to_string();
+    assert!(!request_id.is_empty());
+
+    // Its decision record is kept and explained.
+    let nats = up.endpoints["nats"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let o = run(&[
+            "explain",
+            &request_id,
+            "--nats-url",
+            &nats,
+            "-o",
+            "json",
+        ]);
+        if o.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("record JSON");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision record: {:?}",
+            stderr_lines(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(record["kind"], "scheduling");
+    assert_eq!(record["policy"]["requestId"], request_id.as_str());
+    assert_eq!(record["request"]["podName"], "trainer-0");
+
+    up.signal(Signal::SIGINT);
+    let status = wait_exit(&mut up.child, Duration::from_secs(40));
+    assert!(status.success(), "up exits 0 on Ctrl-C: {status}");
+    for p in pids {
+        assert!(!alive(p), "pid {p} outlived the stack");
+    }
+    assert!(grpc.iter().all(|g| port_free(g)), "ports freed");
+}
+
+#[test]
+fn up_reports_a_crashed_child_and_stops_the_rest() {
+    let mut up = Up::start();
+    let sched_pid = up.endpoints["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "apollo-scheduling")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let pids = up.pids();
+    kill(Pid::from_raw(sched_pid as i32), Signal::SIGKILL).unwrap();
+    let status = wait_exit(&mut up.child, Duration::from_secs(40));
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(up.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("apollo-scheduling exited unexpectedly"),
+        "stderr: {err}"
+    );
+    for p in pids {
+        assert!(!alive(p), "pid {p} outlived the stack");
+    }
+}
+
+#[test]
+fn demo_short_replays_the_shipped_excerpt_and_summarises() {
+    require_service_binaries();
+    let dir = tempfile::tempdir().unwrap();
+    // From a directory with no repository around it: the excerpt is built in.
+    let o = Command::new(apolloctl())
+        .args(["demo", "--short", "--pods", "120", "--observe", "5s", "-o", "json"])
+        .current_dir(dir.path())
+        .env_remove("APOLLO_NATS_URL")
+        .env_remove("APOLLO_TRACE_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("summary JSON");
+    let decisions: u64 = summary["scheduling_decisions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(decisions >= 120, "{summary}");
+    assert!(!Path::new(&dir.path().join("data")).exists());
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    for args in [
+        vec!["policy", "get", "no-namespace"],
+        vec!["watch", "--action", "teleport"],
+        vec!["forecast"],
+        vec!["no-such-command"],
+        vec!["explain", "not a valid id"],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {:?}", stderr_lines(&o));
+        let lines = stderr_lines(&o);
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].starts_with("apolloctl: "), "{lines:?}");
+    }
+}
+
+#[test]
+fn unreachable_servers_give_one_line_and_exit_1() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for args in [
+        vec![
+            "forecast".to_string(),
+            "n1".into(),
+            "--forecaster".into(),
+            format!("http://127.0.0.1:{closed}"),
+        ],
+        vec![
+            "tap".into(),
+            "apollo.>".into(),
+            "--nats-url".into(),
+            format!("nats://127.0.0.1:{closed}"),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let lines = stderr_lines(&o);
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].contains("cannot connect"), "{lines:?}");
+    }
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("apolloctl"), "{shell}");
+        assert!(text.contains("demo"), "{shell}: subcommands completed");
+    }
+}
