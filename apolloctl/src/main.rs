@@ -14,6 +14,7 @@ mod output;
 mod replay;
 mod simulate;
 mod stack;
+mod top;
 mod up;
 
 /// APOLLO command-line tool: run the stack locally, drive it with real
@@ -41,6 +42,8 @@ enum Command {
     /// Scheduling or orchestration policy for a pod.
     #[command(subcommand)]
     Policy(inspect::PolicyCommand),
+    /// Live terminal view of nodes: allocation, use, forecasts, alerts, policies.
+    Top(top::Args),
     /// Stream orchestration policies as the orchestration engine issues them.
     Watch(inspect::WatchArgs),
     /// A node's resource forecast.
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Replay(args) => replay::run(args),
         Command::Policy(cmd) => runtime()?.block_on(inspect::policy(cmd)),
+        Command::Top(args) => runtime()?.block_on(top::run(args)),
         Command::Watch(args) => runtime()?.block_on(inspect::watch(args)),
         Command::Forecast(args) => runtime()?.block_on(inspect::forecast(args)),
         Command::Tap(args) => runtime()?.block_on(inspect::tap(args)),
