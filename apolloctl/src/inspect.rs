@@ -172,9 +172,11 @@ pub(crate) fn parse_action(s: &str) -> Result<OrchestrationAction, String> {
         "scale-down" => OrchestrationAction::ScaleDown,
         "rebalance" => OrchestrationAction::Rebalance,
         "optimize" => OrchestrationAction::Optimize,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "unknown action {s:?} (migrate, provision, scale-up, scale-down, rebalance, optimize)"
-        )),
+        ))
+        }
     })
 }
 

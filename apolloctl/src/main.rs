@@ -11,6 +11,7 @@ mod demo;
 mod eval_forecast;
 mod inspect;
 mod output;
+mod plot;
 mod replay;
 mod simulate;
 mod stack;

@@ -74,6 +74,40 @@ pub(crate) struct Args {
     /// Leave the per-percent curve out of the JSON.
     #[arg(long, env = "APOLLO_SIM_NO_CURVE")]
     no_curve: bool,
+    /// Draw GPU allocation vs arrived workload per policy (mean over seeds),
+    /// with the published FGD points of the trace, to FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+/// Published FGD means (at 100 % and 130 % arrived) of the openb pod list
+/// named by `pods` (default, cpu250, multigpu50), from the FGD paper.
+fn published_fgd(pods: &std::path::Path) -> Vec<crate::plot::Published> {
+    let name = pods
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let (at100, at130) = if name.contains("cpu250") {
+        (93.20, 93.41)
+    } else if name.contains("multigpu50") {
+        (97.09, 97.18)
+    } else if name.contains("default") {
+        (95.23, 95.39)
+    } else {
+        return Vec::new();
+    };
+    vec![
+        ("published FGD (mean of 10 seeds)".into(), 100.0, at100),
+        ("published FGD (mean of 10 seeds)".into(), 130.0, at130),
+    ]
+}
+
+/// Index-wise mean of the runs' curves.
+fn mean_curve(runs: &[&SimRun]) -> Vec<f64> {
+    let len = runs.iter().map(|r| r.curve.len()).max().unwrap_or(0);
+    (0..len)
+        .map(|i| mean(runs.iter().filter_map(|r| r.curve.get(i).copied())))
+        .collect()
 }
 
 /// Parses `42`, `42-51`, `1,5,7-9`.
@@ -161,6 +195,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("--inflation must be in (0, 10], got {}", args.inflation);
     }
     let policies = parse_policies(&args.policy)?;
+    if let Some(p) = &args.plot {
+        crate::plot::check_path(p)?;
+    }
     let seeds = match &args.seeds {
         Some(s) => parse_seeds(s)?,
         None => vec![args.seed],
@@ -181,7 +218,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 inflation: args.inflation,
                 shapes,
             };
-            let mut r = simulate::run(&nodes, &pods, &cfg)
+            let r = simulate::run(&nodes, &pods, &cfg)
                 .with_context(|| format!("simulation {policy} seed {seed} failed"))?;
             if total > 1 {
                 eprintln!(
@@ -193,9 +230,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     r.failed_pods,
                     r.wall_s
                 );
-            }
-            if args.no_curve {
-                r.curve.clear();
             }
             runs.push(r);
         }
@@ -214,6 +248,39 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             }
         })
         .collect();
+    if let Some(path) = &args.plot {
+        let curves: Vec<crate::plot::AllocationCurve> = policies
+            .iter()
+            .map(|p| crate::plot::AllocationCurve {
+                policy: p.name().to_string(),
+                points: mean_curve(
+                    &runs
+                        .iter()
+                        .filter(|r| r.policy == p.name())
+                        .collect::<Vec<_>>(),
+                ),
+            })
+            .collect();
+        let title = format!(
+            "GPU allocation: {} on {} ({} seeds)",
+            args.pods
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("pods"),
+            args.nodes
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("nodes"),
+            seeds.len()
+        );
+        crate::plot::allocation(path, &title, &curves, &published_fgd(&args.pods))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    if args.no_curve {
+        for r in &mut runs {
+            r.curve.clear();
+        }
+    }
     let report = Report {
         mean: Mean {
             gpu_alloc_ratio_at_100: mean(runs.iter().map(|r| r.gpu_alloc_ratio_at_100)),

@@ -28,7 +28,9 @@ use crate::inspect::{action_name, decision_name};
 
 /// Arguments of `apolloctl top`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Keys: q quits, s changes the sort, arrows scroll.\n\nExample:\n  apolloctl top\n  apolloctl top --once --wait 5s     # one frame as text, for scripts")]
+#[command(
+    after_help = "Keys: q quits, s changes the sort, arrows scroll.\n\nExample:\n  apolloctl top\n  apolloctl top --once --wait 5s     # one frame as text, for scripts"
+)]
 pub(crate) struct Args {
     /// NATS server.
     #[arg(long, env = "APOLLO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -200,7 +202,7 @@ impl TopModel {
         if name.is_empty() {
             return;
         }
-        let r = i.node_resources.clone().unwrap_or_default();
+        let r = i.node_resources.unwrap_or_default();
         let gpus = i.gpu_devices.len().max(r.gpu_allocatable.max(0) as usize) as f64;
         let gpu_alloc_milli: f64 = i
             .gpu_devices
@@ -220,12 +222,18 @@ impl TopModel {
         let row = self.nodes.entry(name.to_string()).or_default();
         row.alloc = [
             pct(r.cpu_requested_cores, r.cpu_allocatable_cores),
-            pct(r.memory_requested_bytes as f64, r.memory_allocatable_bytes as f64),
+            pct(
+                r.memory_requested_bytes as f64,
+                r.memory_allocatable_bytes as f64,
+            ),
             pct(gpu_alloc_milli, gpus * 1000.0),
         ];
         row.used = [
             pct(r.cpu_used_cores, r.cpu_allocatable_cores),
-            pct(r.memory_used_bytes as f64, r.memory_allocatable_bytes as f64),
+            pct(
+                r.memory_used_bytes as f64,
+                r.memory_allocatable_bytes as f64,
+            ),
             gpu_util.clamp(0.0, 100.0),
         ];
         let peak = row.used.iter().copied().fold(0.0, f64::max);
@@ -339,8 +347,15 @@ impl TopModel {
             spark,
         );
         let header = Row::new(vec![
-            "node", "cpu a/u", "mem a/u", "gpu a/u", "forecast cpu", "forecast mem",
-            "forecast gpu", "recent use", "alerts",
+            "node",
+            "cpu a/u",
+            "mem a/u",
+            "gpu a/u",
+            "forecast cpu",
+            "forecast mem",
+            "forecast gpu",
+            "recent use",
+            "alerts",
         ])
         .style(Style::default().add_modifier(Modifier::BOLD));
         let visible = table.height.saturating_sub(3) as usize;
@@ -392,11 +407,15 @@ impl TopModel {
                 ],
             )
             .header(header)
-            .block(Block::bordered().title(" nodes: allocated/used %, forecast at the horizon [interval] ")),
+            .block(
+                Block::bordered()
+                    .title(" nodes: allocated/used %, forecast at the horizon [interval] "),
+            ),
             table,
         );
         let [left, right] =
-            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(bottom);
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+                .areas(bottom);
         let list = |items: &VecDeque<String>, title: &'static str| {
             List::new(
                 items
@@ -439,10 +458,12 @@ async fn feed(
         ("POLICY", format!("{p}.policy.orchestration.>")),
     ] {
         let name = format!("{}_{stream}", args.stream_prefix);
-        let s = js
-            .get_stream(&name)
-            .await
-            .with_context(|| format!("stream {name} not found: is APOLLO running on {}?", args.nats_url))?;
+        let s = js.get_stream(&name).await.with_context(|| {
+            format!(
+                "stream {name} not found: is APOLLO running on {}?",
+                args.nats_url
+            )
+        })?;
         let consumer = s
             .create_consumer(OrderedConfig {
                 filter_subject: filter.clone(),
@@ -458,7 +479,11 @@ async fn feed(
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(Ok(m)) = messages.next().await {
-                if tx.send((m.subject.to_string(), m.payload.clone())).await.is_err() {
+                if tx
+                    .send((m.subject.to_string(), m.payload.clone()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -523,7 +548,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             Err(_) => return,
         }
     });
-    let mut terminal = ratatui::try_init().context("cannot open the terminal (use --once without a terminal)")?;
+    let mut terminal =
+        ratatui::try_init().context("cannot open the terminal (use --once without a terminal)")?;
     let result = async {
         let mut redraw = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -635,8 +661,7 @@ mod tests {
         m.apply("insight.cluster.n3", b"{not json");
         assert_eq!(m.undecodable, 1);
 
-        let mut term =
-            ratatui::Terminal::new(ratatui::backend::TestBackend::new(140, 30)).unwrap();
+        let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(140, 30)).unwrap();
         term.draw(|f| m.draw(f, "nats://test")).unwrap();
         let text = buffer_text(term.backend().buffer());
         assert!(text.contains("2 nodes, 1 with alerts"), "{text}");

@@ -176,14 +176,7 @@ fn up_serves_then_stops_everything_on_ctrl_c() {
     let nats = up.endpoints["nats"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     let record = loop {
-        let o = run(&[
-            "explain",
-            &request_id,
-            "--nats-url",
-            &nats,
-            "-o",
-            "json",
-        ]);
+        let o = run(&["explain", &request_id, "--nats-url", &nats, "-o", "json"]);
         if o.status.success() {
             break serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("record JSON");
         }
@@ -239,7 +232,16 @@ fn demo_short_replays_the_shipped_excerpt_and_summarises() {
     let dir = tempfile::tempdir().unwrap();
     // From a directory with no repository around it: the excerpt is built in.
     let o = Command::new(apolloctl())
-        .args(["demo", "--short", "--pods", "120", "--observe", "5s", "-o", "json"])
+        .args([
+            "demo",
+            "--short",
+            "--pods",
+            "120",
+            "--observe",
+            "5s",
+            "-o",
+            "json",
+        ])
         .current_dir(dir.path())
         .env_remove("APOLLO_NATS_URL")
         .env_remove("APOLLO_TRACE_DIR")
