@@ -6,8 +6,9 @@
 //! stream reads from a durable consumer named after its `subscriber_id`
 //! (`orch-sub-<encoded id>`, created at the first subscription, delivering
 //! policies issued from then on). The server acknowledges a policy once the
-//! gRPC stream has taken it from the subscriber's buffer, and hands the ones
-//! still buffered back (NAK) when the stream ends, so a subscriber that
+//! gRPC stream has taken it from the subscriber's buffer (checked every
+//! 200 ms), and hands the unacknowledged ones back (NAK) when the stream
+//! ends, so a subscriber that
 //! reconnects with the same `subscriber_id` resumes with the first policy it
 //! had not received: delivery is at least once, deduplicate by `request_id`.
 //! One stream per subscriber id is active: a new one replaces the old.
@@ -168,7 +169,7 @@ impl PolicyService {
             filter_subject: filter,
             ack_policy: consumer::AckPolicy::Explicit,
             deliver_policy: consumer::DeliverPolicy::New,
-            ack_wait: Duration::from_secs(300),
+            ack_wait: Duration::from_secs(30),
             max_ack_pending: (self.delivery.buffer as i64 + 16).max(64),
             ..Default::default()
         };
@@ -287,9 +288,8 @@ async fn pump(
             }
         }
     };
-    // What the client has taken is acknowledged, the rest handed back.
-    let taken = ack_taken(&mut delivered, &tx).len();
-    let _ = taken;
+    // Whether the client read what is still unacknowledged cannot be known
+    // once it is gone: hand it back, so a resumed stream gets it again.
     for m in delivered {
         let _ = m.ack_with(AckKind::Nak(None)).await;
     }
@@ -359,7 +359,14 @@ impl OrchestrationPolicyService for PolicyService {
             .and_then(|n| validate_subscription(&sub).map(|_| n))
             .inspect_err(|_| self.engine.metrics().rejected("subscribe", "invalid"))?;
         let consumer = self.open_consumer(&name).await?;
+        // One policy per pull, and pull requests that expire within a
+        // second: when a subscriber goes away, at most one policy is in
+        // flight to it, and it comes back after `ack_wait`.
         let messages = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .expires(Duration::from_secs(1))
+            .heartbeat(Duration::from_millis(400))
             .messages()
             .await
             .map_err(|e| Status::unavailable(format!("subscription messages: {e}")))?;
