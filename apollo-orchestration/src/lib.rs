@@ -1,48 +1,45 @@
-//! Orchestration Policy Engine.
+//! Orchestration Policy Engine: forecast-driven migration, replica scaling,
+//! storage provisioning, rebalancing and accelerator optimisation, behind
+//! safety rails, streamed to subscribers and optionally executed by the
+//! AI-Storage Orchestrator.
 //!
-//! This release runs the service shell: it joins the bus, follows the
-//! `ClusterView` and answers gRPC health and reflection, so it can be deployed
-//! and probed alongside the other services. The policy RPCs
-//! (`OrchestrationPolicyService`) are not served yet; clients get
-//! `UNIMPLEMENTED` from tonic's router rather than an invented answer.
+//! - [`view`], [`forecast`]: the cluster as the planners see it.
+//! - [`planner`]: one module per action, each with its thresholds.
+//! - [`placement`]: migration targets judged by the shared placement core.
+//! - [`rails`]: what may never happen, and how much may happen at once.
+//! - [`engine`]: the planning cycle and the policy book.
+//! - [`service`]: gRPC, the planning loop, JetStream delivery.
+//! - [`executor`]: the orchestrator's REST API.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+#![forbid(unsafe_code)]
 
-use apollo_common::{
-    config::{NatsArgs, ObservabilityArgs, StreamArgs},
-    grpc, health,
-    shutdown::CancellationToken,
-    Bus, ClusterView,
-};
-use clap::Parser;
+pub mod config;
+pub mod engine;
+pub mod executor;
+pub mod forecast;
+pub mod metrics;
+pub mod placement;
+pub mod planner;
+pub mod policy;
+pub mod rails;
+pub mod service;
+pub mod view;
+
+use std::{sync::Arc, time::Duration};
+
+use apollo_common::{grpc, health, shutdown::CancellationToken, Bus, ClusterView};
+use apollo_proto::orchestration_policy_service_server::OrchestrationPolicyServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-/// Configuration of `apollo-orchestration`.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "apollo-orchestration",
-    version,
-    about = "APOLLO Orchestration Policy Engine"
-)]
-pub struct Config {
-    /// Address of the gRPC server.
-    #[arg(long, env = "APOLLO_GRPC_ADDR", default_value = "0.0.0.0:50053")]
-    pub grpc_addr: SocketAddr,
-    /// NATS connection.
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Stream retention.
-    #[command(flatten)]
-    pub streams: StreamArgs,
-    /// Metrics, logs, shutdown.
-    #[command(flatten)]
-    pub observability: ObservabilityArgs,
-}
+pub use config::Config;
 
 /// Errors of the service.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A setting is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// Binding or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -69,20 +66,70 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    config.validate().map_err(Error::Config)?;
+    let bus_token = CancellationToken::new();
     let bus = Bus::connect(
         "apollo-orchestration",
         &config.nats,
         &config.streams,
-        shutdown.clone(),
+        bus_token.clone(),
     )
     .await?;
     let view = ClusterView::new();
     let mut registry = Registry::default();
     view.register_metrics(&mut registry);
+    let metrics = metrics::Metrics::default();
+    metrics.register(&mut registry);
     let _follow = view.follow(bus.clone(), shutdown.clone());
 
-    let (readiness, health_service) =
-        health::Readiness::new(vec!["apollo.OrchestrationPolicyService"]).await;
+    let engine = engine::Engine::new(config.engine(), view.clone(), metrics.clone());
+    let work = shutdown.child_token();
+    let (results_tx, mut results_rx) = tokio::sync::mpsc::channel(256);
+    let executor = config
+        .executor()
+        .map(|cfg| executor::spawn(cfg, metrics.clone(), results_tx, work.clone()));
+    let service = service::PolicyService::new(
+        engine.clone(),
+        bus.clone(),
+        config.delivery(),
+        executor,
+        work.clone(),
+    );
+    {
+        let service = service.clone();
+        let work = work.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = tokio::select! {
+                    _ = work.cancelled() => return,
+                    r = results_rx.recv() => match r { Some(r) => r, None => return },
+                };
+                if let Err(status) = service.apply_result(&r).await {
+                    tracing::warn!(request_id = %r.request_id, %status, "execution result not applied");
+                }
+            }
+        });
+    }
+    tokio::spawn(service::follow_forecasts(
+        bus.clone(),
+        engine.clone(),
+        work.clone(),
+    ));
+    tokio::spawn(service::planning_loop(
+        service.clone(),
+        view.clone(),
+        config.plan_interval,
+        config.plan_min_gap,
+        work.clone(),
+    ));
+    tracing::info!(
+        dry_run = config.rails.dry_run,
+        executor = ?config.executor,
+        unavailable = "kubernetes metadata (owners inferred from pod names, PDBs and annotations not read)",
+        "planning"
+    );
+
+    let (readiness, health_service) = health::Readiness::new(vec![service::SERVICE_NAME]).await;
     let (metrics_addr, _http) = health::spawn_http(
         config.observability.metrics_addr,
         Arc::new(registry),
@@ -99,11 +146,14 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(grpc::reflection_service()?)
+        .add_service(OrchestrationPolicyServiceServer::new(service))
         .serve_with_incoming_shutdown(grpc::incoming(listener), async move {
             drain.cancelled().await;
         });
     grpc::serve_with_grace(server, shutdown.clone(), grace).await?;
+    work.cancel();
     let _ = tokio::time::timeout(grace.min(Duration::from_secs(5)), ready_task).await;
     bus.drain().await;
+    bus_token.cancel();
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use apollo_proto::ClusterInsight;
 use thiserror::Error;
 
+pub use crate::demand::StorageTier;
 use crate::demand::{PodDemand, MILLI_PER_GPU};
 use crate::fgd::ShapeDistribution;
 
@@ -42,38 +43,6 @@ pub enum SnapshotError {
         /// What is short.
         reason: &'static str,
     },
-}
-
-/// Storage device class, fastest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StorageTier {
-    /// NVMe flash.
-    Nvme,
-    /// SATA/SAS flash.
-    Ssd,
-    /// Spinning disk.
-    Hdd,
-}
-
-impl StorageTier {
-    /// Parses a device type (`nvme`, `ssd`, `hdd`, case-insensitive).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "nvme" => Some(Self::Nvme),
-            "ssd" | "sata-ssd" | "sas-ssd" => Some(Self::Ssd),
-            "hdd" | "disk" => Some(Self::Hdd),
-            _ => None,
-        }
-    }
-
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Nvme => "nvme",
-            Self::Ssd => "ssd",
-            Self::Hdd => "hdd",
-        }
-    }
 }
 
 /// One GPU: its model and how much of it pods have been allocated.

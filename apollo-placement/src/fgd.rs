@@ -48,6 +48,17 @@ pub struct PodShape {
     pub gpu_milli: u32,
 }
 
+impl PodShape {
+    /// The shape of a pod's demand, as the fragmentation model sees it.
+    pub fn of(demand: &PodDemand) -> Self {
+        Self {
+            cpu_milli: demand.cpu_milli,
+            num_gpu: demand.num_gpu,
+            gpu_milli: demand.gpu_milli,
+        }
+    }
+}
+
 /// A typical shape and its popularity (weights of the typical set sum to 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TypicalShape {
@@ -141,7 +152,7 @@ impl ShapeDistribution {
 
     /// Counts one pod (takes effect at the next `refresh`).
     pub fn observe(&mut self, pod: &PodDemand) {
-        *self.counts.entry(pod.shape()).or_insert(0.0) += 1.0;
+        *self.counts.entry(PodShape::of(pod)).or_insert(0.0) += 1.0;
         self.total += 1.0;
         self.observed_since_refresh += 1;
     }

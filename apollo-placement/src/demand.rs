@@ -3,10 +3,40 @@
 
 use thiserror::Error;
 
-use crate::snapshot::StorageTier;
-
 /// One GPU expressed in milli-GPU: the unit of GPU sharing.
 pub const MILLI_PER_GPU: u32 = 1000;
+
+/// Storage device class, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StorageTier {
+    /// NVMe flash.
+    Nvme,
+    /// SATA/SAS flash.
+    Ssd,
+    /// Spinning disk.
+    Hdd,
+}
+
+impl StorageTier {
+    /// Parses a device type (`nvme`, `ssd`, `hdd`, case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "nvme" => Some(Self::Nvme),
+            "ssd" | "sata-ssd" | "sas-ssd" => Some(Self::Ssd),
+            "hdd" | "disk" => Some(Self::Hdd),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nvme => "nvme",
+            Self::Ssd => "ssd",
+            Self::Hdd => "hdd",
+        }
+    }
+}
 
 /// A demand that cannot be satisfied by construction.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -216,14 +246,5 @@ impl PodDemand {
             });
         }
         Ok(())
-    }
-
-    /// The shape used by the fragmentation model.
-    pub fn shape(&self) -> crate::fgd::PodShape {
-        crate::fgd::PodShape {
-            cpu_milli: self.cpu_milli,
-            num_gpu: self.num_gpu,
-            gpu_milli: self.gpu_milli,
-        }
     }
 }

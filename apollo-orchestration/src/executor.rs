@@ -1,0 +1,390 @@
+//! Executor for the AI-Storage Orchestrator's REST API
+//! (`--executor orchestrator --orchestrator-url URL`).
+//!
+//! | action | request |
+//! |---|---|
+//! | MIGRATE, REBALANCE, OPTIMIZE | `POST /api/v1/migrations` `{pod_name, pod_namespace, source_node, target_node, preserve_pv, timeout}`, then `GET /api/v1/migrations/{id}` until `completed`, `failed` or `cancelled`, or the policy's timeout |
+//! | SCALE_UP, SCALE_DOWN | `POST /api/v1/autoscaling` `{workload_name, workload_namespace, workload_type, min_replicas, max_replicas, target_cpu_percent}` with min = max = desired replicas |
+//! | PROVISION | `POST /api/v1/provisioning` `{workload_name, workload_namespace, workload_type, storage_size, storage_class}` |
+//!
+//! Payloads obey the orchestrator's rules before anything is sent (non-zero
+//! required integers, non-empty and distinct source/target, its storage class
+//! names); a policy that cannot be expressed fails without a request.
+//! 5xx answers, timeouts and connection errors are retried with exponential
+//! backoff up to the policy's `max_retries`; 4xx answers are not retried.
+//! Every outcome becomes an `ExecutionResult` fed through the same path as
+//! `ReportExecutionResult`. Dry-run policies never reach the executor.
+
+use std::time::{Duration, Instant};
+
+use apollo_proto::{
+    orchestration_policy::Target, ExecutionResult, OrchestrationAction, OrchestrationPolicy,
+    StorageClass,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Executor settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutorConfig {
+    /// Base URL, e.g. `http://ai-storage-orchestrator:8080`.
+    pub base_url: String,
+    /// Deadline of one HTTP request.
+    pub request_timeout: Duration,
+    /// Interval between status polls of a migration.
+    pub poll_interval: Duration,
+    /// First retry delay (doubles per attempt).
+    pub backoff: Duration,
+    /// Policies queued for execution.
+    pub queue: usize,
+    /// `target_cpu_percent` sent with scaling requests.
+    pub target_cpu_percent: u32,
+}
+
+/// Hands policies to the executor task.
+#[derive(Debug, Clone)]
+pub struct ExecutorHandle {
+    tx: mpsc::Sender<OrchestrationPolicy>,
+    results: mpsc::Sender<ExecutionResult>,
+    metrics: Metrics,
+}
+
+impl ExecutorHandle {
+    /// Queues a policy; a full queue fails it at once (reported as a result).
+    pub fn submit(&self, p: OrchestrationPolicy) {
+        if let Err(e) = self.tx.try_send(p) {
+            let p = match e {
+                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+            };
+            self.metrics.execution("queue_full");
+            tracing::warn!(request_id = %p.request_id, "executor queue full, policy failed");
+            let _ = self
+                .results
+                .try_send(result(&p, Err("executor queue full".into()), 0));
+        }
+    }
+}
+
+/// Why an HTTP exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CallError {
+    /// 4xx: the request is wrong; retrying cannot help.
+    Rejected(u16, String),
+    /// 5xx, timeout or connection error: worth retrying.
+    Transient(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rejected(code, body) => write!(f, "rejected with {code}: {body}"),
+            Self::Transient(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The REST client.
+#[derive(Debug, Clone)]
+pub struct OrchestratorClient {
+    cfg: ExecutorConfig,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+fn storage_class_name(c: StorageClass) -> &'static str {
+    match c {
+        StorageClass::UltraFast | StorageClass::Memory | StorageClass::Csd => "high-throughput",
+        StorageClass::Fast => "high-iops",
+        StorageClass::Standard => "standard",
+        StorageClass::Unspecified => "balanced",
+    }
+}
+
+fn factor<'a>(p: &'a OrchestrationPolicy, key: &str) -> Option<&'a str> {
+    p.contributing_factors
+        .iter()
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The request a policy becomes: (path, body), or why it cannot be sent.
+pub fn request_for(
+    p: &OrchestrationPolicy,
+    target_cpu_percent: u32,
+) -> Result<(&'static str, Value), String> {
+    let action =
+        OrchestrationAction::try_from(p.action).unwrap_or(OrchestrationAction::Unspecified);
+    match (&p.target, action) {
+        (
+            Some(Target::Migration(m)),
+            OrchestrationAction::Migrate
+            | OrchestrationAction::Rebalance
+            | OrchestrationAction::Optimize,
+        ) => {
+            if m.pod_name.is_empty() || m.pod_namespace.is_empty() {
+                return Err("migration without pod name or namespace".into());
+            }
+            if m.source_node.is_empty() || m.target_node.is_empty() {
+                return Err("migration without source or target node".into());
+            }
+            if m.source_node == m.target_node {
+                return Err(format!("source and target are both {}", m.source_node));
+            }
+            let timeout = if m.timeout_seconds > 0 {
+                m.timeout_seconds
+            } else {
+                600
+            };
+            Ok((
+                "/api/v1/migrations",
+                json!({
+                    "pod_name": m.pod_name,
+                    "pod_namespace": m.pod_namespace,
+                    "source_node": m.source_node,
+                    "target_node": m.target_node,
+                    "preserve_pv": m.preserve_pv,
+                    "timeout": timeout,
+                }),
+            ))
+        }
+        (
+            Some(Target::Autoscaling(a)),
+            OrchestrationAction::ScaleUp | OrchestrationAction::ScaleDown,
+        ) => {
+            let kind = match a.workload_kind.as_str() {
+                k @ ("Deployment" | "StatefulSet" | "ReplicaSet") => k,
+                other => return Err(format!("workload kind {other:?} cannot be scaled")),
+            };
+            if a.desired_replicas < 1 {
+                return Err(format!("desired replicas {} below 1", a.desired_replicas));
+            }
+            if target_cpu_percent == 0 {
+                return Err("target_cpu_percent must not be 0".into());
+            }
+            Ok((
+                "/api/v1/autoscaling",
+                json!({
+                    "workload_name": a.workload_name,
+                    "workload_namespace": a.workload_namespace,
+                    "workload_type": kind,
+                    "min_replicas": a.desired_replicas,
+                    "max_replicas": a.desired_replicas,
+                    "target_cpu_percent": target_cpu_percent,
+                }),
+            ))
+        }
+        (Some(Target::Provisioning(t)), OrchestrationAction::Provision) => {
+            if t.size_bytes <= 0 {
+                return Err(format!("storage size {} is not positive", t.size_bytes));
+            }
+            let gib = (t.size_bytes + (1 << 30) - 1) >> 30;
+            let class =
+                StorageClass::try_from(t.storage_class).unwrap_or(StorageClass::Unspecified);
+            let workload = factor(p, "workload").unwrap_or(t.pvc_name.as_str());
+            let workload_type = factor(p, "workload_type")
+                .filter(|w| matches!(*w, "training" | "inference" | "data-pipeline"))
+                .unwrap_or("training");
+            Ok((
+                "/api/v1/provisioning",
+                json!({
+                    "workload_name": workload,
+                    "workload_namespace": t.namespace,
+                    "workload_type": workload_type,
+                    "storage_size": format!("{gib}Gi"),
+                    "storage_class": storage_class_name(class),
+                }),
+            ))
+        }
+        _ => Err(format!(
+            "{} policy without a matching target",
+            action.as_str_name()
+        )),
+    }
+}
+
+fn result(p: &OrchestrationPolicy, outcome: Result<(), String>, ms: i64) -> ExecutionResult {
+    ExecutionResult {
+        request_id: p.request_id.clone(),
+        action: p.action,
+        success: outcome.is_ok(),
+        failure_reason: outcome.err().unwrap_or_default(),
+        execution_duration_ms: ms,
+        metrics: Default::default(),
+    }
+}
+
+impl OrchestratorClient {
+    /// A client for `cfg.base_url`.
+    pub fn new(cfg: ExecutorConfig) -> Self {
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        Self { cfg, http }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CallError> {
+        let url = format!("{}{}", self.cfg.base_url.trim_end_matches('/'), path);
+        let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(payload))
+            .map_err(|e| CallError::Rejected(0, format!("bad request for {url}: {e}")))?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| CallError::Transient(format!("{method} {url}: {e}")))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Transient(format!("{method} {url}: reading body: {e}")))?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if status.is_server_error() {
+                return Err(CallError::Transient(format!(
+                    "{method} {url}: {status}: {text}"
+                )));
+            }
+            if !status.is_success() {
+                return Err(CallError::Rejected(status.as_u16(), text));
+            }
+            Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        };
+        tokio::time::timeout(self.cfg.request_timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CallError::Transient(format!(
+                    "{method} {url}: no answer within {:?}",
+                    self.cfg.request_timeout
+                )))
+            })
+    }
+
+    async fn call_with_retries(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        retries: u32,
+    ) -> Result<Value, CallError> {
+        let mut delay = self.cfg.backoff;
+        let mut attempt = 0;
+        loop {
+            match self.call(method, path, body).await {
+                Err(CallError::Transient(e)) if attempt < retries => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "orchestrator call failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Executes one policy to a terminal state; returns the failure reason.
+    pub async fn execute(&self, p: &OrchestrationPolicy) -> Result<(), String> {
+        let (path, body) = request_for(p, self.cfg.target_cpu_percent)?;
+        let constraints = p.constraints.clone().unwrap_or_default();
+        let retries = constraints.max_retries.max(0) as u32;
+        let answer = self
+            .call_with_retries("POST", path, Some(&body), retries)
+            .await
+            .map_err(|e| e.to_string())?;
+        if path != "/api/v1/migrations" {
+            return Ok(());
+        }
+        let id = ["id", "migration_id"]
+            .iter()
+            .find_map(|k| match &answer[*k] {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .ok_or_else(|| format!("migration accepted without an id: {answer}"))?;
+        let timeout = Duration::from_secs(constraints.timeout_seconds.max(1) as u64);
+        let started = Instant::now();
+        loop {
+            let status = self
+                .call_with_retries("GET", &format!("/api/v1/migrations/{id}"), None, retries)
+                .await
+                .map_err(|e| e.to_string())?;
+            match status["status"].as_str().unwrap_or("") {
+                "completed" => return Ok(()),
+                s @ ("failed" | "cancelled") => {
+                    let why = status["error"]
+                        .as_str()
+                        .or(status["message"].as_str())
+                        .unwrap_or("");
+                    return Err(format!("migration {id} {s}: {why}"));
+                }
+                "pending" | "running" => {}
+                other => return Err(format!("migration {id}: unknown status {other:?}")),
+            }
+            if started.elapsed() >= timeout {
+                return Err(format!("migration {id} not finished within {timeout:?}"));
+            }
+            tokio::time::sleep(self.cfg.poll_interval).await;
+        }
+    }
+}
+
+/// Starts the executor: policies submitted through the handle are executed
+/// (up to 4 at a time) and their results sent on `results`.
+pub fn spawn(
+    cfg: ExecutorConfig,
+    metrics: Metrics,
+    results: mpsc::Sender<ExecutionResult>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> ExecutorHandle {
+    let (tx, mut rx) = mpsc::channel::<OrchestrationPolicy>(cfg.queue.max(1));
+    let client = OrchestratorClient::new(cfg);
+    let handle = ExecutorHandle {
+        tx,
+        results: results.clone(),
+        metrics: metrics.clone(),
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    tokio::spawn(async move {
+        loop {
+            let p = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = rx.recv() => match p { Some(p) => p, None => return },
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let client = client.clone();
+            let results = results.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let outcome = client.execute(&p).await;
+                metrics.execution(if outcome.is_ok() {
+                    "success"
+                } else {
+                    "failure"
+                });
+                if let Err(e) = &outcome {
+                    tracing::warn!(request_id = %p.request_id, error = %e, "policy execution failed");
+                }
+                let r = result(&p, outcome, started.elapsed().as_millis() as i64);
+                let _ = results.send(r).await;
+                drop(permit);
+            });
+        }
+    });
+    handle
+}

@@ -1,0 +1,147 @@
+//! Prometheus metrics of the orchestration engine (`apollo_orchestration_*`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RailLabel {
+    rail: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    rpc: &'static str,
+    reason: &'static str,
+}
+
+/// Metrics shared by the engine, the service and the executor.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Planning cycles run.
+    pub cycles: Counter,
+    issued: Family<ActionLabel, Counter>,
+    blocked: Family<RailLabel, Counter>,
+    reports: Family<OutcomeLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+    executions: Family<OutcomeLabel, Counter>,
+    /// Moves under way.
+    pub in_flight: Gauge,
+    /// Open `SubscribePolicies` streams.
+    pub subscribers: Gauge,
+    /// Streams ended because the subscriber did not keep up.
+    pub slow_subscribers: Counter,
+    /// Policies that could not be stored on JetStream.
+    pub publish_failures: Counter,
+    /// Bus messages (forecasts, alerts) that could not be decoded.
+    pub bad_messages: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric under `apollo_orchestration_*`.
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("apollo_orchestration");
+        r.register("plan_cycles", "Planning cycles run", self.cycles.clone());
+        r.register(
+            "policies_issued",
+            "Policies issued, by action",
+            self.issued.clone(),
+        );
+        r.register(
+            "proposals_blocked",
+            "Proposals refused by a safety rail, by rail",
+            self.blocked.clone(),
+        );
+        r.register(
+            "execution_reports",
+            "Execution results received, by outcome",
+            self.reports.clone(),
+        );
+        r.register(
+            "requests_rejected",
+            "gRPC requests answered with an error, by reason",
+            self.rejected.clone(),
+        );
+        r.register(
+            "executions",
+            "Policies sent to the orchestrator, by outcome",
+            self.executions.clone(),
+        );
+        r.register("moves_in_flight", "Moves under way", self.in_flight.clone());
+        r.register(
+            "subscribers",
+            "Open policy subscriptions",
+            self.subscribers.clone(),
+        );
+        r.register(
+            "slow_subscribers",
+            "Subscriptions ended because their buffer stayed full",
+            self.slow_subscribers.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Policies or results that could not be stored on JetStream",
+            self.publish_failures.clone(),
+        );
+        r.register(
+            "bad_messages",
+            "Forecast or alert messages that could not be decoded",
+            self.bad_messages.clone(),
+        );
+    }
+
+    /// Counts an issued policy.
+    pub fn issued(&self, action: &str) {
+        self.issued
+            .get_or_create(&ActionLabel {
+                action: action.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a blocked proposal.
+    pub fn blocked(&self, rail: &'static str) {
+        self.blocked.get_or_create(&RailLabel { rail }).inc();
+    }
+
+    /// Counts an execution report.
+    pub fn report(&self, outcome: &'static str) {
+        self.reports.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts a rejected request.
+    pub fn rejected(&self, rpc: &'static str, reason: &'static str) {
+        self.rejected
+            .get_or_create(&ReasonLabel { rpc, reason })
+            .inc();
+    }
+
+    /// Counts an execution by the orchestrator executor.
+    pub fn execution(&self, outcome: &'static str) {
+        self.executions
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Value of a blocked-proposal counter (tests, simulation).
+    pub fn blocked_count(&self, rail: &'static str) -> u64 {
+        self.blocked.get_or_create(&RailLabel { rail }).get()
+    }
+
+    /// Value of an execution counter.
+    pub fn execution_count(&self, outcome: &'static str) -> u64 {
+        self.executions
+            .get_or_create(&OutcomeLabel { outcome })
+            .get()
+    }
+}

@@ -1,0 +1,532 @@
+//! `OrchestrationPolicyService` over gRPC, the planning loop and policy
+//! delivery.
+//!
+//! Delivery: every issued policy is stored on JetStream under
+//! `apollo.policy.orchestration.<action>.<namespace>`. Each `SubscribePolicies`
+//! stream reads from a durable consumer named after its `subscriber_id`
+//! (`orch-sub-<encoded id>`, created at the first subscription, delivering
+//! policies issued from then on). The server acknowledges a policy once the
+//! gRPC stream has taken it from the subscriber's buffer (checked every
+//! 200 ms), and hands the unacknowledged ones back (NAK) when the stream
+//! ends, so a subscriber that
+//! reconnects with the same `subscriber_id` resumes with the first policy it
+//! had not received: delivery is at least once, deduplicate by `request_id`.
+//! One stream per subscriber id is active: a new one replaces the old.
+//!
+//! A slow subscriber has a bounded buffer (`--subscriber-buffer`); if it stays
+//! full for `--subscriber-stall`, the stream ends with RESOURCE_EXHAUSTED (and
+//! the subscriber resumes on reconnect). The planner never waits for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use apollo_common::bus::{encode_token, from_json, StreamKind};
+use apollo_common::shutdown::CancellationToken;
+use apollo_common::Bus;
+use apollo_proto::orchestration_policy_service_server::OrchestrationPolicyService;
+use apollo_proto::{
+    ExecutionResult, OrchestrationAction, OrchestrationPolicy, OrchestrationPolicyRequest,
+    PolicySubscription, ReportResponse, ResourcePrediction,
+};
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, Notify};
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, EngineError};
+use crate::executor::ExecutorHandle;
+use crate::policy::{action_token, is_dry_run, namespace_of};
+
+/// Fully qualified gRPC service name (for health).
+pub const SERVICE_NAME: &str = "apollo.OrchestrationPolicyService";
+
+/// Delivery settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverySettings {
+    /// Policies buffered per subscriber.
+    pub buffer: usize,
+    /// How long a full buffer is tolerated before the stream ends.
+    pub stall: Duration,
+}
+
+/// Stream of policies to one subscriber.
+pub type PolicyStream = Pin<Box<dyn Stream<Item = Result<OrchestrationPolicy, Status>> + Send>>;
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct PolicyService {
+    engine: Engine,
+    bus: Bus,
+    delivery: DeliverySettings,
+    executor: Option<ExecutorHandle>,
+    active: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for PolicyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyService").finish_non_exhaustive()
+    }
+}
+
+fn status(e: EngineError) -> Status {
+    match e {
+        EngineError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        EngineError::NotFound(_) => Status::not_found(e.to_string()),
+    }
+}
+
+/// Durable consumer name of a subscriber.
+pub fn consumer_name(subscriber_id: &str) -> Result<String, Status> {
+    let id = subscriber_id.trim();
+    if id.is_empty() {
+        return Err(Status::invalid_argument("subscriber_id must not be empty"));
+    }
+    if id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "subscriber_id must be at most 128 characters",
+        ));
+    }
+    let token = encode_token(id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(format!("orch-sub-{}", token.replace('%', "_")))
+}
+
+impl PolicyService {
+    /// The service.
+    pub fn new(
+        engine: Engine,
+        bus: Bus,
+        delivery: DeliverySettings,
+        executor: Option<ExecutorHandle>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            engine,
+            bus,
+            delivery,
+            executor,
+            active: Arc::default(),
+            shutdown,
+        }
+    }
+
+    /// Stores an issued policy on JetStream and hands it to the executor.
+    pub async fn publish(&self, policy: &OrchestrationPolicy) {
+        let action = OrchestrationAction::try_from(policy.action)
+            .unwrap_or(OrchestrationAction::Unspecified);
+        let subject = match self
+            .bus
+            .subjects()
+            .orchestration_policy(&action_token(action), namespace_of(policy))
+        {
+            Ok(s) => s,
+            Err(err) => {
+                self.engine.metrics().publish_failures.inc();
+                tracing::warn!(%err, request_id = %policy.request_id, "policy subject");
+                return;
+            }
+        };
+        if let Err(err) = self.bus.publish(subject, policy).await {
+            self.engine.metrics().publish_failures.inc();
+            tracing::warn!(%err, request_id = %policy.request_id, "policy not stored");
+        }
+        if let Some(exec) = &self.executor {
+            if !is_dry_run(policy) {
+                exec.submit(policy.clone());
+            }
+        }
+    }
+
+    /// Applies a result (from the RPC or the executor) and publishes it on
+    /// `apollo.feedback.orchestration.<action>.<namespace>` unless duplicate.
+    pub async fn apply_result(&self, r: &ExecutionResult) -> Result<ReportResponse, Status> {
+        let reported = self.engine.report(r).map_err(status)?;
+        if !reported.duplicate {
+            let subject = self
+                .bus
+                .subjects()
+                .orchestration_feedback(&action_token(reported.action), &reported.namespace)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if let Err(err) = self.bus.publish(subject, r).await {
+                self.engine.metrics().publish_failures.inc();
+                tracing::warn!(%err, request_id = %r.request_id, "execution result not stored");
+            }
+        }
+        Ok(reported.response)
+    }
+
+    async fn open_consumer(&self, name: &str) -> Result<consumer::PullConsumer, Status> {
+        let stream = self
+            .bus
+            .get_stream(StreamKind::Policy)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let filter = format!("{}.policy.orchestration.>", self.bus.subjects().prefix());
+        let config = consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            filter_subject: filter,
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::New,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: (self.delivery.buffer as i64 + 16).max(64),
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(name, config)
+            .await
+            .map_err(|e| Status::unavailable(format!("subscription consumer: {e}")))
+    }
+}
+
+/// Whether a policy passes a subscription's filters.
+pub fn matches(sub: &PolicySubscription, p: &OrchestrationPolicy) -> bool {
+    (sub.action_filters.is_empty() || sub.action_filters.contains(&p.action))
+        && (sub.namespace_filters.is_empty()
+            || sub.namespace_filters.iter().any(|n| n == namespace_of(p)))
+}
+
+fn validate_subscription(sub: &PolicySubscription) -> Result<(), Status> {
+    for a in &sub.action_filters {
+        match OrchestrationAction::try_from(*a) {
+            Ok(OrchestrationAction::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "action_filters: {a} is not an orchestration action"
+                )))
+            }
+            Ok(_) => {}
+        }
+    }
+    if sub.namespace_filters.iter().any(|n| n.trim().is_empty()) {
+        return Err(Status::invalid_argument(
+            "namespace_filters must not contain empty names",
+        ));
+    }
+    Ok(())
+}
+
+/// Copies policies from the subscriber's consumer into its buffer until the
+/// client goes away, the stream is replaced, or the buffer stalls.
+async fn pump(
+    mut messages: consumer::pull::Stream,
+    sub: PolicySubscription,
+    tx: mpsc::Sender<Result<OrchestrationPolicy, Status>>,
+    end: tokio::sync::oneshot::Sender<Status>,
+    stall: Duration,
+    cancel: CancellationToken,
+    engine: Engine,
+) {
+    let capacity = tx.max_capacity();
+    let mut delivered: VecDeque<jetstream::Message> = VecDeque::new();
+    let ack_taken = |delivered: &mut VecDeque<jetstream::Message>, tx: &mpsc::Sender<_>| {
+        let buffered = capacity - tx.capacity();
+        let mut taken = Vec::new();
+        while delivered.len() > buffered {
+            if let Some(m) = delivered.pop_front() {
+                taken.push(m);
+            }
+        }
+        taken
+    };
+    let outcome: Option<Status> = loop {
+        for m in ack_taken(&mut delivered, &tx) {
+            let _ = m.ack().await;
+        }
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break Some(Status::aborted("replaced by a newer stream with the same subscriber_id, or the server is shutting down")),
+            _ = tx.closed() => break None,
+            n = messages.next() => n,
+            // Wake up now and then to acknowledge what the client has taken.
+            _ = tokio::time::sleep(Duration::from_millis(200)), if !delivered.is_empty() => continue,
+        };
+        let msg = match next {
+            Some(Ok(m)) => m,
+            Some(Err(err)) => {
+                tracing::warn!(%err, subscriber = %sub.subscriber_id, "subscription consumer");
+                break Some(Status::unavailable(format!(
+                    "policy stream interrupted: {err}"
+                )));
+            }
+            None => break Some(Status::unavailable("policy stream ended")),
+        };
+        let policy: OrchestrationPolicy = match from_json(&msg.payload) {
+            Ok(p) => p,
+            Err(err) => {
+                engine.metrics().bad_messages.inc();
+                tracing::warn!(%err, subject = %msg.subject, "undecodable policy on the stream");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        if !matches(&sub, &policy) {
+            let _ = msg.ack().await;
+            continue;
+        }
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => { delivered.push_back(msg); break Some(Status::aborted("replaced by a newer stream with the same subscriber_id, or the server is shutting down")); }
+            p = tokio::time::timeout(stall, tx.reserve()) => p,
+        };
+        match permit {
+            Ok(Ok(permit)) => {
+                permit.send(Ok(policy));
+                delivered.push_back(msg);
+            }
+            Ok(Err(_)) => {
+                delivered.push_back(msg);
+                break None;
+            }
+            Err(_) => {
+                engine.metrics().slow_subscribers.inc();
+                delivered.push_back(msg);
+                break Some(Status::resource_exhausted(format!(
+                    "subscriber {} did not take policies for {}s with {} buffered; reconnect with the same subscriber_id to resume",
+                    sub.subscriber_id,
+                    stall.as_secs(),
+                    capacity
+                )));
+            }
+        }
+    };
+    // Whether the client read what is still unacknowledged cannot be known
+    // once it is gone: hand it back, so a resumed stream gets it again.
+    for m in delivered {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+    if let Some(s) = outcome {
+        let _ = end.send(s);
+    }
+    engine.metrics().subscribers.dec();
+}
+
+#[tonic::async_trait]
+impl OrchestrationPolicyService for PolicyService {
+    async fn get_orchestration_policy(
+        &self,
+        request: Request<OrchestrationPolicyRequest>,
+    ) -> Result<Response<OrchestrationPolicy>, Status> {
+        let r = request.into_inner();
+        let requested = OrchestrationAction::try_from(r.requested_action).map_err(|_| {
+            self.engine.metrics().rejected("get", "bad_action");
+            Status::invalid_argument(format!(
+                "requested_action {} is not an orchestration action",
+                r.requested_action
+            ))
+        })?;
+        self.engine
+            .policy_for(&r.pod_namespace, &r.pod_name, requested, SystemTime::now())
+            .map(Response::new)
+            .map_err(|e| {
+                self.engine.metrics().rejected(
+                    "get",
+                    match e {
+                        EngineError::Invalid { .. } => "invalid",
+                        EngineError::NotFound(_) => "not_found",
+                    },
+                );
+                status(e)
+            })
+    }
+
+    async fn report_execution_result(
+        &self,
+        request: Request<ExecutionResult>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let r = request.into_inner();
+        self.apply_result(&r)
+            .await
+            .map(Response::new)
+            .inspect_err(|s| {
+                self.engine.metrics().rejected(
+                    "report",
+                    match s.code() {
+                        tonic::Code::InvalidArgument => "invalid",
+                        tonic::Code::NotFound => "not_found",
+                        _ => "internal",
+                    },
+                );
+            })
+    }
+
+    type SubscribePoliciesStream = PolicyStream;
+
+    async fn subscribe_policies(
+        &self,
+        request: Request<PolicySubscription>,
+    ) -> Result<Response<Self::SubscribePoliciesStream>, Status> {
+        let sub = request.into_inner();
+        let name = consumer_name(&sub.subscriber_id)
+            .and_then(|n| validate_subscription(&sub).map(|_| n))
+            .inspect_err(|_| self.engine.metrics().rejected("subscribe", "invalid"))?;
+        let consumer = self.open_consumer(&name).await?;
+        // One policy per pull, and pull requests that expire within a
+        // second: when a subscriber goes away, at most one policy is in
+        // flight to it, and it comes back after `ack_wait`.
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .expires(Duration::from_secs(1))
+            .heartbeat(Duration::from_millis(400))
+            .messages()
+            .await
+            .map_err(|e| Status::unavailable(format!("subscription messages: {e}")))?;
+        let cancel = self.shutdown.child_token();
+        if let Some(old) = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), cancel.clone())
+        {
+            old.cancel();
+        }
+        let (tx, rx) = mpsc::channel(self.delivery.buffer.max(1));
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        self.engine.metrics().subscribers.inc();
+        tracing::info!(subscriber = %sub.subscriber_id, consumer = %name, "policy subscription opened");
+        tokio::spawn(pump(
+            messages,
+            sub,
+            tx,
+            end_tx,
+            self.delivery.stall,
+            cancel,
+            self.engine.clone(),
+        ));
+        let tail = futures::stream::once(end_rx).filter_map(|r| async move { r.ok().map(Err) });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Runs planning cycles every `interval`, at once on any `apollo.alert.>`
+/// message and (at most every `min_gap`) when a node's insight changes, and
+/// publishes what each cycle issues.
+pub async fn planning_loop(
+    service: PolicyService,
+    view: apollo_common::ClusterView,
+    interval: Duration,
+    min_gap: Duration,
+    shutdown: CancellationToken,
+) {
+    let wake = Arc::new(Notify::new());
+    let alerts = format!("{}.alert.>", service.bus.subjects().prefix());
+    {
+        let wake = wake.clone();
+        let client = service.bus.client().clone();
+        let shutdown = shutdown.clone();
+        let engine = service.engine.clone();
+        tokio::spawn(async move {
+            let mut sub = match client.subscribe(alerts.clone()).await {
+                Ok(s) => s,
+                Err(err) => {
+                    engine.metrics().bad_messages.inc();
+                    tracing::warn!(%err, "alert subscription failed; planning on the timer only");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    m = sub.next() => match m {
+                        Some(m) => {
+                            tracing::debug!(subject = %m.subject, "alert, planning now");
+                            wake.notify_one();
+                        }
+                        None => return,
+                    }
+                }
+            }
+        });
+    }
+    {
+        let wake = wake.clone();
+        let mut changes = view.subscribe();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    c = changes.recv() => match c {
+                        Ok(apollo_common::cluster_view::ViewChange::Node(_))
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => wake.notify_one(),
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+            _ = wake.notified() => {}
+        }
+        let cycle = service.engine.plan(SystemTime::now());
+        if !cycle.issued.is_empty() || !cycle.blocked.is_empty() {
+            tracing::info!(
+                issued = cycle.issued.len(),
+                blocked = cycle.blocked.len(),
+                "planning cycle"
+            );
+        }
+        for p in &cycle.issued {
+            service.publish(p).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(min_gap) => {}
+        }
+    }
+}
+
+/// Keeps the engine's forecasts current from `apollo.forecast.>` (latest per
+/// node first, then new ones).
+pub async fn follow_forecasts(bus: Bus, engine: Engine, shutdown: CancellationToken) {
+    let subject = format!("{}.forecast.>", bus.subjects().prefix());
+    loop {
+        if !bus.wait_ready(Duration::from_secs(5)).await {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let (_, mut messages) = match bus
+            .latest_then_follow(StreamKind::Forecast, vec![subject.clone()])
+            .await
+        {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(%err, "forecast consumer; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                }
+            }
+        };
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = messages.next() => m,
+            };
+            match m {
+                Some(Ok(m)) => match from_json::<ResourcePrediction>(&m.payload) {
+                    Ok(p) => {
+                        engine.apply_forecast(p);
+                    }
+                    Err(err) => {
+                        engine.metrics().bad_messages.inc();
+                        tracing::warn!(%err, subject = %m.subject, "undecodable forecast");
+                    }
+                },
+                Some(Err(err)) => {
+                    tracing::warn!(%err, "forecast stream; resubscribing");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}

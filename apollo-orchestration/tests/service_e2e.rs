@@ -1,0 +1,500 @@
+//! The service end to end: nats-server, apollo-ingest and apollo-orchestration
+//! on 127.0.0.1:0, insights reported through ingest's gRPC API, policies
+//! received on SubscribePolicies streams.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apollo_common::shutdown::CancellationToken;
+use apollo_common::testing::TestNats;
+use apollo_common::{bus::StreamKind, Bus};
+use apollo_orchestration::config::ExecutorKind;
+use apollo_proto::insight_service_client::InsightServiceClient;
+use apollo_proto::orchestration_policy::Target;
+use apollo_proto::orchestration_policy_service_client::OrchestrationPolicyServiceClient;
+use apollo_proto::{
+    ClusterInsight, ExecutionResult, NodeResources, OrchestrationAction, OrchestrationPolicy,
+    OrchestrationPolicyRequest, PipelineStage, PolicySubscription, ResourceMetrics,
+    WorkloadSignature, WorkloadSummary,
+};
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+const GIB: i64 = 1 << 30;
+
+struct Stack {
+    nats: TestNats,
+    bus: Bus,
+    insights: InsightServiceClient<Channel>,
+    policies: OrchestrationPolicyServiceClient<Channel>,
+    shutdown: CancellationToken,
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    for _ in 0..200 {
+        if let Ok(c) = endpoint.connect().await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{addr} never accepted connections");
+}
+
+async fn start(tune: impl FnOnce(&mut apollo_orchestration::Config)) -> Stack {
+    let nats = TestNats::start().await;
+    let (n, s) = nats.bus_args();
+    let shutdown = CancellationToken::new();
+
+    let mut ingest = apollo_ingest::Config::new(n.clone(), s.clone());
+    ingest.observability.shutdown_grace = Duration::from_millis(300);
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ingest_addr = grpc.local_addr().unwrap();
+    tokio::spawn(apollo_ingest::serve(ingest, grpc, http, shutdown.clone()));
+
+    let mut config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
+    config.plan_min_gap = Duration::from_millis(50);
+    config.observability.shutdown_grace = Duration::from_millis(300);
+    tune(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orch_addr = listener.local_addr().unwrap();
+    tokio::spawn(apollo_orchestration::serve(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
+
+    let bus = Bus::connect("test-peer", &n, &s, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    Stack {
+        insights: InsightServiceClient::new(connect(ingest_addr).await),
+        policies: OrchestrationPolicyServiceClient::new(connect(orch_addr).await),
+        nats,
+        bus,
+        shutdown,
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = &self.nats;
+    }
+}
+
+fn node(name: &str, cpu: f64, roles: &[&str], pods: Vec<WorkloadSummary>) -> ClusterInsight {
+    ClusterInsight {
+        node_name: name.into(),
+        node_resources: Some(NodeResources {
+            cpu_allocatable_cores: 16.0,
+            memory_allocatable_bytes: 64 * GIB,
+            cpu_used_cores: 16.0 * cpu,
+            memory_used_bytes: 16 * GIB,
+            ..Default::default()
+        }),
+        node_roles: roles.iter().map(|r| r.to_string()).collect(),
+        running_workloads: pods,
+        collected_at: Some(apollo_orchestration::forecast::to_timestamp(
+            std::time::SystemTime::now(),
+        )),
+        ..Default::default()
+    }
+}
+
+fn summary(ns: &str, name: &str, cores: f64, stage: PipelineStage) -> WorkloadSummary {
+    WorkloadSummary {
+        pod_name: name.into(),
+        pod_namespace: ns.into(),
+        current_stage: stage as i32,
+        cpu_usage: cores,
+        memory_usage: GIB as f64,
+        ..Default::default()
+    }
+}
+
+fn busy_signature(name: &str) -> WorkloadSignature {
+    WorkloadSignature {
+        pod_name: name.into(),
+        pod_namespace: "web".into(),
+        node_name: "w1".into(),
+        current_stage: PipelineStage::Inference as i32,
+        current_metrics: Some(ResourceMetrics {
+            cpu_usage_percent: 100.0,
+            cpu_request_cores: 0.5,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Reports the cluster through ingest: two busy web replicas on w1, an idle
+/// control plane, and (last) the hot node.
+async fn report_cluster(stack: &mut Stack) -> Instant {
+    for pod in ["api-7d9f8b6c5d-x2k4a", "api-7d9f8b6c5d-x2k4b"] {
+        stack
+            .insights
+            .report_workload_signature(busy_signature(pod))
+            .await
+            .unwrap();
+    }
+    let web = vec![
+        summary("web", "api-7d9f8b6c5d-x2k4a", 0.5, PipelineStage::Inference),
+        summary("web", "api-7d9f8b6c5d-x2k4b", 0.5, PipelineStage::Inference),
+    ];
+    stack
+        .insights
+        .report_cluster_insight(node("w1", 0.30, &[], web))
+        .await
+        .unwrap();
+    stack
+        .insights
+        .report_cluster_insight(node("cp", 0.05, &["control-plane"], vec![]))
+        .await
+        .unwrap();
+    let hot = vec![
+        summary("ml", "ckpt", 4.0, PipelineStage::Checkpointing),
+        summary("ml", "train", 6.0, PipelineStage::Training),
+        summary("ml", "prep", 2.5, PipelineStage::Preprocessing),
+    ];
+    let sent = Instant::now();
+    stack
+        .insights
+        .report_cluster_insight(node("hot", 0.95, &[], hot))
+        .await
+        .unwrap();
+    sent
+}
+
+async fn subscribe(
+    stack: &Stack,
+    id: &str,
+    actions: &[OrchestrationAction],
+    namespaces: &[&str],
+) -> Streaming<OrchestrationPolicy> {
+    stack
+        .policies
+        .clone()
+        .subscribe_policies(PolicySubscription {
+            subscriber_id: id.into(),
+            action_filters: actions.iter().map(|a| *a as i32).collect(),
+            namespace_filters: namespaces.iter().map(|n| n.to_string()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(
+    what: &str,
+    s: &mut Streaming<OrchestrationPolicy>,
+    within: Duration,
+) -> OrchestrationPolicy {
+    tokio::time::timeout(within, s.message())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no policy within {within:?}"))
+        .expect("stream failed")
+        .expect("stream ended")
+}
+
+fn migration(p: &OrchestrationPolicy) -> &apollo_proto::MigrationTarget {
+    match &p.target {
+        Some(Target::Migration(m)) => m,
+        other => panic!("not a migration: {other:?}"),
+    }
+}
+
+/// Waits until the subscriber's consumer has no unacknowledged policy.
+async fn wait_acked(bus: &Bus, subscriber: &str) {
+    let name = apollo_orchestration::service::consumer_name(subscriber).unwrap();
+    let stream = bus.get_stream(StreamKind::Policy).await.unwrap();
+    for _ in 0..200 {
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&name).await.unwrap();
+        let info = c.info().await.unwrap();
+        if info.num_ack_pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("policies of {subscriber} never acknowledged");
+}
+
+/// Waits until nobody pulls from the subscriber's consumer any more.
+async fn wait_detached(bus: &Bus, subscriber: &str) {
+    let name = apollo_orchestration::service::consumer_name(subscriber).unwrap();
+    let stream = bus.get_stream(StreamKind::Policy).await.unwrap();
+    for _ in 0..400 {
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&name).await.unwrap();
+        if c.info().await.unwrap().num_waiting == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{subscriber} still pulling after its stream was dropped");
+}
+
+#[tokio::test]
+async fn overload_through_ingest_reaches_filtered_subscribers_and_resumes() {
+    let mut stack = start(|_| {}).await;
+    let mut migrations = subscribe(&stack, "mover", &[OrchestrationAction::Migrate], &["ml"]).await;
+    let mut scalers = subscribe(&stack, "scaler", &[OrchestrationAction::ScaleUp], &[]).await;
+
+    let sent = report_cluster(&mut stack).await;
+    let p = next("migration", &mut migrations, Duration::from_secs(2)).await;
+    let latency = sent.elapsed();
+    assert_eq!(p.action, OrchestrationAction::Migrate as i32, "{p:?}");
+    let m = migration(&p);
+    assert_eq!(
+        (m.pod_namespace.as_str(), m.pod_name.as_str()),
+        ("ml", "prep")
+    );
+    assert_eq!(m.source_node, "hot");
+    assert_eq!(m.target_node, "w1", "never the control plane");
+    assert!(latency < Duration::from_secs(2));
+    assert!(p
+        .contributing_factors
+        .contains(&"threshold=85.0%".to_string()));
+    assert!(p.deadline.is_some() && p.constraints.is_some());
+
+    // The other subscriber filters on SCALE_UP and gets the web scale-up only.
+    let s = next("scale-up", &mut scalers, Duration::from_secs(5)).await;
+    assert_eq!(s.action, OrchestrationAction::ScaleUp as i32, "{s:?}");
+    match &s.target {
+        Some(Target::Autoscaling(a)) => {
+            assert_eq!(
+                (a.workload_namespace.as_str(), a.workload_name.as_str()),
+                ("web", "api")
+            );
+            assert_eq!((a.current_replicas, a.desired_replicas), (2, 3));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The latest policy for the pod is the one streamed.
+    let got = stack
+        .policies
+        .get_orchestration_policy(OrchestrationPolicyRequest {
+            pod_name: "prep".into(),
+            pod_namespace: "ml".into(),
+            requested_action: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.request_id, p.request_id);
+    let missing = stack
+        .policies
+        .get_orchestration_policy(OrchestrationPolicyRequest {
+            pod_name: "nope".into(),
+            pod_namespace: "ml".into(),
+            requested_action: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // Results: idempotent per request_id, published as feedback.
+    let result = ExecutionResult {
+        request_id: p.request_id.clone(),
+        action: p.action,
+        success: true,
+        execution_duration_ms: 1200,
+        ..Default::default()
+    };
+    let first = stack
+        .policies
+        .report_execution_result(result.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = stack
+        .policies
+        .report_execution_result(result)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again);
+    let feedback = stack.bus.get_stream(StreamKind::Feedback).await.unwrap();
+    let stored = feedback
+        .get_last_raw_message_by_subject(
+            &stack
+                .bus
+                .subjects()
+                .orchestration_feedback("migrate", "ml")
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let fb: ExecutionResult = serde_json::from_slice(&stored.payload).unwrap();
+    assert_eq!(fb.request_id, p.request_id);
+    for (bad, code) in [
+        ("", tonic::Code::InvalidArgument),
+        ("no-such-policy", tonic::Code::NotFound),
+    ] {
+        let e = stack
+            .policies
+            .report_execution_result(ExecutionResult {
+                request_id: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code);
+    }
+
+    // Resume: the subscriber goes away, a policy is stored meanwhile, and
+    // the same subscriber_id picks up exactly there.
+    wait_acked(&stack.bus, "mover").await;
+    drop(migrations);
+    wait_detached(&stack.bus, "mover").await;
+    let away = OrchestrationPolicy {
+        request_id: "issued-while-away".into(),
+        action: OrchestrationAction::Migrate as i32,
+        target: Some(Target::Migration(apollo_proto::MigrationTarget {
+            pod_name: "train".into(),
+            pod_namespace: "ml".into(),
+            source_node: "hot".into(),
+            target_node: "w1".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    stack
+        .bus
+        .publish(
+            stack
+                .bus
+                .subjects()
+                .orchestration_policy("migrate", "ml")
+                .unwrap(),
+            &away,
+        )
+        .await
+        .unwrap();
+    let mut resumed = subscribe(&stack, "mover", &[OrchestrationAction::Migrate], &["ml"]).await;
+    let r = next("resumed", &mut resumed, Duration::from_secs(5)).await;
+    assert_eq!(r.request_id, "issued-while-away");
+}
+
+#[tokio::test]
+async fn bad_subscriptions_are_rejected() {
+    let stack = start(|_| {}).await;
+    for (sub, what) in [
+        (PolicySubscription::default(), "subscriber_id"),
+        (
+            PolicySubscription {
+                subscriber_id: "x".into(),
+                action_filters: vec![42],
+                ..Default::default()
+            },
+            "action_filters",
+        ),
+    ] {
+        let e = stack
+            .policies
+            .clone()
+            .subscribe_policies(sub)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains(what), "{}", e.message());
+    }
+}
+
+/// A stand-in for the AI-Storage Orchestrator counting every request.
+async fn orchestrator(hits: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    use axum::routing::{get, post};
+    let h1 = hits.clone();
+    let h2 = hits.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/migrations",
+            post(move || {
+                h1.fetch_add(1, Ordering::SeqCst);
+                async { r#"{"id":"m-1","status":"pending"}"# }
+            }),
+        )
+        .route(
+            "/api/v1/migrations/{id}",
+            get(move || {
+                h2.fetch_add(1, Ordering::SeqCst);
+                async { r#"{"id":"m-1","status":"completed"}"# }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn dry_run_streams_marked_policies_and_executes_nothing() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let addr = orchestrator(hits.clone()).await;
+    let mut stack = start(|c| {
+        c.rails.dry_run = true;
+        c.executor = ExecutorKind::Orchestrator;
+        c.orchestrator_url = Some(format!("http://{addr}"));
+    })
+    .await;
+    let mut sub = subscribe(&stack, "watcher", &[OrchestrationAction::Migrate], &[]).await;
+    report_cluster(&mut stack).await;
+    let p = next("policy", &mut sub, Duration::from_secs(5)).await;
+    assert!(apollo_orchestration::policy::is_dry_run(&p), "{p:?}");
+    assert!(p.reason.starts_with("dry-run:"), "{}", p.reason);
+    // The executor would have been handed the policy right after it was
+    // stored; give it well over its request latency.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn executor_runs_approved_policies_and_reports_the_outcome() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let addr = orchestrator(hits.clone()).await;
+    let mut stack = start(|c| {
+        c.executor = ExecutorKind::Orchestrator;
+        c.orchestrator_url = Some(format!("http://{addr}"));
+        c.orchestrator_poll = Duration::from_millis(20);
+    })
+    .await;
+    let mut sub = subscribe(&stack, "audit", &[OrchestrationAction::Migrate], &[]).await;
+    report_cluster(&mut stack).await;
+    let p = next("policy", &mut sub, Duration::from_secs(5)).await;
+    // The executor's outcome arrives as feedback for this policy.
+    let feedback = stack.bus.get_stream(StreamKind::Feedback).await.unwrap();
+    let mut found: HashMap<String, ExecutionResult> = HashMap::new();
+    for _ in 0..200 {
+        if let Ok(m) = feedback
+            .get_last_raw_message_by_subject(
+                &stack
+                    .bus
+                    .subjects()
+                    .orchestration_feedback("migrate", "ml")
+                    .unwrap(),
+            )
+            .await
+        {
+            let r: ExecutionResult = serde_json::from_slice(&m.payload).unwrap();
+            found.insert(r.request_id.clone(), r);
+            if found.contains_key(&p.request_id) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = found
+        .get(&p.request_id)
+        .expect("no feedback for the policy");
+    assert!(r.success, "{r:?}");
+    assert!(
+        hits.load(Ordering::SeqCst) >= 2,
+        "POST and at least one status poll"
+    );
+}
