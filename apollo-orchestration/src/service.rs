@@ -132,6 +132,22 @@ impl PolicyService {
             self.engine.metrics().publish_failures.inc();
             tracing::warn!(%err, request_id = %policy.request_id, "policy not stored");
         }
+        // What `apolloctl explain` shows: the policy with its reason and the
+        // numbers behind it (contributing factors), kept for the record TTL.
+        let record = serde_json::json!({
+            "kind": "orchestration",
+            "request_id": policy.request_id,
+            "decided_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "dry_run": is_dry_run(policy),
+            "policy": policy,
+        });
+        if let Err(err) = self
+            .bus
+            .put_decision_record(&policy.request_id, &record)
+            .await
+        {
+            tracing::debug!(%err, request_id = %policy.request_id, "decision record not kept");
+        }
         if let Some(exec) = &self.executor {
             if !is_dry_run(policy) {
                 exec.submit(policy.clone());

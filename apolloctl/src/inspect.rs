@@ -369,9 +369,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| client::status_line("SubscribePolicies", &s))?
         .into_inner();
-    if args.output == Output::Text {
-        eprintln!("watching orchestration policies as {subscriber_id} (Ctrl-C stops)");
-    }
+    eprintln!("watching orchestration policies as {subscriber_id} (Ctrl-C stops)");
     let mut seen = 0usize;
     loop {
         let next = tokio::select! {

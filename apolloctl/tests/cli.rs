@@ -200,6 +200,112 @@ fn up_serves_then_stops_everything_on_ctrl_c() {
     assert!(grpc.iter().all(|g| port_free(g)), "ports freed");
 }
 
+/// A hot node (95 % CPU) with a movable pod and an idle worker, reported
+/// through ingest as a node agent would.
+async fn report_hot_cluster(ingest: &str) {
+    use apollo_proto::{
+        insight_service_client::InsightServiceClient, ClusterInsight, NodeResources, PipelineStage,
+        Timestamp, WorkloadSummary,
+    };
+    const GIB: i64 = 1 << 30;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let node = |name: &str, cpu: f64, pods: Vec<WorkloadSummary>| ClusterInsight {
+        node_name: name.into(),
+        node_resources: Some(NodeResources {
+            cpu_allocatable_cores: 16.0,
+            memory_allocatable_bytes: 64 * GIB,
+            cpu_used_cores: 16.0 * cpu,
+            memory_used_bytes: 16 * GIB,
+            ..Default::default()
+        }),
+        running_workloads: pods,
+        collected_at: Some(Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let pod = |name: &str, cores: f64, stage: PipelineStage| WorkloadSummary {
+        pod_name: name.into(),
+        pod_namespace: "ml".into(),
+        current_stage: stage as i32,
+        cpu_usage: cores,
+        memory_usage: GIB as f64,
+        ..Default::default()
+    };
+    let mut c = InsightServiceClient::connect(ingest.to_string())
+        .await
+        .unwrap();
+    c.report_cluster_insight(node("worker-1", 0.10, vec![]))
+        .await
+        .unwrap();
+    c.report_cluster_insight(node(
+        "hot-1",
+        0.95,
+        vec![
+            pod("train", 9.0, PipelineStage::Training),
+            pod("prep", 3.0, PipelineStage::Preprocessing),
+        ],
+    ))
+    .await
+    .unwrap();
+}
+
+#[test]
+fn watch_receives_a_migration_policy() {
+    let up = Up::start();
+    let mut watch = Command::new(apolloctl())
+        .args([
+            "watch",
+            "--count",
+            "1",
+            "-o",
+            "json",
+            "--orchestration",
+            &up.grpc("apollo-orchestration"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Subscribed once it says so.
+    let mut line = String::new();
+    BufReader::new(watch.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("watching"), "{line}");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(report_hot_cluster(&up.grpc("apollo-ingest")));
+    let status = wait_exit(&mut watch, Duration::from_secs(60));
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let policy: serde_json::Value = serde_json::from_str(out.trim()).expect("policy JSON");
+    assert_eq!(policy["action"], "ORCHESTRATION_ACTION_MIGRATE", "{policy}");
+    assert_eq!(policy["migration"]["sourceNode"], "hot-1", "{policy}");
+    assert_eq!(policy["migration"]["targetNode"], "worker-1", "{policy}");
+
+    // The orchestration engine keeps its decision record too.
+    let id = policy["requestId"].as_str().unwrap();
+    let nats = up.endpoints["nats"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = run(&["explain", id, "--nats-url", nats, "-o", "json"]);
+        if o.status.success() {
+            let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(r["kind"], "orchestration");
+            assert_eq!(r["policy"]["requestId"], id);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", stderr_lines(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn up_reports_a_crashed_child_and_stops_the_rest() {
     let mut up = Up::start();
