@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod collector;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -31,7 +32,7 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use service::{IngestService, IngestSettings};
+pub use service::{IngestService, IngestSettings, Publisher};
 
 /// Fully qualified name of the gRPC service, as reported by gRPC health.
 pub const SERVICE_NAME: &str = "apollo.InsightService";

@@ -1,0 +1,6 @@
+//! Kubernetes cluster-state collector.
+
+pub mod aggregate;
+pub mod exposition;
+pub mod model;
+pub mod quantity;
