@@ -262,24 +262,31 @@ struct Round {
     ready: watch::Sender<bool>,
 }
 
-fn now_timestamp() -> apollo_proto::Timestamp {
-    let d = SystemTime::now()
+/// The start of the current interval on the wall-clock grid (multiples of
+/// `interval` since the Unix epoch), and the time until the next one.
+/// Replicas collecting the same view then publish byte-identical insights,
+/// which JetStream de-duplicates by content id.
+fn grid(interval: Duration) -> (apollo_proto::Timestamp, Duration) {
+    let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    apollo_proto::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
+    let step = interval.as_nanos().max(1);
+    let start = now.as_nanos() / step * step;
+    let next = Duration::from_nanos(u64::try_from(start + step - now.as_nanos()).unwrap_or(0));
+    let ts = apollo_proto::Timestamp {
+        seconds: i64::try_from(start / 1_000_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from(start % 1_000_000_000).unwrap_or(0),
+    };
+    (ts, next)
 }
 
 impl Round {
     async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.args.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let (_, wait) = grid(self.args.interval);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             let started = Instant::now();
             self.read_sources().await;
@@ -350,7 +357,7 @@ impl Round {
                     s.pods.values(),
                     s.volumes.values(),
                     &observed,
-                    now_timestamp(),
+                    grid(self.args.interval).0,
                 );
                 (insights, stats, true)
             }
@@ -399,5 +406,34 @@ impl Round {
             failed,
             skipped_stale: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_start_is_a_multiple_of_the_interval_and_not_in_the_future() {
+        let interval = Duration::from_millis(300);
+        let (ts, wait) = grid(interval);
+        let nanos = ts.seconds as u128 * 1_000_000_000 + ts.nanos as u128;
+        assert_eq!(nanos % interval.as_nanos(), 0);
+        assert!(wait <= interval && !wait.is_zero());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        assert!(nanos <= now && now - nanos < interval.as_nanos() + 1_000_000);
+    }
+
+    #[test]
+    fn defaults_match_the_command_line_and_validate() {
+        let d = CollectorArgs::default();
+        assert!(!d.collect_kubernetes);
+        assert_eq!(d.interval, Duration::from_secs(10));
+        assert_eq!(d.dcgm_port_name, "metrics");
+        assert_eq!(d.node_exporter_port_name, "http-metrics");
+        assert!(d.validate().is_ok());
     }
 }
