@@ -57,6 +57,76 @@ async fn mock_exporter(shutdown: CancellationToken) -> (SocketAddr, Arc<AtomicBo
     (addr, down)
 }
 
+/// node-exporter text of the `k`-th scrape: counters grow by a fixed step
+/// per scrape, so every rate-derived total is one step.
+fn node_exporter_text(k: u64) -> String {
+    let k = k as f64;
+    format!(
+        "# TYPE node_disk_read_bytes_total counter\n\
+         node_disk_read_bytes_total{{device=\"nvme0n1\"}} {}\n\
+         # TYPE node_disk_written_bytes_total counter\n\
+         node_disk_written_bytes_total{{device=\"nvme0n1\"}} {}\n\
+         # TYPE node_disk_reads_completed_total counter\n\
+         node_disk_reads_completed_total{{device=\"nvme0n1\"}} {}\n\
+         # TYPE node_disk_writes_completed_total counter\n\
+         node_disk_writes_completed_total{{device=\"nvme0n1\"}} {}\n\
+         # TYPE node_disk_io_time_seconds_total counter\n\
+         node_disk_io_time_seconds_total{{device=\"nvme0n1\"}} {}\n\
+         # TYPE node_filesystem_size_bytes gauge\n\
+         node_filesystem_size_bytes{{device=\"/dev/nvme0n1p1\",fstype=\"ext4\",mountpoint=\"/\"}} 5e+11\n\
+         # TYPE node_filesystem_avail_bytes gauge\n\
+         node_filesystem_avail_bytes{{device=\"/dev/nvme0n1p1\",fstype=\"ext4\",mountpoint=\"/\"}} 2e+11\n\
+         # TYPE node_network_receive_bytes_total counter\n\
+         node_network_receive_bytes_total{{device=\"eth0\"}} {}\n\
+         # TYPE node_network_transmit_bytes_total counter\n\
+         node_network_transmit_bytes_total{{device=\"eth0\"}} {}\n\
+         # TYPE node_network_speed_bytes gauge\n\
+         node_network_speed_bytes{{device=\"eth0\"}} 1.25e+09\n",
+        1e9 + k * 1e8,
+        5e8 + k * 5e7,
+        1e4 + k * 2e3,
+        5e3 + k * 1e3,
+        100.0 + k * 0.01,
+        1e10 + k * 1e6,
+        5e9 + k * 1e6,
+    )
+}
+
+/// A node-exporter stand-in; `restart` sets its counters back to the start.
+async fn mock_node_exporter(
+    shutdown: CancellationToken,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = scrapes.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let k = counter.fetch_add(1, Ordering::SeqCst);
+            async move { node_exporter_text(k) }
+        }),
+    );
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (addr, scrapes)
+}
+
+fn node_exporter_pod(node: &str, port: u16) -> serde_json::Value {
+    json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": format!("node-exporter-{node}"), "namespace": "monitoring",
+                     "labels": {"app.kubernetes.io/name": "prometheus-node-exporter"}},
+        "spec": {"nodeName": node, "containers": [{"name": "node-exporter", "image": "node-exporter",
+                 "ports": [{"name": "http-metrics", "containerPort": port}]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1"}
+    })
+}
+
 fn exporter_pod(node: &str, port: u16) -> serde_json::Value {
     json!({
         "kind": "Pod", "apiVersion": "v1",
@@ -94,6 +164,7 @@ struct Harness {
     insights: async_nats::Subscriber,
     metrics_addr: SocketAddr,
     exporter_down: Arc<AtomicBool>,
+    node_exporter_scrapes: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<apollo_ingest::Result<()>>,
     _nats: TestNats,
@@ -110,6 +181,7 @@ impl Harness {
         )
         .unwrap();
         let (exporter, exporter_down) = mock_exporter(shutdown.clone()).await;
+        let (node_exporter, node_exporter_scrapes) = mock_node_exporter(shutdown.clone()).await;
 
         api.apply(fake_api::node("cpu-1", "8", "32Gi", 0, &["worker"]));
         api.apply(fake_api::node(
@@ -135,6 +207,7 @@ impl Harness {
         shared["metadata"]["creationTimestamp"] = json!("2026-01-01T00:05:00Z");
         api.apply(shared);
         api.apply(exporter_pod("gpu-1", exporter.port()));
+        api.apply(node_exporter_pod("cpu-1", node_exporter.port()));
         api.set_node_metrics(vec![
             json!({"metadata": {"name": "cpu-1"}, "timestamp": "2026-01-01T00:00:00Z",
                    "window": "10s", "usage": {"cpu": "3", "memory": "6Gi"}}),
@@ -175,6 +248,7 @@ impl Harness {
             insights,
             metrics_addr,
             exporter_down,
+            node_exporter_scrapes,
             shutdown,
             task,
             _nats: nats,
@@ -256,7 +330,7 @@ async fn cluster_state_becomes_insights_and_follows_changes() {
         .map(|w| w.pod_name.as_str())
         .collect();
     names.sort();
-    assert_eq!(names, vec!["starting", "web"]);
+    assert_eq!(names, vec!["node-exporter-cpu-1", "starting", "web"]);
     let web = cpu
         .running_workloads
         .iter()
@@ -281,6 +355,48 @@ async fn cluster_state_becomes_insights_and_follows_changes() {
     assert_eq!(gpu.gpu_devices[1].gpu_model, "NVIDIA A100-SXM4-80GB");
     assert_eq!(gpu.gpu_devices[1].memory_used_bytes, 40_000 << 20);
 
+    // node-exporter counters -> per-scrape totals, filesystem and network.
+    let host = h
+        .wait_for("cpu-1", "cpu-1 with node-exporter rates", |i| {
+            i.io_statistics.is_some()
+        })
+        .await;
+    let io = host.io_statistics.unwrap();
+    assert_eq!(io.total_read_bytes, 100_000_000);
+    assert_eq!(io.total_write_bytes, 50_000_000);
+    assert_eq!(io.total_read_ops, 2000);
+    let root = host
+        .storage_devices
+        .iter()
+        .find(|d| d.device_name == "/")
+        .expect("root filesystem");
+    assert_eq!(root.total_bytes, 500_000_000_000);
+    assert_eq!(root.available_bytes, 200_000_000_000);
+    let disk = host
+        .storage_devices
+        .iter()
+        .find(|d| d.device_name == "nvme0n1")
+        .expect("nvme disk");
+    assert_eq!(disk.device_type, "nvme");
+    assert!(disk.current_iops > 0);
+    assert_eq!(host.network_status.unwrap().bandwidth_mbps, 10_000.0);
+
+    // node-exporter restarts: counters start over -> counted, no rates made up.
+    h.node_exporter_scrapes.store(0, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let m = metrics_text(h.metrics_addr).await;
+        let resets = "apollo_collector_data_problems_total{source=\"node_exporter\",reason=\"counter_reset\"}";
+        if sample(&m, resets).is_some_and(|v| v >= 1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reset never counted"
+        );
+        tokio::time::sleep(INTERVAL).await;
+    }
+
     // The client used the real protocol: paged lists and bookmarked watches.
     let calls = h.api.calls();
     assert!(calls.continued_lists.load(Ordering::Relaxed) > 0);
@@ -297,7 +413,7 @@ async fn cluster_state_becomes_insights_and_follows_changes() {
     let r = after.node_resources.unwrap();
     assert_eq!(r.cpu_requested_cores, 0.5);
     assert_eq!(r.memory_requested_bytes, GIB);
-    assert_eq!(after.running_workloads.len(), 1);
+    assert_eq!(after.running_workloads.len(), 2);
 
     // Exporter down -> last good telemetry kept (stale), not zeros.
     h.exporter_down.store(true, Ordering::SeqCst);

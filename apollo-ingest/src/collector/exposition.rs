@@ -424,10 +424,10 @@ pub fn host_telemetry(
         );
         if let (Some(rb), Some(wb), Some(r), Some(w)) = (read_b, write_b, reads, writes) {
             io_known = true;
-            io.total_read_bytes += (rb * seconds) as i64;
-            io.total_write_bytes += (wb * seconds) as i64;
-            io.total_read_ops += (r * seconds) as i64;
-            io.total_write_ops += (w * seconds) as i64;
+            io.total_read_bytes += (rb * seconds).round() as i64;
+            io.total_write_bytes += (wb * seconds).round() as i64;
+            io.total_read_ops += (r * seconds).round() as i64;
+            io.total_write_ops += (w * seconds).round() as i64;
         }
         storage_devices.push(StorageDeviceStatus {
             device_name: name.clone(),
@@ -511,9 +511,9 @@ pub fn host_telemetry(
             net_known = true;
             bytes_per_s += rx + tx;
         }
-        network.packets_rx += rxp.map_or(0, |r| (r * seconds) as i64);
-        network.packets_tx += txp.map_or(0, |r| (r * seconds) as i64);
-        network.errors += errs.map_or(0, |r| (r * seconds) as i64);
+        network.packets_rx += rxp.map_or(0, |r| (r * seconds).round() as i64);
+        network.packets_tx += txp.map_or(0, |r| (r * seconds).round() as i64);
+        network.errors += errs.map_or(0, |r| (r * seconds).round() as i64);
         speed += n.speed_bytes.unwrap_or(0.0);
     }
     if speed > 0.0 {
