@@ -5,7 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 use apollo_common::config::{parse_duration, NatsArgs, ObservabilityArgs, StreamArgs};
 use clap::Parser;
 
-use crate::error::{Error, Result};
+use crate::{
+    collector::CollectorArgs,
+    error::{Error, Result},
+};
 
 /// Default gRPC address: the port the Insight-Trace sidecar dials.
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
@@ -51,6 +54,9 @@ pub struct Config {
     /// Logs, traces, metrics endpoint and shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
+    /// Kubernetes cluster-state collector.
+    #[command(flatten)]
+    pub collector: CollectorArgs,
 }
 
 impl Config {
@@ -65,6 +71,7 @@ impl Config {
             nats,
             streams,
             observability: ObservabilityArgs::default(),
+            collector: CollectorArgs::default(),
         }
     }
 
@@ -84,7 +91,7 @@ impl Config {
         if self.publish_deadline.is_zero() {
             return Err(Error::Config("--publish-deadline must be positive".into()));
         }
-        Ok(())
+        self.collector.validate().map_err(Error::Config)
     }
 }
 
@@ -101,5 +108,24 @@ mod tests {
         assert!(c.validate().is_ok());
         let bad = Config::try_parse_from(["apollo-ingest", "--max-inflight-acks", "0"]).unwrap();
         assert!(bad.validate().is_err());
+        assert!(
+            !c.collector.collect_kubernetes,
+            "the collector is off by default"
+        );
+        let on = Config::try_parse_from([
+            "apollo-ingest",
+            "--collect-kubernetes",
+            "--collect-interval",
+            "5s",
+            "--dcgm-selector",
+            "app=dcgm",
+        ])
+        .unwrap();
+        assert!(on.collector.collect_kubernetes);
+        assert_eq!(on.collector.interval, Duration::from_secs(5));
+        assert_eq!(on.collector.dcgm_selector, "app=dcgm");
+        assert!(on.validate().is_ok());
+        let bad = Config::try_parse_from(["apollo-ingest", "--collect-stale-after", "1s"]).unwrap();
+        assert!(bad.validate().is_err(), "stale-after below the interval");
     }
 }

@@ -49,6 +49,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The Kubernetes client could not be configured.
+    #[error("kubernetes client: {0}")]
+    Kubernetes(String),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Server(#[from] tonic::transport::Error),
@@ -66,7 +69,9 @@ impl Error {
             Self::Timeout(_) => Code::Unavailable,
             Self::StreamAborted { source, .. } => source.code(),
             Self::Transport(status) => status.code(),
-            Self::Config(_) | Self::Io { .. } | Self::Server(_) => Code::Internal,
+            Self::Config(_) | Self::Io { .. } | Self::Server(_) | Self::Kubernetes(_) => {
+                Code::Internal
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod collector;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -27,14 +28,35 @@ use apollo_common::{
 };
 use apollo_proto::insight_service_server::InsightServiceServer;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use service::{IngestService, IngestSettings};
+pub use service::{IngestService, IngestSettings, Publisher};
 
 /// Fully qualified name of the gRPC service, as reported by gRPC health.
 pub const SERVICE_NAME: &str = "apollo.InsightService";
+
+/// Readiness that holds while both `a` and `b` are ready.
+fn both_ready(
+    mut a: watch::Receiver<bool>,
+    mut b: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(*a.borrow() && *b.borrow());
+    tokio::spawn(async move {
+        loop {
+            let both = *a.borrow_and_update() && *b.borrow_and_update();
+            tx.send_if_modified(|v| std::mem::replace(v, both) != both);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = a.changed() => if r.is_err() { break },
+                r = b.changed() => if r.is_err() { break },
+            }
+        }
+    });
+    rx
+}
 
 /// Binds the configured addresses and serves until SIGTERM/SIGINT, then
 /// drains within `--shutdown-grace`.
@@ -66,6 +88,27 @@ pub async fn serve(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let kube = if config.collector.collect_kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Kubernetes(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    serve_with_kubernetes(config, grpc, http, kube, shutdown).await
+}
+
+/// [`serve`] with an explicit Kubernetes client for the collector (used
+/// when `--collect-kubernetes` is set; `None` disables collection).
+pub async fn serve_with_kubernetes(
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    kube: Option<kube::Client>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     config.validate()?;
     // The bus outlives the gRPC server so in-flight publishes can finish.
     let bus_token = CancellationToken::new();
@@ -77,6 +120,28 @@ pub async fn serve(
     // tonic-health reports the overall service SERVING until told otherwise.
     readiness.set(false).await;
 
+    let settings = IngestSettings {
+        max_future_skew: config.max_future_skew,
+        publish_deadline: config.publish_deadline,
+        max_inflight_acks: config.max_inflight_acks,
+    };
+    let publisher = Arc::new(Publisher::new(bus.clone(), metrics.clone(), settings));
+    let collector_token = CancellationToken::new();
+    let collector = kube.map(|client| {
+        let collector_metrics = collector::CollectorMetrics::register(&mut registry);
+        tracing::info!(interval = ?config.collector.interval, "collecting cluster state from kubernetes");
+        collector::Collector::spawn(
+            client,
+            publisher.clone(),
+            config.collector.clone(),
+            collector_metrics,
+            collector_token.clone(),
+        )
+    });
+    let source = match &collector {
+        Some(c) => both_ready(bus.readiness(), c.readiness(), shutdown.clone()),
+        None => bus.readiness(),
+    };
     let http_token = CancellationToken::new();
     let http_task = tokio::spawn(serve_http(
         http,
@@ -84,16 +149,9 @@ pub async fn serve(
         readiness.clone(),
         http_token.clone(),
     ));
-    let follower = readiness.follow(bus.readiness(), shutdown.clone());
-
-    let settings = IngestSettings {
-        max_future_skew: config.max_future_skew,
-        publish_deadline: config.publish_deadline,
-        max_inflight_acks: config.max_inflight_acks,
-    };
-    let insight =
-        InsightServiceServer::new(IngestService::new(bus.clone(), metrics.clone(), settings))
-            .max_decoding_message_size(config.max_message_bytes);
+    let follower = readiness.follow(source, shutdown.clone());
+    let insight = InsightServiceServer::new(IngestService::with_publisher(publisher))
+        .max_decoding_message_size(config.max_message_bytes);
     let reflection = reflection_service().map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
     let server = tonic::transport::Server::builder()
@@ -119,6 +177,10 @@ pub async fn serve(
     };
     follower.abort();
     readiness.set(false).await;
+    collector_token.cancel();
+    if let Some(c) = collector {
+        c.join().await;
+    }
     bus.drain().await;
     http_token.cancel();
     let _ = http_task.await;

@@ -84,24 +84,28 @@ pub struct IngestSettings {
     pub max_inflight_acks: usize,
 }
 
-struct Shared {
+/// The one path by which a message gets stored: validation, subject, JetStream
+/// publish within the deadline, metrics. The gRPC service and the Kubernetes
+/// collector both go through it, so a collected insight is checked and
+/// counted exactly like a reported one.
+pub struct Publisher {
     bus: Bus,
     metrics: Metrics,
     settings: IngestSettings,
 }
 
-/// The `InsightService` implementation; cheap to clone.
-#[derive(Clone)]
-pub struct IngestService {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for IngestService {
+impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IngestService")
-            .field("settings", &self.shared.settings)
+        f.debug_struct("Publisher")
+            .field("settings", &self.settings)
             .finish()
     }
+}
+
+/// The `InsightService` implementation; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct IngestService {
+    shared: Arc<Publisher>,
 }
 
 type AckFuture = Pin<Box<dyn Future<Output = (Instant, Result<Stored>)> + Send>>;
@@ -172,46 +176,48 @@ fn adopt_remote_parent(metadata: &tonic::metadata::MetadataMap) {
     let _ = Span::current().set_parent(cx);
 }
 
-impl IngestService {
-    /// A service publishing through `bus`.
+impl Publisher {
+    /// A publisher storing through `bus`, counting into `metrics`.
     pub fn new(bus: Bus, metrics: Metrics, settings: IngestSettings) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                bus,
-                metrics,
-                settings,
-            }),
+            bus,
+            metrics,
+            settings,
         }
     }
 
+    /// The bus messages are stored on.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
     fn limits(&self) -> Limits {
-        Limits::now(self.shared.settings.max_future_skew)
+        Limits::now(self.settings.max_future_skew)
     }
 
     /// Validates `msg`; counts and returns a rejection.
     fn admit<M: Insight>(&self, msg: &M) -> Result<String> {
-        self.shared.metrics.received(M::KIND);
+        self.metrics.received(M::KIND);
         if let Err(v) = msg.check(&self.limits()) {
-            self.shared.metrics.rejected(M::KIND, v.label());
+            self.metrics.rejected(M::KIND, v.label());
             return Err(Error::Invalid(v));
         }
-        Ok(msg.subject(self.shared.bus.subjects())?)
+        Ok(msg.subject(self.bus.subjects())?)
     }
 
     /// Sends `msg` and returns its bounded acknowledgement future.
     async fn start<M: Insight>(&self, subject: String, msg: &M) -> Result<AckFuture> {
-        let deadline = self.shared.settings.publish_deadline;
+        let deadline = self.settings.publish_deadline;
         let started = Instant::now();
-        let sent =
-            tokio::time::timeout(deadline, self.shared.bus.start_publish(subject, msg)).await;
+        let sent = tokio::time::timeout(deadline, self.bus.start_publish(subject, msg)).await;
         let ack = match sent {
             Ok(Ok(ack)) => ack,
             Ok(Err(err)) => {
-                self.shared.metrics.publish_failed(M::KIND);
+                self.metrics.publish_failed(M::KIND);
                 return Err(err.into());
             }
             Err(_) => {
-                self.shared.metrics.publish_failed(M::KIND);
+                self.metrics.publish_failed(M::KIND);
                 return Err(Error::Timeout(deadline));
             }
         };
@@ -230,23 +236,48 @@ impl IngestService {
     fn settle(&self, kind: Kind, started: Instant, res: Result<Stored>) -> Result<Stored> {
         match res {
             Ok(stored) => {
-                self.shared
-                    .metrics
+                self.metrics
                     .published(kind, stored.duplicate, started.elapsed());
                 Ok(stored)
             }
             Err(err) => {
-                self.shared.metrics.publish_failed(kind);
+                self.metrics.publish_failed(kind);
                 Err(err)
             }
         }
     }
 
-    async fn report<M: Insight>(&self, msg: M) -> Result<ReportResponse> {
-        let subject = self.admit(&msg)?;
-        let ack = self.start(subject, &msg).await?;
+    /// Validates and stores `msg`, resolving once JetStream acknowledged it.
+    pub async fn store_cluster_insight(&self, msg: &ClusterInsight) -> Result<Stored> {
+        self.store(msg).await
+    }
+
+    /// Validates and stores `msg`, resolving once JetStream acknowledged it.
+    pub async fn store_workload_signature(&self, msg: &WorkloadSignature) -> Result<Stored> {
+        self.store(msg).await
+    }
+
+    async fn store<M: Insight>(&self, msg: &M) -> Result<Stored> {
+        let subject = self.admit(msg)?;
+        let ack = self.start(subject, msg).await?;
         let (started, res) = ack.await;
-        let stored = self.settle(M::KIND, started, res)?;
+        self.settle(M::KIND, started, res)
+    }
+}
+
+impl IngestService {
+    /// A service publishing through `bus`.
+    pub fn new(bus: Bus, metrics: Metrics, settings: IngestSettings) -> Self {
+        Self::with_publisher(Arc::new(Publisher::new(bus, metrics, settings)))
+    }
+
+    /// A service storing through an existing (shared) publisher.
+    pub fn with_publisher(publisher: Arc<Publisher>) -> Self {
+        Self { shared: publisher }
+    }
+
+    async fn report<M: Insight>(&self, msg: M) -> Result<ReportResponse> {
+        let stored = self.shared.store(&msg).await?;
         let request_id = format!("{}:{}", stored.stream, stored.sequence);
         Span::current().record("request_id", request_id.as_str());
         let message = if stored.duplicate {
@@ -275,7 +306,7 @@ impl IngestService {
             tokio::select! {
                 biased;
                 Some((started, res)) = acks.next(), if !acks.is_empty() => {
-                    match self.settle(M::KIND, started, res) {
+                    match self.shared.settle(M::KIND, started, res) {
                         Ok(stored) => {
                             tally.processed += 1;
                             if stored.duplicate {
@@ -293,8 +324,8 @@ impl IngestService {
                         Ok(Some(msg)) => {
                             let index = tally.received;
                             tally.received += 1;
-                            match self.admit(&msg) {
-                                Ok(subject) => match self.start(subject, &msg).await {
+                            match self.shared.admit(&msg) {
+                                Ok(subject) => match self.shared.start(subject, &msg).await {
                                     Ok(ack) => acks.push(ack),
                                     Err(err) => {
                                         tracing::warn!(%err, "publish failed mid-stream");
