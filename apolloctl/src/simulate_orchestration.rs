@@ -3,8 +3,8 @@
 //! orchestration planners and rails (the service's code) against baselines.
 //!
 //! Mapping (seeded): the `pod_memory_util_anon` series (memory use relative to
-//! the container's limit, 0-1) of the trace directory are the workload
-//! shapes. Pod `i` takes series `i mod C` (C containers, in hash order),
+//! the container's limit, 0-1) of the trace directory that cover at least
+//! 90 % of the longest one are the workload shapes. Pod `i` takes series `i mod C` (C containers, in hash order),
 //! circularly shifted by a random offset, and a memory limit drawn from
 //! 8/16/32 GiB: its use at step `t` is `limit * util(t + offset)`. There are
 //! `--pods-per-node` pods per node. Pods are placed in random order by the
@@ -615,12 +615,16 @@ pub(crate) fn run_cli(args: Args) -> anyhow::Result<()> {
             )
         },
     )?;
-    let series: Vec<Vec<f64>> = data
+    let mut series: Vec<Vec<f64>> = data
         .series
         .into_iter()
         .filter(|s| s.id.starts_with("pod_memory_util_anon/"))
         .map(|s| s.values)
         .collect();
+    // Containers that lived through (nearly) the whole trace only: the
+    // simulation runs as long as the shortest series it uses.
+    let longest = series.iter().map(Vec::len).max().unwrap_or(0);
+    series.retain(|s| s.len() * 10 >= longest * 9);
     if series.is_empty() {
         bail!("{}: no pod_memory_util_anon series", args.genai.display());
     }
