@@ -314,6 +314,13 @@ impl OrchestratorClient {
                 _ => None,
             })
             .ok_or_else(|| format!("migration accepted without an id: {answer}"))?;
+        self.poll_migration(&id, p).await
+    }
+
+    /// Polls a migration until a terminal state or the policy's timeout.
+    pub async fn poll_migration(&self, id: &str, p: &OrchestrationPolicy) -> Result<(), String> {
+        let constraints = p.constraints.clone().unwrap_or_default();
+        let retries = constraints.max_retries.max(0) as u32;
         let timeout = Duration::from_secs(constraints.timeout_seconds.max(1) as u64);
         let started = Instant::now();
         loop {

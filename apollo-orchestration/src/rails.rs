@@ -11,7 +11,7 @@
 //! | DaemonSet, static/mirror pods, `apollo.ai-storage/no-migrate` | never moved |
 //! | PodDisruptionBudget with no disruption left | not moved (needs Kubernetes) |
 //! | per-pod cooldown | 30 min between moves of a pod |
-//! | no ping-pong | never back to the node a pod left within `ping_pong_window` (2 h) |
+//! | no ping-pong | never back to any node a pod left within `ping_pong_window` (2 h) |
 //! | concurrent moves per node / cluster | 1 / 5 |
 //! | failure backoff | 15 min for the pod and target after a failed move |
 //! | blackout windows | none; disruptive actions held inside them |
@@ -132,6 +132,8 @@ pub struct Rails {
     cfg: RailsConfig,
     now: SystemTime,
     last_move: HashMap<String, Move>,
+    /// Nodes each pod left, with when: no return within `ping_pong_window`.
+    departed: HashMap<String, Vec<(String, SystemTime)>>,
     in_flight: HashMap<String, Move>,
     backoff: HashMap<String, SystemTime>,
 }
@@ -154,6 +156,7 @@ impl Rails {
             cfg,
             now: UNIX_EPOCH,
             last_move: HashMap::new(),
+            departed: HashMap::new(),
             in_flight: HashMap::new(),
             backoff: HashMap::new(),
         }
@@ -174,6 +177,11 @@ impl Rails {
         let keep = self.cfg.cooldown.max(self.cfg.ping_pong_window);
         self.last_move
             .retain(|_, m| now.duration_since(m.at).unwrap_or_default() < keep);
+        let window = self.cfg.ping_pong_window;
+        self.departed.retain(|_, left| {
+            left.retain(|(_, at)| now.duration_since(*at).unwrap_or_default() < window);
+            !left.is_empty()
+        });
     }
 
     /// Whether a namespace may be touched.
@@ -260,13 +268,15 @@ impl Rails {
                 format!("{} is a control-plane node", node.name),
             ));
         }
-        if let Some(m) = self.last_move.get(&pod.key()) {
-            let since = self.now.duration_since(m.at).unwrap_or_default();
-            if m.from == node.name && since < self.cfg.ping_pong_window {
-                return Some((
-                    "ping-pong",
-                    format!("{} left {} {}s ago", pod.key(), node.name, since.as_secs()),
-                ));
+        if let Some(left) = self.departed.get(&pod.key()) {
+            if let Some((_, at)) = left.iter().rev().find(|(n, _)| *n == node.name) {
+                let since = self.now.duration_since(*at).unwrap_or_default();
+                if since < self.cfg.ping_pong_window {
+                    return Some((
+                        "ping-pong",
+                        format!("{} left {} {}s ago", pod.key(), node.name, since.as_secs()),
+                    ));
+                }
             }
         }
         if self.backoff.contains_key(&format!("node/{}", node.name)) {
@@ -307,6 +317,10 @@ impl Rails {
                             at: self.now,
                         };
                         self.in_flight.insert(key.clone(), m.clone());
+                        self.departed
+                            .entry(key.clone())
+                            .or_default()
+                            .push((m.from.clone(), m.at));
                         self.last_move.insert(key, m);
                     }
                     approved.push(p);
@@ -394,7 +408,13 @@ impl Rails {
             self.backoff.insert(format!("pod/{pod_key}"), until);
             self.backoff.insert(format!("node/{target}"), until);
             // A failed move did not happen: the pod may return to its node.
-            self.last_move.remove(pod_key);
+            if let Some(m) = self.last_move.remove(pod_key) {
+                if let Some(left) = self.departed.get_mut(pod_key) {
+                    if let Some(i) = left.iter().rposition(|(n, at)| *n == m.from && *at == m.at) {
+                        left.remove(i);
+                    }
+                }
+            }
         }
     }
 

@@ -361,6 +361,11 @@ fn provision_a_faster_class_for_random_io_on_disk() {
         Subject::Provision { class, .. } => assert_eq!(*class, apollo_proto::StorageClass::Fast),
         other => panic!("{other:?}"),
     }
+    // The executor names the workload and its type from these factors.
+    assert!(prov[0].factors.contains(&"workload=lookup".to_string()));
+    assert!(prov[0]
+        .factors
+        .contains(&"workload_type=training".to_string()));
 }
 
 #[test]

@@ -498,3 +498,72 @@ async fn executor_runs_approved_policies_and_reports_the_outcome() {
         "POST and at least one status poll"
     );
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_is_cut_off_without_holding_back_the_others() {
+    let stack = start(|c| {
+        c.subscriber_buffer = 2;
+        c.subscriber_stall = Duration::from_millis(300);
+    })
+    .await;
+    let mut slow = subscribe(&stack, "slow", &[], &[]).await;
+    let mut fast = subscribe(&stack, "fast", &[], &[]).await;
+    // Large policies, so the transport's own buffers fill up quickly
+    // behind the subscriber that does not read.
+    let n = 300;
+    let subject = stack
+        .bus
+        .subjects()
+        .orchestration_policy("migrate", "ml")
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            next("fast", &mut fast, Duration::from_secs(10)).await;
+            got += 1;
+        }
+        got
+    });
+    for i in 0..n {
+        let p = OrchestrationPolicy {
+            request_id: format!("bulk-{i}"),
+            action: OrchestrationAction::Migrate as i32,
+            reason: "x".repeat(64 * 1024),
+            target: Some(Target::Migration(apollo_proto::MigrationTarget {
+                pod_name: format!("p{i}"),
+                pod_namespace: "ml".into(),
+                source_node: "a".into(),
+                target_node: "b".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        stack.bus.publish(subject.clone(), &p).await.unwrap();
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        n,
+        "the reading subscriber got everything"
+    );
+    // The slow one now reads: what was buffered, then a clear status.
+    let mut slow_got = 0;
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match slow.message().await {
+                Ok(Some(_)) => {
+                    slow_got += 1;
+                    continue;
+                }
+                Ok(None) => panic!("stream ended without a status"),
+                Err(s) => return s,
+            }
+        }
+    })
+    .await
+    .expect("slow stream never ended");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(slow_got < n, "cut off before the end: {slow_got}");
+    assert!(status
+        .message()
+        .contains("reconnect with the same subscriber_id"));
+}

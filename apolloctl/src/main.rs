@@ -14,6 +14,7 @@ mod output;
 mod plot;
 mod replay;
 mod simulate;
+mod simulate_orchestration;
 mod stack;
 mod top;
 mod up;
@@ -57,13 +58,29 @@ enum Command {
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Replay a pod list against a node list with a placement policy (the
-    /// published GPU-allocation protocol).
-    Simulate(simulate::Args),
+    /// published GPU-allocation protocol), or `simulate orchestration`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Simulate(SimulateArgs),
     /// Print a shell completion script.
     Completions {
         /// Shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `simulate` runs placement unless a subcommand is given.
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    #[command(subcommand)]
+    command: Option<SimulateCommand>,
+    #[command(flatten)]
+    placement: Option<simulate::Args>,
+}
+
+#[derive(Debug, Subcommand)]
+enum SimulateCommand {
+    /// Orchestration policies on a time-stepped cluster following the GenAI series.
+    Orchestration(simulate_orchestration::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,7 +108,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tap(args) => runtime()?.block_on(inspect::tap(args)),
         Command::Explain(args) => runtime()?.block_on(inspect::explain(args)),
         Command::Eval(EvalCommand::Forecast(args)) => eval_forecast::run(args),
-        Command::Simulate(args) => simulate::run(args),
+        Command::Simulate(SimulateArgs {
+            command: Some(SimulateCommand::Orchestration(args)),
+            ..
+        }) => simulate_orchestration::run_cli(args),
+        Command::Simulate(SimulateArgs {
+            placement: Some(args),
+            ..
+        }) => simulate::run(args),
+        Command::Simulate(_) => Err(client::UsageError(
+            "simulate needs --nodes and --pods, or a subcommand".into(),
+        )
+        .into()),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

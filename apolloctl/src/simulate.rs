@@ -111,7 +111,7 @@ fn mean_curve(runs: &[&SimRun]) -> Vec<f64> {
 }
 
 /// Parses `42`, `42-51`, `1,5,7-9`.
-fn parse_seeds(spec: &str) -> anyhow::Result<Vec<u64>> {
+pub(crate) fn parse_seeds(spec: &str) -> anyhow::Result<Vec<u64>> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {

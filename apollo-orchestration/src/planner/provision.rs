@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use apollo_placement::snapshot::StorageTier;
-use apollo_proto::{IoPattern, OrchestrationAction, StorageClass};
+use apollo_proto::{IoPattern, OrchestrationAction, PipelineStage, StorageClass};
 
 use super::{pct, Proposal, Subject};
 use crate::view::PlanningView;
@@ -126,6 +126,17 @@ fn class_rank(c: StorageClass) -> u8 {
     }
 }
 
+/// The orchestrator's workload type for a pipeline stage.
+pub fn workload_type(stage: PipelineStage) -> &'static str {
+    match stage {
+        PipelineStage::Inference => "inference",
+        PipelineStage::DataLoading
+        | PipelineStage::Preprocessing
+        | PipelineStage::Postprocessing => "data-pipeline",
+        _ => "training",
+    }
+}
+
 /// Plans provisioning; records this cycle's device samples first.
 pub fn plan(view: &PlanningView, cfg: &ProvisionConfig, book: &mut GrowthBook) -> Vec<Proposal> {
     let now = view.now;
@@ -188,6 +199,8 @@ pub fn plan(view: &PlanningView, cfg: &ProvisionConfig, book: &mut GrowthBook) -
                     class.as_str_name()
                 ),
                 factors: vec![
+                    format!("workload={}", pod.name),
+                    format!("workload_type={}", workload_type(pod.stage)),
                     format!("node={}", node.name),
                     format!("device={}", d.name),
                     format!("current={}", pct(fill_now)),
@@ -246,6 +259,8 @@ pub fn plan(view: &PlanningView, cfg: &ProvisionConfig, book: &mut GrowthBook) -
                 have.as_str_name()
             ),
             factors: vec![
+                format!("workload={}", pod.name),
+                format!("workload_type={}", workload_type(pod.stage)),
                 format!("io_pattern={}", pod.io_pattern.as_str_name()),
                 format!("recommended_class={}", pod.recommended_class.as_str_name()),
                 format!("node_best_class={}", have.as_str_name()),

@@ -1,0 +1,259 @@
+//! The REST executor against a local HTTP server implementing the
+//! AI-Storage Orchestrator's endpoints: retries on 5xx and timeouts, none on
+//! 4xx, status polling, payload rules.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apollo_orchestration::executor::{ExecutorConfig, OrchestratorClient};
+use apollo_proto::orchestration_policy::Target;
+use apollo_proto::{
+    AutoscalingTarget, ExecutionConstraints, MigrationTarget, OrchestrationAction,
+    OrchestrationPolicy, ProvisioningTarget, StorageClass,
+};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::Value;
+
+#[derive(Default)]
+struct Seen {
+    posts: Vec<(String, Value)>,
+    polls: usize,
+}
+
+#[derive(Clone)]
+struct Orchestrator {
+    seen: Arc<Mutex<Seen>>,
+    /// 500s before the first accepted migration.
+    failures: Arc<Mutex<u32>>,
+}
+
+async fn migrations(State(o): State<Orchestrator>, body: String) -> (StatusCode, String) {
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    o.seen.lock().unwrap().posts.push(("migrations".into(), v));
+    let mut f = o.failures.lock().unwrap();
+    if *f > 0 {
+        *f -= 1;
+        return (StatusCode::INTERNAL_SERVER_ERROR, "busy".into());
+    }
+    (
+        StatusCode::CREATED,
+        r#"{"id":"m-7","status":"pending"}"#.into(),
+    )
+}
+
+async fn migration_status(
+    State(o): State<Orchestrator>,
+    Path(id): Path<String>,
+) -> (StatusCode, String) {
+    let polls = {
+        let mut s = o.seen.lock().unwrap();
+        s.polls += 1;
+        s.polls
+    };
+    if id != "m-7" {
+        return (
+            StatusCode::NOT_FOUND,
+            r#"{"error":"migration not found"}"#.into(),
+        );
+    }
+    let status = if polls < 3 { "running" } else { "completed" };
+    (
+        StatusCode::OK,
+        format!(r#"{{"id":"m-7","status":"{status}"}}"#),
+    )
+}
+
+async fn autoscaling(State(o): State<Orchestrator>, body: String) -> (StatusCode, String) {
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    o.seen.lock().unwrap().posts.push(("autoscaling".into(), v));
+    (
+        StatusCode::BAD_REQUEST,
+        r#"{"error":"max_replicas below min_replicas"}"#.into(),
+    )
+}
+
+async fn provisioning(State(o): State<Orchestrator>, body: String) -> (StatusCode, String) {
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    o.seen
+        .lock()
+        .unwrap()
+        .posts
+        .push(("provisioning".into(), v));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (StatusCode::OK, "{}".into())
+}
+
+async fn serve(failures: u32) -> (String, Orchestrator) {
+    let o = Orchestrator {
+        seen: Arc::default(),
+        failures: Arc::new(Mutex::new(failures)),
+    };
+    let app = axum::Router::new()
+        .route("/api/v1/migrations", post(migrations))
+        .route("/api/v1/migrations/{id}", get(migration_status))
+        .route("/api/v1/autoscaling", post(autoscaling))
+        .route("/api/v1/provisioning", post(provisioning))
+        .with_state(o.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{addr}"), o)
+}
+
+fn client(url: String) -> OrchestratorClient {
+    OrchestratorClient::new(ExecutorConfig {
+        base_url: url,
+        request_timeout: Duration::from_millis(200),
+        poll_interval: Duration::from_millis(10),
+        backoff: Duration::from_millis(10),
+        queue: 8,
+        target_cpu_percent: 70,
+    })
+}
+
+fn policy(action: OrchestrationAction, target: Target) -> OrchestrationPolicy {
+    OrchestrationPolicy {
+        request_id: "r-1".into(),
+        action: action as i32,
+        target: Some(target),
+        constraints: Some(ExecutionConstraints {
+            max_retries: 3,
+            timeout_seconds: 30,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn migrate(from: &str, to: &str) -> OrchestrationPolicy {
+    policy(
+        OrchestrationAction::Migrate,
+        Target::Migration(MigrationTarget {
+            pod_name: "prep".into(),
+            pod_namespace: "ml".into(),
+            source_node: from.into(),
+            target_node: to.into(),
+            preserve_pv: true,
+            timeout_seconds: 0,
+        }),
+    )
+}
+
+#[tokio::test]
+async fn migration_retries_server_errors_then_polls_to_completion() {
+    let (url, o) = serve(2).await;
+    client(url).execute(&migrate("hot", "w1")).await.unwrap();
+    let seen = o.seen.lock().unwrap();
+    assert_eq!(seen.posts.len(), 3, "two 500s, then accepted");
+    assert_eq!(seen.polls, 3, "running, running, completed");
+    let body = &seen.posts[2].1;
+    assert_eq!(body["pod_name"], "prep");
+    assert_eq!(body["source_node"], "hot");
+    assert_eq!(body["target_node"], "w1");
+    assert_eq!(body["preserve_pv"], true);
+    assert!(
+        body["timeout"].as_i64().unwrap() > 0,
+        "zero is rejected by the orchestrator"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_beyond_the_retry_budget_fail() {
+    let (url, o) = serve(10).await;
+    let err = client(url)
+        .execute(&migrate("hot", "w1"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("500"), "{err}");
+    assert_eq!(
+        o.seen.lock().unwrap().posts.len(),
+        4,
+        "first try plus 3 retries"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let (url, o) = serve(0).await;
+    let scale = policy(
+        OrchestrationAction::ScaleUp,
+        Target::Autoscaling(AutoscalingTarget {
+            workload_name: "api".into(),
+            workload_namespace: "web".into(),
+            workload_kind: "Deployment".into(),
+            current_replicas: 2,
+            desired_replicas: 3,
+            scaling_reason: String::new(),
+        }),
+    );
+    let err = client(url).execute(&scale).await.unwrap_err();
+    assert!(err.contains("400") && err.contains("max_replicas"), "{err}");
+    let seen = o.seen.lock().unwrap();
+    assert_eq!(seen.posts.len(), 1);
+    let body = &seen.posts[0].1;
+    assert_eq!(body["workload_type"], "Deployment");
+    assert_eq!(body["min_replicas"], 3);
+    assert_eq!(body["max_replicas"], 3);
+    assert_eq!(body["target_cpu_percent"], 70);
+}
+
+#[tokio::test]
+async fn unknown_migration_status_is_a_failure_without_retries() {
+    let (url, o) = serve(0).await;
+    // A migration the orchestrator does not know answers 404.
+    let err = client(url)
+        .poll_migration("m-unknown", &migrate("hot", "w1"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("404"), "{err}");
+    assert_eq!(o.seen.lock().unwrap().polls, 1);
+}
+
+#[tokio::test]
+async fn slow_replies_time_out_and_are_retried() {
+    let (url, o) = serve(0).await;
+    let mut p = policy(
+        OrchestrationAction::Provision,
+        Target::Provisioning(ProvisioningTarget {
+            pvc_name: "loader-fast".into(),
+            namespace: "ml".into(),
+            storage_class: StorageClass::Fast as i32,
+            size_bytes: 100 << 30,
+            ..Default::default()
+        }),
+    );
+    p.constraints.as_mut().unwrap().max_retries = 1;
+    let err = client(url).execute(&p).await.unwrap_err();
+    assert!(err.contains("no answer within"), "{err}");
+    let seen = o.seen.lock().unwrap();
+    assert_eq!(seen.posts.len(), 2);
+    assert_eq!(seen.posts[0].1["storage_class"], "high-iops");
+    assert_eq!(seen.posts[0].1["storage_size"], "100Gi");
+}
+
+#[tokio::test]
+async fn payloads_the_orchestrator_would_reject_are_never_sent() {
+    let (url, o) = serve(0).await;
+    let c = client(url);
+    assert!(c
+        .execute(&migrate("n1", "n1"))
+        .await
+        .unwrap_err()
+        .contains("both"));
+    assert!(c.execute(&migrate("", "n1")).await.is_err());
+    let zero = policy(
+        OrchestrationAction::ScaleDown,
+        Target::Autoscaling(AutoscalingTarget {
+            workload_name: "api".into(),
+            workload_namespace: "web".into(),
+            workload_kind: "Deployment".into(),
+            current_replicas: 2,
+            desired_replicas: 0,
+            scaling_reason: String::new(),
+        }),
+    );
+    assert!(c.execute(&zero).await.is_err());
+    assert!(o.seen.lock().unwrap().posts.is_empty());
+}
