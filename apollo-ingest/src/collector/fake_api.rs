@@ -236,7 +236,7 @@ impl FakeApi {
     pub fn apply_many(&self, objects: impl IntoIterator<Item = Value>, record: bool) {
         let mut inner = self.lock();
         for mut object in objects {
-            let Some((path, kind)) = COLLECTIONS
+            let Some((path, _)) = COLLECTIONS
                 .iter()
                 .copied()
                 .find(|(_, k)| object["kind"].as_str() == Some(k))
@@ -254,7 +254,6 @@ impl FakeApi {
                 .insert(key, object.clone())
                 .is_some();
             if record {
-                let _ = existed;
                 inner.history.push(Change {
                     rv,
                     path,
@@ -262,7 +261,6 @@ impl FakeApi {
                     object,
                 });
             }
-            let _ = kind;
         }
         drop(inner);
         self.changed.notify_waiters();
@@ -271,7 +269,7 @@ impl FakeApi {
     /// Deletes an object by kind and `namespace/name` (or `name`).
     pub fn delete(&self, kind: &str, key: &str) -> bool {
         let mut inner = self.lock();
-        let Some((path, kind)) = COLLECTIONS.iter().copied().find(|(_, k)| *k == kind) else {
+        let Some((path, _)) = COLLECTIONS.iter().copied().find(|(_, k)| *k == kind) else {
             return false;
         };
         let Some(mut object) = inner.objects.entry(path).or_default().remove(key) else {
@@ -286,7 +284,6 @@ impl FakeApi {
             kind: "DELETED",
             object,
         });
-        let _ = kind;
         drop(inner);
         self.changed.notify_waiters();
         true

@@ -26,6 +26,9 @@ use super::{
     model::{ClaimInfo, FieldProblem, NodeInfo, PodInfo, StorageClassInfo, VolumeInfo},
 };
 
+/// How long a deleted node stays listed as gone.
+const GONE_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Records of one resource kind.
 #[derive(Debug)]
 pub struct Table<T> {
@@ -233,6 +236,9 @@ pub async fn run_watch<K, T>(
             for n in present {
                 s.gone.remove(&n);
             }
+            // Autoscaled clusters delete nodes all the time: remember them
+            // only long enough to explain why they stopped being reported.
+            s.gone.retain(|_, at| at.elapsed() < GONE_MEMORY);
         }
         drop(s);
         metrics.watch_event(resource, label);
