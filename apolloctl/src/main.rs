@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod eval_forecast;
 mod replay;
 mod simulate;
+mod traces;
 
 /// APOLLO command-line tool.
 #[derive(Debug, Parser)]
