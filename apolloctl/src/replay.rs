@@ -189,8 +189,21 @@ enum Source {
 }
 
 impl Args {
-    /// Checks what clap cannot: directories and their files exist.
+    /// Checks what clap cannot: endpoints are URLs, directories and their
+    /// files exist.
     fn validate(&self) -> Result<(), String> {
+        for (flag, url) in [
+            ("--ingest", &self.ingest),
+            ("--scheduling", &self.scheduling),
+            ("--forecaster", &self.forecaster),
+        ] {
+            let ok = url.parse::<tonic::transport::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(format!("{flag} {url}: not an http:// or https:// URL"));
+            }
+        }
         match &self.trace_dir {
             Some(dir) => {
                 for f in [NODE_LIST, self.pod_list.as_str()] {
@@ -1375,6 +1388,8 @@ mod tests {
         assert!(a.validate().unwrap_err().contains("/nonexistent"));
         let a = parse(&["--pod-list", "other.csv"]).unwrap();
         assert!(a.validate().unwrap_err().contains("--trace-dir"));
+        let a = parse(&["--ingest", "localhost:50051"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("--ingest"));
         let a = parse(&["--genai", "/nonexistent"]).unwrap();
         assert!(a.validate().unwrap_err().contains("--genai"));
         let a = parse(&[]).unwrap();
