@@ -150,6 +150,11 @@ pub(crate) struct Args {
     /// forecaster forecasts some, at most this long (0s: do not wait).
     #[arg(long, env = "APOLLO_REPLAY_FORECAST_WAIT", default_value = "2m", value_parser = apollo_common::config::parse_duration)]
     forecast_wait: Duration,
+    /// Instead of the pod list: ask for this many copies of the list's first
+    /// whole-GPU pod back to back, before any result or insight, bind each
+    /// on its top node and report how they spread.
+    #[arg(long, env = "APOLLO_REPLAY_BURST", default_value_t = 0)]
+    burst: usize,
     /// Output format.
     #[arg(
         short = 'o',
@@ -854,7 +859,10 @@ impl Progress {
 }
 
 async fn replay(args: Args) -> anyhow::Result<()> {
-    let (trace, pods, pod_list) = load(&args)?;
+    let (trace, mut pods, pod_list) = load(&args)?;
+    if args.burst > 0 {
+        pods = burst_pods(&pods, args.burst)?;
+    }
     let usage = usage_model(&args)?;
     let text = args.output == Output::Text;
     let gpu_capacity: u64 = trace.iter().map(|n| u64::from(n.gpus) * 1000).sum();
@@ -915,6 +923,20 @@ async fn replay(args: Args) -> anyhow::Result<()> {
 
     // 2. Wait until the engine's view holds the cluster.
     wait_for_cluster(&mut scheduling, &args).await?;
+    if args.burst > 0 {
+        let b = burst(&mut agents, &index, &mut scheduling, &mut ingest, &args).await?;
+        match args.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&b).context("cannot encode the summary")?
+            ),
+            Output::Text => println!(
+                "burst of {} x {}: top nodes {} distinct, at most {} per node, {} did not fit their top node",
+                b.pods, b.shape, b.distinct_top_nodes, b.max_per_node, b.overcommitted
+            ),
+        }
+        return Ok(());
+    }
     eprintln!("scheduling engine sees the cluster; replaying pods");
     if text {
         println!(
@@ -1055,6 +1077,113 @@ async fn replay(args: Args) -> anyhow::Result<()> {
         Output::Text => print_text(&summary, forecast_error),
     }
     Ok(())
+}
+
+/// What `--burst` measured.
+#[derive(Debug, Serialize)]
+struct BurstSummary {
+    pods: usize,
+    shape: String,
+    /// Policies that named a node.
+    placed: usize,
+    distinct_top_nodes: usize,
+    max_per_node: usize,
+    /// Pods whose top node had no room left when bound in asking order.
+    overcommitted: usize,
+    latency_ms: Latency,
+}
+
+/// `n` copies of the list's first whole-GPU pod without a model constraint
+/// (a training worker), named `<pod>-<i>`.
+fn burst_pods(pods: &[TracePod], n: usize) -> anyhow::Result<Vec<TracePod>> {
+    let Some(template) = pods
+        .iter()
+        .find(|p| p.num_gpu >= 1 && p.gpu_milli == 1000 && p.gpu_spec.is_empty())
+    else {
+        bail!("the pod list has no whole-GPU pod without a model constraint to copy");
+    };
+    Ok((0..n)
+        .map(|i| TracePod {
+            name: format!("{}-{i}", template.name),
+            ..template.clone()
+        })
+        .collect())
+}
+
+/// Asks for every pod (the burst's copies) with no result or insight in between,
+/// then binds them in asking order on their top nodes and reports back.
+async fn burst(
+    agents: &mut Agents<'_>,
+    index: &HashMap<String, usize>,
+    scheduling: &mut SchedulingPolicyServiceClient<Channel>,
+    ingest: &mut InsightServiceClient<Channel>,
+    args: &Args,
+) -> anyhow::Result<BurstSummary> {
+    let template = &agents.pods[0];
+    let shape = format!(
+        "{} ({} GPU, {}m CPU, {} MiB)",
+        template.name.trim_end_matches("-0"),
+        template.num_gpu,
+        template.cpu_milli,
+        template.memory_mib
+    );
+    let mut asked = Vec::with_capacity(args.burst);
+    let mut latencies = Vec::with_capacity(args.burst);
+    for pod in agents.pods {
+        let pod = pod.clone();
+        let started = Instant::now();
+        let policy = scheduling
+            .get_scheduling_policy(request(&pod, &args.namespace))
+            .await
+            .with_context(|| format!("no policy for {}", pod.name))?
+            .into_inner();
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        asked.push((pod, policy));
+    }
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    let (mut placed, mut overcommitted) = (0, 0);
+    for (i, (pod, policy)) in asked.iter().enumerate() {
+        let top = places(policy)
+            .then(|| policy.node_preferences[0].node_name.clone())
+            .and_then(|n| index.get(&n).map(|&i| (n, i)));
+        let bound = match top {
+            Some((name, idx)) => {
+                placed += 1;
+                *per_node.entry(name).or_default() += 1;
+                let ok = agents.nodes[idx].bind(i, pod);
+                if ok {
+                    ingest
+                        .report_cluster_insight(agents.insight(idx))
+                        .await
+                        .context("ingest rejected a node update")?;
+                } else {
+                    overcommitted += 1;
+                }
+                ok.then(|| agents.nodes[idx].trace.name.clone())
+            }
+            None => None,
+        };
+        scheduling
+            .report_scheduling_result(SchedulingResult {
+                request_id: policy.request_id.clone(),
+                pod_name: pod.name.clone(),
+                pod_namespace: args.namespace.clone(),
+                success: bound.is_some(),
+                scheduled_node: bound.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .context("scheduling engine rejected the result report")?;
+    }
+    Ok(BurstSummary {
+        pods: args.burst,
+        shape,
+        placed,
+        distinct_top_nodes: per_node.len(),
+        max_per_node: per_node.values().copied().max().unwrap_or(0),
+        overcommitted,
+        latency_ms: Latency::of(latencies),
+    })
 }
 
 /// Asks a probe policy until the engine names a node (its view holds the
