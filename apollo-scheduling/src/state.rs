@@ -48,12 +48,15 @@
 //! `--assume-ttl` (expired). A successful report for another node moves it
 //! there (with that node's baseline).
 //!
-//! Rule 3 is a judgement: a pod bound by someone else in the same interval
-//! can be taken for the assumed one, which then stops counting until the
-//! next insight shows the node fuller. Rules 1 and 2 are exact and take
-//! precedence. An insight whose requests fell (pods left) may cover nothing;
-//! the assumption then waits for rule 1, 2 or the TTL, counting the pod
-//! twice at worst, never zero times.
+//! Rules 1 and 2 are exact and take precedence, with one caveat: rule 2
+//! compares the agent's clock (`collected_at`) with the engine's (when the
+//! report arrived), so a skew larger than the time from bind to report can
+//! end an assumption one insight early. Rule 3 is a judgement: a pod bound
+//! by someone else in the same interval can be taken for the assumed one,
+//! which then stops counting until the next insight shows the node fuller.
+//! An insight whose requests fell (pods left) may cover nothing; the
+//! assumption then waits for rule 1, 2 or the TTL, the pod counted twice
+//! meanwhile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -31,11 +31,12 @@
 //! its window, so trace timestamps cannot be sent). Trace time only picks
 //! the sample: it is the wall time since the replay started x `--speed`.
 //! The forecaster resamples on `collected_at` onto its `APOLLO_FORECAST_STEP`
-//! grid and forecasts a node once it has `APOLLO_FORECAST_MIN_HISTORY` steps
-//! (30 x 60 s by default: half an hour). For a forecast within a few
-//! minutes run the forecaster with a step equal to `--tick` (e.g.
-//! `APOLLO_FORECAST_STEP=1s`); after the last pod the replay keeps reporting
-//! until the forecaster forecasts some use, at most `--forecast-wait`.
+//! grid; until a node has `APOLLO_FORECAST_MIN_HISTORY` steps (30 x 60 s by
+//! default: half an hour) it forecasts the last value, after that with its
+//! models. For model forecasts within a few minutes run the forecaster with
+//! a step equal to `--tick` (e.g. `APOLLO_FORECAST_STEP=1s`). After the last
+//! pod the replay keeps reporting until the forecaster forecasts some use,
+//! at most `--forecast-wait`.
 //!
 //! Exit status: 2 for bad arguments, 1 for failures (an unreachable or
 //! refusing service), each with one line on stderr.
