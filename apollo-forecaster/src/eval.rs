@@ -121,7 +121,18 @@ fn open_csv(path: &Path) -> Result<(csv::Reader<std::fs::File>, Columns), EvalEr
         path: path.to_path_buf(),
         source,
     })?;
-    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(file);
+    read_csv(file, path)
+}
+
+/// A CSV reader over `reader` with its header's columns; `path` names the
+/// source in errors.
+fn read_csv<R: std::io::Read>(
+    reader: R,
+    path: &Path,
+) -> Result<(csv::Reader<R>, Columns), EvalError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(reader);
     let headers = rdr.headers().map_err(|e| csv_error(path, &e))?.clone();
     let index = headers
         .iter()
@@ -178,39 +189,75 @@ pub fn load_genai(dir: &Path, min_len: usize) -> Result<Dataset, EvalError> {
     let mut series = Vec::new();
     for file in GENAI_FILES {
         let path = dir.join(file);
-        let (mut rdr, cols) = open_csv(&path)?;
-        let (cv, ct, ck) = (
-            cols.get("value")?,
-            cols.get("timestamp_anon")?,
-            cols.get("container_ip")?,
-        );
-        let mut groups: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
-        for rec in rdr.records() {
-            let rec = rec.map_err(|e| csv_error(&path, &e))?;
-            let v = num(&path, &rec, cv, "value")?;
-            let t = num(&path, &rec, ct, "timestamp_anon")?;
-            let key = rec.get(ck).unwrap_or("").to_string();
-            groups.entry(key).or_default().push((t, v));
-        }
-        let stem = file.trim_end_matches(".csv");
-        let mut keys: Vec<String> = groups.keys().cloned().collect();
-        keys.sort();
-        for key in keys {
-            let mut pts = groups.remove(&key).unwrap_or_default();
-            if pts.len() < min_len {
-                continue;
-            }
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            series.push(Series {
-                id: format!("{stem}/{key}"),
-                values: pts.into_iter().map(|p| p.1).collect(),
-            });
-        }
+        let f = std::fs::File::open(&path).map_err(|source| EvalError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        genai_file(f, &path, min_len, &mut series)?;
     }
+    genai_dataset(series, &dir.display().to_string(), min_len)
+}
+
+/// [`load_genai`] over already opened files: `(path, reader)` pairs whose
+/// file names are among [`GENAI_FILES`]; `source` names the set in errors.
+pub fn parse_genai<R: std::io::Read>(
+    files: Vec<(PathBuf, R)>,
+    source: &str,
+    min_len: usize,
+) -> Result<Dataset, EvalError> {
+    let mut series = Vec::new();
+    for (path, reader) in files {
+        genai_file(reader, &path, min_len, &mut series)?;
+    }
+    genai_dataset(series, source, min_len)
+}
+
+/// Adds one GenAI file's per-container series to `series`.
+fn genai_file<R: std::io::Read>(
+    reader: R,
+    path: &Path,
+    min_len: usize,
+    series: &mut Vec<Series>,
+) -> Result<(), EvalError> {
+    let (mut rdr, cols) = read_csv(reader, path)?;
+    let (cv, ct, ck) = (
+        cols.get("value")?,
+        cols.get("timestamp_anon")?,
+        cols.get("container_ip")?,
+    );
+    let mut groups: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| csv_error(path, &e))?;
+        let v = num(path, &rec, cv, "value")?;
+        let t = num(path, &rec, ct, "timestamp_anon")?;
+        let key = rec.get(ck).unwrap_or("").to_string();
+        groups.entry(key).or_default().push((t, v));
+    }
+    let file = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let stem = file.trim_end_matches(".csv");
+    let mut keys: Vec<String> = groups.keys().cloned().collect();
+    keys.sort();
+    for key in keys {
+        let mut pts = groups.remove(&key).unwrap_or_default();
+        if pts.len() < min_len {
+            continue;
+        }
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push(Series {
+            id: format!("{stem}/{key}"),
+            values: pts.into_iter().map(|p| p.1).collect(),
+        });
+    }
+    Ok(())
+}
+
+fn genai_dataset(series: Vec<Series>, source: &str, min_len: usize) -> Result<Dataset, EvalError> {
     if series.is_empty() {
         return Err(EvalError::NoSeries(format!(
-            "{}: no container with at least {min_len} points",
-            dir.display()
+            "{source}: no container with at least {min_len} points"
         )));
     }
     Ok(Dataset {

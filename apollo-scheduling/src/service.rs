@@ -72,6 +72,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabel {
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     rpc: &'static str,
     reason: &'static str,
@@ -93,6 +98,7 @@ pub struct Metrics {
     nodes: Gauge,
     stale_nodes: Gauge,
     assumed: Gauge,
+    assumptions_ended: Family<EndLabel, Counter>,
     penalised: Gauge,
 }
 
@@ -112,6 +118,7 @@ impl Default for Metrics {
             nodes: Gauge::default(),
             stale_nodes: Gauge::default(),
             assumed: Gauge::default(),
+            assumptions_ended: Family::default(),
             penalised: Gauge::default(),
         }
     }
@@ -183,6 +190,11 @@ impl Metrics {
             self.assumed.clone(),
         );
         r.register(
+            "assumptions_ended",
+            "Assumed placements ended, by how (listed, bound_then_seen, covered, expired, bind_failed, no_longer_fits)",
+            self.assumptions_ended.clone(),
+        );
+        r.register(
             "penalised_nodes",
             "Nodes with a bind-failure penalty",
             self.penalised.clone(),
@@ -195,6 +207,19 @@ impl Metrics {
         self.stale_nodes.set(s.stale_nodes as i64);
         self.assumed.set(s.assumed as i64);
         self.penalised.set(s.penalised as i64);
+        let e = s.ended;
+        for (how, total) in [
+            ("listed", e.listed),
+            ("bound_then_seen", e.bound_then_seen),
+            ("covered", e.covered),
+            ("expired", e.expired),
+            ("bind_failed", e.bind_failed),
+            ("no_longer_fits", e.no_longer_fits),
+        ] {
+            // The state keeps running totals; the counter follows them.
+            let c = self.assumptions_ended.get_or_create(&EndLabel { how });
+            c.inc_by(total.saturating_sub(c.get()));
+        }
     }
 }
 

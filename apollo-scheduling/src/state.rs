@@ -9,12 +9,54 @@
 //! *before* the snapshot lock; forecasts and the pipeline index have leaf
 //! mutexes that are never held while taking another lock.
 //!
-//! Assume cache: when a policy names a top node the pod is assumed there
-//! ([`ClusterSnapshot::assume`]) so a burst of pods spreads instead of piling
-//! onto one node. An assumption ends when an insight for that node lists the
-//! pod among its running workloads, when a failed bind is reported, or after
-//! `--assume-ttl`; a new insight without the pod re-applies it on top of the
-//! fresh state. A successful report for another node moves it there.
+//! # Assume cache
+//!
+//! This mirrors kube-scheduler's assume/confirm cycle. kube-scheduler
+//! *assumes* a pod on the node it picked (its cache counts the pod there at
+//! once, so the next pod of a burst sees the node fuller), binds
+//! asynchronously, and *confirms* the pod when the informer delivers it with
+//! `spec.nodeName` set; an assumed pod whose bind fails is *forgotten*, and one
+//! never confirmed expires after a TTL.
+//!
+//! Here a policy that names a top node assumes the pod there
+//! ([`ClusterSnapshot::assume`]), recording the node's requested resources
+//! (CPU, memory, per-GPU `allocated_milli`) of the insight it was made on: its
+//! *baseline*. The node agent's `ClusterInsight` plays the informer's part, but
+//! agents differ in what they send: some list the node's pods in
+//! `running_workloads`, some only Running ones, many none at all, and every
+//! insight's requests already include the pods bound before it was collected.
+//! So that each placement is counted exactly once whatever the agent sends, a
+//! new insight of a node ends each assumption on it that it already reflects:
+//!
+//! 1. **listed**: the insight lists the pod in `running_workloads`;
+//! 2. **bound, then seen**: a successful `ReportSchedulingResult` for that node
+//!    arrived and the insight was collected (`collected_at`, else the time
+//!    JetStream stored it) after that report, so its requests include the pod;
+//! 3. **covered**: the increase of the insight's requests over the
+//!    assumption's baseline covers the pod's CPU, memory and GPU milli (an
+//!    assumption that survives an insight is judged absent from it and takes
+//!    that insight as its new baseline). With
+//!    several assumptions on one node the increase is consumed in assume
+//!    order: what rules 1 and 2 ended in the same pass is taken first, then
+//!    each older assumption takes its share before a younger one is judged, so
+//!    one bind never ends two assumptions. GPU increase is the sum of per-GPU
+//!    increases (the device plugin may pick other GPUs than the engine did).
+//!
+//! Assumptions not reflected stay on top of the fresh state (re-applied; one
+//! that no longer fits is dropped). Outside insights an assumption ends when a
+//! failed bind is reported (forgotten, node penalised) or after
+//! `--assume-ttl` (expired). A successful report for another node moves it
+//! there (with that node's baseline).
+//!
+//! Rules 1 and 2 are exact and take precedence, with one caveat: rule 2
+//! compares the agent's clock (`collected_at`) with the engine's (when the
+//! report arrived), so a skew larger than the time from bind to report can
+//! end an assumption one insight early. Rule 3 is a judgement: a pod bound
+//! by someone else in the same interval can be taken for the assumed one,
+//! which then stops counting until the next insight shows the node fuller.
+//! An insight whose requests fell (pods left) may cover nothing; the
+//! assumption then waits for rule 1, 2 or the TTL, the pod counted twice
+//! meanwhile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -33,7 +75,7 @@ use crate::decision::DelayHint;
 use crate::demand::PodDemand;
 use crate::fgd::{ShapeDistribution, DEFAULT_COVERAGE};
 use crate::scorer::NodeScorer;
-use crate::snapshot::{ClusterSnapshot, NodeForecast, Placement};
+use crate::snapshot::{ClusterSnapshot, NodeForecast, NodeState, Placement};
 use crate::workload::{PipelineRef, Workload};
 
 /// Namespace and name of a pod.
@@ -58,6 +100,59 @@ struct Assumed {
     placement: Placement,
     since: Instant,
     pipeline: Option<(PipelineRef, String)>,
+    /// Assume order (monotonic per state).
+    seq: u64,
+    /// The node's reported requests when the pod was assumed there; `None`
+    /// when the node had no insight yet.
+    baseline: Option<Requested>,
+    /// When a successful bind on the assumed node was reported.
+    bound_at: Option<SystemTime>,
+}
+
+/// What a node's latest insight says pods have requested there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Requested {
+    cpu_milli: u64,
+    memory_bytes: u64,
+    gpu_milli: Vec<u32>,
+}
+
+impl Requested {
+    fn of(n: &NodeState) -> Self {
+        Self {
+            cpu_milli: n.cpu_milli_allocated,
+            memory_bytes: n.memory_bytes_allocated,
+            gpu_milli: n.gpus.iter().map(|g| g.allocated_milli).collect(),
+        }
+    }
+
+    /// (CPU, memory, GPU) increase of `self` over `base`: CPU and memory as
+    /// signed differences, GPU as the sum of per-GPU increases.
+    fn increase_over(&self, base: &Requested) -> (i128, i128, i128) {
+        let gpu: i128 = self
+            .gpu_milli
+            .iter()
+            .enumerate()
+            .map(|(i, &now)| {
+                let before = base.gpu_milli.get(i).copied().unwrap_or(0);
+                i128::from(now.saturating_sub(before))
+            })
+            .sum();
+        (
+            i128::from(self.cpu_milli) - i128::from(base.cpu_milli),
+            i128::from(self.memory_bytes) - i128::from(base.memory_bytes),
+            gpu,
+        )
+    }
+}
+
+/// Resources of a placement as (CPU, memory, GPU milli).
+fn amounts(p: &Placement) -> (i128, i128, i128) {
+    (
+        i128::from(p.cpu_milli),
+        i128::from(p.memory_bytes),
+        p.gpus.iter().map(|&(_, m)| i128::from(m)).sum(),
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +168,11 @@ struct Books {
     /// Nodes left out of the snapshot because their insight is stale.
     stale: HashSet<String>,
     assumed: HashMap<PodKey, Assumed>,
+    /// Requests reported by the latest insight applied per node.
+    reported: HashMap<String, Requested>,
+    /// Next assume order number.
+    next_seq: u64,
+    ended: AssumptionEnds,
     penalties: HashMap<String, Penalty>,
 }
 
@@ -114,6 +214,23 @@ impl Pipelines {
     }
 }
 
+/// How assumptions ended, counted since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AssumptionEnds {
+    /// An insight listed the pod among its running workloads.
+    pub listed: u64,
+    /// A successful bind was reported and a later-collected insight arrived.
+    pub bound_then_seen: u64,
+    /// An insight's requests grew by at least the pod's requests.
+    pub covered: u64,
+    /// No insight reflected it within `--assume-ttl`.
+    pub expired: u64,
+    /// A failed bind was reported.
+    pub bind_failed: u64,
+    /// Re-applied on a fresh insight, it no longer fit the node.
+    pub no_longer_fits: u64,
+}
+
 /// Counters the service exports.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StateStats {
@@ -125,6 +242,8 @@ pub struct StateStats {
     pub assumed: usize,
     /// Nodes with a bind-failure penalty.
     pub penalised: usize,
+    /// How assumptions ended so far.
+    pub ended: AssumptionEnds,
 }
 
 /// What a feedback report did to the state.
@@ -175,6 +294,10 @@ impl ClusterState {
         let now = SystemTime::now();
         let books = Books {
             insight_at: snapshot.nodes().map(|n| (n.name.clone(), now)).collect(),
+            reported: snapshot
+                .nodes()
+                .map(|n| (n.name.clone(), Requested::of(n)))
+                .collect(),
             ..Books::default()
         };
         Self {
@@ -215,6 +338,7 @@ impl ClusterState {
             stale_nodes: books.stale.len(),
             assumed: books.assumed.len(),
             penalised: books.penalties.len(),
+            ended: books.ended,
         }
     }
 
@@ -232,6 +356,8 @@ impl ClusterState {
         let Some(entry) = entry else {
             books.insight_at.remove(name);
             books.stale.remove(name);
+            books.reported.remove(name);
+            books.assumed.retain(|_, a| a.placement.node != name);
             self.write().remove_node(name);
             return;
         };
@@ -239,6 +365,7 @@ impl ClusterState {
             if books.insight_at.remove(name).is_some() {
                 self.write().remove_node(name);
             }
+            books.reported.remove(name);
             books.stale.insert(name.to_string());
             return;
         }
@@ -257,7 +384,18 @@ impl ClusterState {
         if let Some(p) = penalty {
             let _ = snap.set_bind_failure_penalty(name, p);
         }
-        reapply_assumptions(&mut books, &mut snap, &entry.value);
+        let collected_at = entry
+            .value
+            .collected_at
+            .as_ref()
+            .and_then(to_system_time)
+            .unwrap_or(entry.stored_at);
+        let seen = settle_assumptions(&mut books, &mut snap, &entry.value, collected_at);
+        drop(snap);
+        drop(books);
+        for a in &seen {
+            self.record_pipeline(a, name);
+        }
     }
 
     /// Records a pod's pipeline membership from its signature.
@@ -568,6 +706,9 @@ impl ClusterState {
         }
         match snap.assume(node, demand) {
             Ok(placement) => {
+                let seq = books.next_seq;
+                books.next_seq += 1;
+                let baseline = books.reported.get(node).cloned();
                 books.assumed.insert(
                     pod,
                     Assumed {
@@ -576,6 +717,9 @@ impl ClusterState {
                         placement,
                         since: Instant::now(),
                         pipeline,
+                        seq,
+                        baseline,
+                        bound_at: None,
                     },
                 );
                 true
@@ -615,6 +759,7 @@ impl ClusterState {
             if let Some(a) = &current {
                 let _ = snap.forget(&a.placement);
                 books.assumed.remove(pod);
+                books.ended.bind_failed += 1;
             }
             if !node.is_empty() {
                 let now = Instant::now();
@@ -639,7 +784,10 @@ impl ClusterState {
         if !node.is_empty() && a.placement.node != node {
             let _ = snap.forget(&a.placement);
             match snap.assume(node, &a.demand) {
-                Ok(p) => a.placement = p,
+                Ok(p) => {
+                    a.placement = p;
+                    a.baseline = books.reported.get(node).cloned();
+                }
                 Err(err) => {
                     // The node's state lags the bind; the next insight accounts for it.
                     tracing::debug!(node, %err, "reported placement not assumable");
@@ -652,6 +800,7 @@ impl ClusterState {
             }
         }
         a.since = Instant::now();
+        a.bound_at = Some(SystemTime::now());
         let bound = a.placement.node.clone();
         books.assumed.insert(pod.clone(), a.clone());
         drop(snap);
@@ -693,10 +842,12 @@ impl ClusterState {
         for k in expired {
             if let Some(a) = books.assumed.remove(&k) {
                 let _ = snap.forget(&a.placement);
+                books.ended.expired += 1;
             }
         }
         for n in stale {
             books.insight_at.remove(&n);
+            books.reported.remove(&n);
             snap.remove_node(&n);
             books.assumed.retain(|_, a| a.placement.node != n);
             books.stale.insert(n);
@@ -750,35 +901,100 @@ fn to_system_time(ts: &apollo_proto::Timestamp) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32))
 }
 
-/// After a node's insight replaced its state: drop assumptions the insight
-/// shows running, re-apply the others on top of it.
-fn reapply_assumptions(books: &mut Books, snap: &mut ClusterSnapshot, insight: &ClusterInsight) {
+/// After a node's insight replaced its state (the snapshot node holds the
+/// insight's own requests): ends the assumptions the insight reflects (see
+/// the module doc for the rules) and re-applies the others on top of it.
+/// Returns the ended assumptions (their pods run on the node).
+fn settle_assumptions(
+    books: &mut Books,
+    snap: &mut ClusterSnapshot,
+    insight: &ClusterInsight,
+    collected_at: SystemTime,
+) -> Vec<Assumed> {
     let node = insight.node_name.trim();
-    let on_node: Vec<PodKey> = books
+    let Some(reported) = snap.node(node).map(Requested::of) else {
+        return Vec::new();
+    };
+    books.reported.insert(node.to_string(), reported.clone());
+    let mut on_node: Vec<(u64, PodKey)> = books
         .assumed
         .iter()
         .filter(|(_, a)| a.placement.node == node)
-        .map(|(k, _)| k.clone())
+        .map(|(k, a)| (a.seq, k.clone()))
         .collect();
-    for key in on_node {
-        let shown = insight
-            .running_workloads
-            .iter()
-            .any(|w| w.pod_namespace == key.0 && w.pod_name == key.1);
-        if shown {
-            books.assumed.remove(&key);
+    if on_node.is_empty() {
+        return Vec::new();
+    }
+    on_node.sort_unstable();
+    let listed: HashSet<(&str, &str)> = insight
+        .running_workloads
+        .iter()
+        .map(|w| (w.pod_namespace.as_str(), w.pod_name.as_str()))
+        .collect();
+
+    // Rules 1 and 2: exact; what they end is part of the insight's requests.
+    let mut consumed = (0i128, 0i128, 0i128);
+    let mut ended = Vec::new();
+    let mut pending = Vec::with_capacity(on_node.len());
+    for (_, key) in on_node {
+        let is_listed = listed.contains(&(key.0.as_str(), key.1.as_str()));
+        let seen_after_bind = books
+            .assumed
+            .get(&key)
+            .is_some_and(|a| a.bound_at.is_some_and(|b| collected_at > b));
+        if !(is_listed || seen_after_bind) {
+            pending.push(key);
             continue;
         }
+        if let Some(a) = books.assumed.remove(&key) {
+            if is_listed {
+                books.ended.listed += 1;
+            } else {
+                books.ended.bound_then_seen += 1;
+            }
+            add(&mut consumed, amounts(&a.placement));
+            ended.push(a);
+        }
+    }
+    // Rule 3, in assume order: each covered pod takes its share of the increase.
+    for key in pending {
         let Some(a) = books.assumed.get_mut(&key) else {
             continue;
         };
+        let covered = a.baseline.as_ref().is_some_and(|base| {
+            let (cpu, mem, gpu) = reported.increase_over(base);
+            let (need_cpu, need_mem, need_gpu) = amounts(&a.placement);
+            cpu - consumed.0 >= need_cpu
+                && mem - consumed.1 >= need_mem
+                && gpu - consumed.2 >= need_gpu
+        });
+        if covered {
+            if let Some(a) = books.assumed.remove(&key) {
+                books.ended.covered += 1;
+                add(&mut consumed, amounts(&a.placement));
+                ended.push(a);
+            }
+            continue;
+        }
         match snap.assume(node, &a.demand) {
-            Ok(p) => a.placement = p,
+            Ok(p) => {
+                a.placement = p;
+                // Judged absent from this insight: only a later increase can show it.
+                a.baseline = Some(reported.clone());
+            }
             Err(_) => {
+                books.ended.no_longer_fits += 1;
                 books.assumed.remove(&key);
             }
         }
     }
+    ended
+}
+
+fn add(total: &mut (i128, i128, i128), x: (i128, i128, i128)) {
+    total.0 += x.0;
+    total.1 += x.1;
+    total.2 += x.2;
 }
 
 #[cfg(test)]

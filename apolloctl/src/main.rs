@@ -18,6 +18,7 @@ mod simulate_orchestration;
 mod stack;
 mod top;
 mod up;
+mod traces;
 
 /// APOLLO command-line tool: run the stack locally, drive it with real
 /// traces, inspect its decisions, and measure its components.
