@@ -47,7 +47,7 @@ pub mod lstm;
 mod optim;
 pub mod prophet;
 
-pub use auto::{AutoConfig, AutoSelector, Selection, Served, Want};
+pub use auto::{Auto, AutoConfig, AutoSelector, FullModel, Selection, Served, Want};
 
 /// Errors from fitting or forecasting; every bad input maps to one of these.
 #[derive(Debug, Clone, PartialEq, Error)]
