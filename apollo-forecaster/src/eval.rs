@@ -25,7 +25,7 @@ use thiserror::Error;
 use std::sync::Mutex;
 
 use crate::models::{
-    self, lstm, Auto, AutoConfig, AutoSelector, Forecast, Model, ModelConfig, ModelError,
+    self, lstm, Auto, AutoConfig, AutoSelector, Forecast, FullModel, Model, ModelConfig, ModelError,
 };
 
 /// Errors of the harness; trace errors name the file, line and column.
@@ -358,6 +358,8 @@ pub struct EvalConfig {
     pub jobs: usize,
     /// Optimiser steps of the global LSTM (used by `lstm` and `auto`).
     pub lstm_steps: usize,
+    /// Full models that compete inside `auto` and `auto_cached`.
+    pub auto_full_models: Vec<FullModel>,
 }
 
 impl Default for EvalConfig {
@@ -371,6 +373,7 @@ impl Default for EvalConfig {
             model: ModelConfig::default(),
             jobs: 1,
             lstm_steps: lstm::TrainConfig::default().steps,
+            auto_full_models: AutoConfig::default().full_models,
         }
     }
 }
@@ -523,25 +526,24 @@ impl Model for CachedAuto {
     }
 }
 
-fn auto_config(cfg: &ModelConfig) -> AutoConfig {
-    AutoConfig {
-        model: cfg.clone(),
-        ..AutoConfig::default()
-    }
-}
-
 fn build_model(
     name: &str,
     cfg: &ModelConfig,
+    full: &[FullModel],
     global_lstm: Option<&lstm::Lstm>,
 ) -> Result<Box<dyn Model>, EvalError> {
+    let auto_config = || AutoConfig {
+        model: cfg.clone(),
+        full_models: full.to_vec(),
+        ..AutoConfig::default()
+    };
     match name {
         AUTO_CACHED => {
-            let sel = AutoSelector::new(auto_config(cfg)).with_global_lstm(global_lstm.cloned());
+            let sel = AutoSelector::new(auto_config()).with_global_lstm(global_lstm.cloned());
             Ok(Box::new(CachedAuto(Mutex::new(sel))))
         }
         "auto" => Ok(Box::new(
-            Auto::new(auto_config(cfg)).with_global_lstm(global_lstm.cloned()),
+            Auto::new(auto_config()).with_global_lstm(global_lstm.cloned()),
         )),
         "lstm" => match global_lstm {
             Some(m) => Ok(Box::new(m.clone())),
@@ -649,10 +651,11 @@ fn train_global_lstm(
     mcfg: &ModelConfig,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Option<lstm::Lstm>, EvalError> {
+    let in_auto = cfg.auto_full_models.contains(&FullModel::Lstm);
     let wanted = cfg
         .models
         .iter()
-        .any(|m| m == "lstm" || m == "auto" || m == AUTO_CACHED);
+        .any(|m| m == "lstm" || (in_auto && (m == "auto" || m == AUTO_CACHED)));
     if !wanted {
         return Ok(None);
     }
@@ -684,6 +687,7 @@ pub struct ModelSet {
     names: Vec<String>,
     horizons: usize,
     config: ModelConfig,
+    full: Vec<FullModel>,
     global_lstm: Option<lstm::Lstm>,
 }
 
@@ -710,6 +714,7 @@ impl ModelSet {
             names: cfg.models.clone(),
             horizons: cfg.horizons.len(),
             config,
+            full: cfg.auto_full_models.clone(),
             global_lstm,
         })
     }
@@ -721,7 +726,7 @@ impl ModelSet {
             .map(|_| {
                 self.names
                     .iter()
-                    .map(|n| build_model(n, &self.config, self.global_lstm.as_ref()))
+                    .map(|n| build_model(n, &self.config, &self.full, self.global_lstm.as_ref()))
                     .collect()
             })
             .collect()

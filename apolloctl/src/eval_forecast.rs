@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use apollo_forecaster::eval::{self, EvalConfig};
-use apollo_forecaster::models::ModelConfig;
+use apollo_forecaster::models::{FullModel, ModelConfig};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,6 +66,16 @@ pub(crate) struct Args {
         env = "APOLLO_EVAL_MODELS"
     )]
     models: Vec<String>,
+    /// Full models that compete inside `auto` (any of ets, arima, prophet,
+    /// lagreg, lstm; `none` for the cheap candidates only); the default is
+    /// the service's.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ets,arima,lagreg",
+        env = "APOLLO_EVAL_AUTO_FULL"
+    )]
+    auto_full: Vec<String>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -109,6 +119,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if args.sample_every == 0 {
         anyhow::bail!("--sample-every must be at least 1");
     }
+    let mut auto_full = Vec::new();
+    for name in args.auto_full.iter().map(|m| m.trim()) {
+        if name == "none" {
+            continue;
+        }
+        auto_full.push(FullModel::from_name(name).with_context(|| {
+            format!("unknown full model `{name}` for --auto-full (known: ets, arima, prophet, lagreg, lstm, none)")
+        })?);
+    }
     let quiet = args.quiet;
     let progress = move |line: &str| {
         if !quiet {
@@ -125,6 +144,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             ..ModelConfig::default()
         },
         jobs: args.jobs,
+        auto_full_models: auto_full,
         ..EvalConfig::default()
     };
     // Fail on a bad model name before loading traces.

@@ -57,6 +57,11 @@ impl FullModel {
         FullModel::Lstm,
     ];
 
+    /// The full model called `name` (as in [`super::MODEL_NAMES`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     /// Name as in [`super::MODEL_NAMES`].
     pub fn name(self) -> &'static str {
         match self {
@@ -68,6 +73,13 @@ impl FullModel {
         }
     }
 }
+
+/// Full models in `auto` by default: on the tuning containers (GenAI hashes
+/// 0-4) the Prophet-style model and the global LSTM made `auto` worse when
+/// added (their backtest wins did not carry over), so they compete only
+/// when configured.
+pub const DEFAULT_FULL_MODELS: [FullModel; 3] =
+    [FullModel::Ets, FullModel::Arima, FullModel::LagReg];
 
 /// A full model fitted once per selection on the history before the first
 /// backtest origin; its parameters stay frozen until the next selection,
@@ -88,6 +100,9 @@ enum Frozen {
 const FULL_MIN_TRAIN: usize = 120;
 /// Points the serving path of ARIMA re-filters (its state forgets faster).
 const ARIMA_SERVE_TAIL: usize = 480;
+/// Training rows of the forest inside a selection (a third of the
+/// standalone model's, for a third of the fit time).
+const LAGREG_ROWS: usize = 300;
 
 impl Frozen {
     fn fit(
@@ -108,9 +123,11 @@ impl Frozen {
             FullModel::Prophet => FittedProphet::fit(train, cfg.season)
                 .ok()
                 .map(Frozen::Prophet),
-            FullModel::LagReg => FittedLagReg::fit(train, cfg.season, horizon, cfg.seed)
-                .ok()
-                .map(Frozen::LagReg),
+            FullModel::LagReg => {
+                FittedLagReg::fit_rows(train, cfg.season, horizon, cfg.seed, LAGREG_ROWS)
+                    .ok()
+                    .map(Frozen::LagReg)
+            }
             FullModel::Lstm => lstm.filter(|l| l.is_trained()).cloned().map(Frozen::Lstm),
         }
     }
@@ -141,9 +158,39 @@ impl Frozen {
                 .map(|&t| l.point_at(y, t, horizon))
                 .collect::<Option<_>>()?,
         };
-        out.iter()
-            .all(|f| f.len() == horizon && f.iter().all(|v| v.is_finite()))
-            .then_some(out)
+        if !out.iter().all(|f| f.len() == horizon) {
+            return None;
+        }
+        // Keep each forecast within the range seen before its origin,
+        // widened by half its span: a fitted model that extrapolates wildly
+        // (an LSTM fed an unseen burst, a twice-differenced ARIMA) cannot
+        // wreck a combination.
+        let mut out = out;
+        let mut lo = f64::INFINITY;
+        let mut hi = f64::NEG_INFINITY;
+        let mut seen = 0;
+        for (&t, f) in origins.iter().zip(&mut out) {
+            for v in &y[seen..t] {
+                lo = lo.min(*v);
+                hi = hi.max(*v);
+            }
+            seen = seen.max(t);
+            // A flat recent window (an idle device) carries nothing but its
+            // level: forecast the level, as the cheap candidates do.
+            let recent = &y[t.saturating_sub(FLAT_WINDOW)..t];
+            if recent.iter().all(|v| *v == y[t - 1]) {
+                f.fill(y[t - 1]);
+                continue;
+            }
+            let pad = 0.5 * (hi - lo);
+            for v in f.iter_mut() {
+                if !v.is_finite() {
+                    return None;
+                }
+                *v = v.clamp(lo - pad, hi + pad);
+            }
+        }
+        Some(out)
     }
 
     /// Forecast from the end of `y` for serving.
@@ -162,6 +209,15 @@ impl Frozen {
         .pop()
     }
 }
+
+/// Candidates join the combination at a step only when their backtest
+/// MAE is within this factor of the best one (a perfect backtest keeps
+/// only the perfect), so a weak model cannot dilute a strong one.
+const COMBINE_WITHIN: f64 = 1.25;
+
+/// A window this long of one repeated value makes every full model
+/// forecast that value.
+const FLAT_WINDOW: usize = 30;
 
 /// Frozen fits a selection keeps for serving; compared by identity.
 #[derive(Debug, Clone, Default)]
@@ -204,6 +260,9 @@ pub struct AutoConfig {
     /// Full models that compete beside the cheap candidates (the LSTM only
     /// with a trained global model, see [`AutoSelector::with_global_lstm`]).
     pub full_models: Vec<FullModel>,
+    /// Full models forecast from every `full_stride`-th backtest origin
+    /// only: the knob that bounds their share of a selection's cost.
+    pub full_stride: usize,
 }
 
 impl AutoConfig {
@@ -225,9 +284,10 @@ impl AutoConfig {
                 "auto smoothing constants must be in (0, 1]".into(),
             ));
         }
-        if self.backtest_window < 10 || self.stride == 0 || self.top_k == 0 {
+        if self.backtest_window < 10 || self.stride == 0 || self.top_k == 0 || self.full_stride == 0
+        {
             return Err(ModelError::InvalidConfig(
-                "auto needs backtest_window >= 10, stride >= 1 and top_k >= 1".into(),
+                "auto needs backtest_window >= 10, stride, full_stride and top_k >= 1".into(),
             ));
         }
         Ok(())
@@ -246,7 +306,8 @@ impl Default for AutoConfig {
             alphas: vec![0.1, 0.3, 0.6],
             revert_windows: vec![30, 120],
             drift_windows: vec![20, 60],
-            full_models: FullModel::ALL.to_vec(),
+            full_models: DEFAULT_FULL_MODELS.to_vec(),
+            full_stride: 4,
         }
     }
 }
@@ -795,6 +856,11 @@ impl AutoSelector {
         let origins: Vec<usize> = (first..n).step_by(stride).collect();
         // Full models: fitted once on the history before the first origin,
         // so their backtest errors are out of sample like everyone else's.
+        // They forecast from every `full_stride`-th origin only (their
+        // forecasts cost far more than the cheap candidates'); elsewhere
+        // their cells stay NaN and are left out of their scores.
+        let full_stride = self.config.full_stride.max(1);
+        let full_origins: Vec<usize> = origins.iter().copied().step_by(full_stride).collect();
         let mut full: Vec<(FullModel, Arc<Frozen>, Vec<Vec<f64>>)> = Vec::new();
         if first >= FULL_MIN_TRAIN {
             for &m in &self.config.full_models {
@@ -806,7 +872,7 @@ impl AutoSelector {
                     self.lstm.as_ref(),
                 );
                 if let Some(fz) = fit {
-                    if let Some(f) = fz.forecasts(y, &origins, horizon) {
+                    if let Some(f) = fz.forecasts(y, &full_origins, horizon) {
                         full.push((m, Arc::new(fz), f));
                         cands.push(Cand::Full(m));
                     }
@@ -816,16 +882,17 @@ impl AutoSelector {
         let mut prep = Prep::new(y, &cands, cp);
         let nc = cands.len();
         prep.fit_revert(&cands, &origins, horizon);
-        // Forecast cube: origin x candidate x step.
-        let mut fc = vec![0.0; origins.len() * nc * horizon];
+        // Forecast cube: origin x candidate x step (NaN = not forecast).
+        let mut fc = vec![f64::NAN; origins.len() * nc * horizon];
         let mut scratch = Vec::new();
         for (oi, &t) in origins.iter().enumerate() {
             let steps = horizon.min(n - t);
             for (ci, &c) in cands.iter().enumerate() {
                 let base = (oi * nc + ci) * horizon;
                 if let Cand::Full(m) = c {
-                    if let Some((_, _, f)) = full.iter().find(|(x, _, _)| *x == m) {
-                        fc[base..base + steps].copy_from_slice(&f[oi][..steps]);
+                    let f = full.iter().find(|(x, _, _)| *x == m);
+                    if let Some((_, _, f)) = f.filter(|_| oi % full_stride == 0) {
+                        fc[base..base + steps].copy_from_slice(&f[oi / full_stride][..steps]);
                     }
                 } else if Prep::flat(c) {
                     let v = prep.point(c, t, 0, &mut scratch);
@@ -852,14 +919,17 @@ impl AutoSelector {
         };
         // Weighted MAE per step and candidate.
         let mut mae = vec![0.0; horizon * nc];
-        let mut wsum = vec![0.0; horizon];
+        let mut wsum = vec![0.0; horizon * nc];
         for (oi, &t) in origins.iter().enumerate() {
             let w = weight(t);
             for k in 0..horizon.min(n - t) {
                 let actual = y[t + k];
-                wsum[k] += w;
                 for ci in 0..nc {
-                    mae[k * nc + ci] += w * (actual - fc[(oi * nc + ci) * horizon + k]).abs();
+                    let f = fc[(oi * nc + ci) * horizon + k];
+                    if !f.is_nan() {
+                        mae[k * nc + ci] += w * (actual - f).abs();
+                        wsum[k * nc + ci] += w;
+                    }
                 }
             }
         }
@@ -875,15 +945,20 @@ impl AutoSelector {
                     let (mut s, mut ws) = (0.0, 0.0);
                     for kk in lo..=hi {
                         s += mae[kk * nc + ci];
-                        ws += wsum[kk];
+                        ws += wsum[kk * nc + ci];
                     }
                     (ci, if ws > 0.0 { s / ws } else { f64::INFINITY })
                 })
                 .collect();
             score.sort_by(|a, b| a.1.total_cmp(&b.1));
-            let chosen: Vec<(Cand, f64)> = if score[0].1.is_finite() {
-                let top: Vec<(usize, f64)> =
-                    score.into_iter().take(self.config.top_k.max(1)).collect();
+            let best = score[0].1;
+            let chosen: Vec<(Cand, f64)> = if best.is_finite() {
+                // A perfect backtest (idle series) keeps only the perfect.
+                let top: Vec<(usize, f64)> = score
+                    .into_iter()
+                    .filter(|(_, s)| s.is_finite() && *s <= COMBINE_WITHIN * best)
+                    .take(self.config.top_k.max(1))
+                    .collect();
                 let inv: Vec<f64> = top.iter().map(|(_, s)| 1.0 / s.max(1e-12)).collect();
                 let tot: f64 = inv.iter().sum();
                 top.iter()
@@ -910,6 +985,10 @@ impl AutoSelector {
                         w * fc[(oi * nc + ci) * horizon + k]
                     })
                     .sum();
+                if f.is_nan() {
+                    // A chosen full model did not forecast from here.
+                    continue;
+                }
                 let actual = y[t + k];
                 let e = actual - f;
                 errs[k].push(e);
