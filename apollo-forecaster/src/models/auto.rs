@@ -1184,6 +1184,48 @@ mod tests {
     }
 
     #[test]
+    fn full_models_compete_and_win_where_they_fit() {
+        // A noisy sine of period 40: an AR(2) describes it, none of the
+        // cheap smoothers does.
+        let y: Vec<f64> = (0..900)
+            .map(|t| {
+                50.0 + 10.0 * (std::f64::consts::TAU * t as f64 / 40.0).sin()
+                    + ((t * 7919) % 13) as f64 * 0.05
+            })
+            .collect();
+        let (hist, future) = y.split_at(880);
+        let cheap = AutoConfig {
+            full_models: Vec::new(),
+            ..AutoConfig::default()
+        };
+        let f_cheap = Auto::new(cheap).forecast(hist, 20, 0.9).unwrap();
+        let f_full = Auto::new(AutoConfig::default())
+            .forecast(hist, 20, 0.9)
+            .unwrap();
+        let mae = |f: &Forecast| {
+            f.mean
+                .iter()
+                .zip(future)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f64>()
+                / 20.0
+        };
+        assert!(
+            f_full.model_type.contains("arima") || f_full.model_type.contains("ets"),
+            "{}",
+            f_full.model_type
+        );
+        assert!(
+            mae(&f_full) < 0.5 * mae(&f_cheap),
+            "full {} ({}) vs cheap {} ({})",
+            mae(&f_full),
+            f_full.model_type,
+            mae(&f_cheap),
+            f_cheap.model_type
+        );
+    }
+
+    #[test]
     fn cadence_overdue_grows_while_denied() {
         let mut sel = AutoSelector::new(AutoConfig {
             reselect_every: 3,
