@@ -8,8 +8,19 @@
 //! on the backtest, and with a season: seasonal naive and season-long
 //! means). A backtest over
 //! the recent window scores each candidate at every step `h`; at each step
-//! the best `top_k` candidates are combined with inverse-MAE weights, and the
-//! combination's own backtest errors give the conformal interval offsets.
+//! the best `top_k` candidates within [`COMBINE_WITHIN`] of the best score
+//! are combined with inverse-MAE weights, and the combination's own
+//! backtest errors (out of sample: nothing is fitted on the origins it is
+//! scored on) give the conformal interval offsets.
+//!
+//! Full models ([`FullModel`]: ETS, ARIMA, the lag-feature forest, and when
+//! configured the Prophet-style model and a trained global LSTM) compete
+//! too. Each is fitted once per selection on the history before the first
+//! backtest origin, forecasts with frozen parameters from every
+//! `full_stride`-th origin (their cost is what the stride bounds), and is
+//! scored like any candidate. A chosen full model keeps its frozen fit
+//! until the next selection; the cached path only re-runs its filter on the
+//! newest data.
 //!
 //! Level shifts: a CUSUM test on the recent window locates a shift; window
 //! candidates then ignore data before it and backtest origins before it are
@@ -213,7 +224,7 @@ impl Frozen {
 /// Candidates join the combination at a step only when their backtest
 /// MAE is within this factor of the best one (a perfect backtest keeps
 /// only the perfect), so a weak model cannot dilute a strong one.
-const COMBINE_WITHIN: f64 = 1.25;
+pub const COMBINE_WITHIN: f64 = 1.25;
 
 /// A window this long of one repeated value makes every full model
 /// forecast that value.
