@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use apollo_common::config::{parse_duration, NatsArgs, ObservabilityArgs, StreamArgs};
 use clap::{Args, Parser};
 
+use crate::models::auto::{FullModel, DEFAULT_FULL_MODELS};
 use crate::{history::Resource, Error};
 
 /// Overload thresholds per resource, percent of capacity.
@@ -25,6 +26,34 @@ impl Thresholds {
     pub fn get(&self, r: Resource) -> f64 {
         self.0[r as usize]
     }
+}
+
+/// Full models that compete inside the served `auto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullModels(pub Vec<FullModel>);
+
+/// Parses `ets,arima,lagreg` (any of ets, arima, prophet, lagreg) or `none`.
+/// The LSTM is refused: the service has no trained global model to serve.
+pub fn parse_full_models(s: &str) -> Result<FullModels, String> {
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "none" {
+            continue;
+        }
+        match FullModel::from_name(name) {
+            Some(FullModel::Lstm) => {
+                return Err("lstm cannot compete in the service: no trained global model".into())
+            }
+            Some(m) if !out.contains(&m) => out.push(m),
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "unknown full model {name:?}: use ets, arima, prophet, lagreg or none"
+                ))
+            }
+        }
+    }
+    Ok(FullModels(out))
 }
 
 /// Parses `cpu=90,memory=90,gpu=95,storage=85,network=90`; resources not
@@ -117,6 +146,17 @@ pub struct ForecastArgs {
     /// budget to a loaded machine. 0 = no time limit.
     #[arg(long, env = "APOLLO_FORECAST_AUTO_SELECT_TIME_BUDGET", default_value = "3s", value_parser = parse_duration)]
     pub auto_select_time_budget: Duration,
+    /// Full models that compete inside `auto` beside the cheap candidates
+    /// (`none` = cheap candidates only). Each one makes a selection
+    /// costlier, so fewer series are selected per refresh under the budgets
+    /// above.
+    #[arg(
+        long,
+        env = "APOLLO_FORECAST_AUTO_FULL_MODELS",
+        default_value = "ets,arima,lagreg",
+        value_parser = parse_full_models
+    )]
+    pub auto_full_models: FullModels,
     /// Overload thresholds, percent of capacity.
     #[arg(long, env = "APOLLO_OVERLOAD_THRESHOLD", default_value = "cpu=90,memory=90,gpu=95,storage=85,network=90", value_parser = parse_thresholds)]
     pub overload_threshold: Thresholds,
@@ -153,6 +193,7 @@ impl Default for ForecastArgs {
             model: "auto".into(),
             auto_select_budget: 4000,
             auto_select_time_budget: Duration::from_secs(3),
+            auto_full_models: FullModels(DEFAULT_FULL_MODELS.to_vec()),
             overload_threshold: Thresholds::default(),
             alert_clear_margin: 5.0,
             alert_clear_after: 3,
@@ -277,6 +318,13 @@ mod tests {
         assert!(parse_thresholds("disk=3").is_err());
         assert!(parse_thresholds("cpu=-1").is_err());
         assert!(parse_thresholds("cpu").is_err());
+        assert_eq!(
+            parse_full_models("arima, ets,arima").unwrap(),
+            FullModels(vec![FullModel::Arima, FullModel::Ets])
+        );
+        assert_eq!(parse_full_models("none").unwrap(), FullModels(Vec::new()));
+        assert!(parse_full_models("lstm").is_err());
+        assert!(parse_full_models("xgboost").is_err());
         assert_eq!(parse_horizons("60,5,15,5").unwrap(), vec![5, 15, 60]);
         assert!(parse_horizons("0").is_err());
         assert!(parse_horizons("x").is_err());

@@ -451,6 +451,7 @@ impl Engine {
                     AutoSelector::new(AutoConfig {
                         model: self.model_cfg.clone(),
                         reselect_every: every + jitter % (2 * every),
+                        full_models: self.cfg.auto_full_models.0.clone(),
                         ..base
                     })
                 })

@@ -3,12 +3,17 @@
 //! Protocol: the last 20% of every series is the test part; forecast origins
 //! lie every `origin_step` steps through it and each model sees only the
 //! data before the origin (models cap their own training window at
-//! `ModelConfig::max_train`). For each series and horizon `h` the error is
-//! taken at exactly `h` steps ahead; `rel_mae` divides the model's MAE by the
-//! naive MAE over the same origins, and the aggregate is the geometric mean
-//! over series (series whose naive MAE is 0 are skipped). MASE scales by the
-//! in-sample one-step naive MAE; coverage is the share of targets inside the
-//! interval.
+//! `ModelConfig::max_train`; the global LSTM trains on the training parts).
+//! For each series and horizon `h` every model is asked for exactly `h`
+//! steps and the error is taken at step `h`.
+//!
+//! Headline aggregate ([`robust_ratio`], [`summarise_ratios`]): per series
+//! ratio = MAE(model) / MAE(naive) on the same origins, both zero counts as
+//! 1, naive zero with the model non-zero counts as 10, ratios clipped to
+//! [0.1, 10], geometric mean over all series (none dropped); beside it the
+//! median ratio and the share of series where the model beats naive. MASE
+//! scales by the in-sample one-step naive MAE; coverage is the share of
+//! targets inside the interval. Per-series rows carry the raw sums.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +25,7 @@ use thiserror::Error;
 use std::sync::Mutex;
 
 use crate::models::{
-    self, lstm, AutoConfig, AutoSelector, Forecast, Model, ModelConfig, ModelError,
+    self, lstm, Auto, AutoConfig, AutoSelector, Forecast, FullModel, Model, ModelConfig, ModelError,
 };
 
 /// Errors of the harness; trace errors name the file, line and column.
@@ -83,6 +88,9 @@ pub enum EvalError {
 pub struct Series {
     /// Identifier (file and key).
     pub id: String,
+    /// What kind of series it is (GenAI file stem, openb ratio name), so
+    /// results can be split by kind.
+    pub family: String,
     /// Values in time order.
     pub values: Vec<f64>,
 }
@@ -248,6 +256,7 @@ fn genai_file<R: std::io::Read>(
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         series.push(Series {
             id: format!("{stem}/{key}"),
+            family: stem.to_string(),
             values: pts.into_iter().map(|p| p.1).collect(),
         });
     }
@@ -360,14 +369,17 @@ pub fn load_openb(dir: &Path, step: f64) -> Result<Dataset, EvalError> {
         series: vec![
             Series {
                 id: "cpu_alloc_ratio".into(),
+                family: "cpu_alloc_ratio".into(),
                 values: cpu,
             },
             Series {
                 id: "memory_alloc_ratio".into(),
+                family: "memory_alloc_ratio".into(),
                 values: mem,
             },
             Series {
                 id: "gpu_alloc_ratio".into(),
+                family: "gpu_alloc_ratio".into(),
                 values: gpu,
             },
         ],
@@ -391,6 +403,10 @@ pub struct EvalConfig {
     pub model: ModelConfig,
     /// Worker threads over series.
     pub jobs: usize,
+    /// Optimiser steps of the global LSTM (used by `lstm` and `auto`).
+    pub lstm_steps: usize,
+    /// Full models that compete inside `auto` and `auto_cached`.
+    pub auto_full_models: Vec<FullModel>,
 }
 
 impl Default for EvalConfig {
@@ -403,8 +419,64 @@ impl Default for EvalConfig {
             origin_step: 5,
             model: ModelConfig::default(),
             jobs: 1,
+            lstm_steps: lstm::TrainConfig::default().steps,
+            auto_full_models: AutoConfig::default().full_models,
         }
     }
+}
+
+/// Lower clip of a per-series MAE ratio in the robust aggregate.
+pub const RATIO_MIN: f64 = 0.1;
+/// Upper clip of a per-series MAE ratio, also the ratio of a series where
+/// naive is perfect and the model is not.
+pub const RATIO_MAX: f64 = 10.0;
+
+/// The per-series ratio of the headline aggregate: MAE(model) / MAE(naive)
+/// on the same origins, clipped to [`RATIO_MIN`], [`RATIO_MAX`]. Both zero
+/// counts as 1 (a tie); naive zero with the model non-zero counts as the cap.
+/// No series is ever dropped, so a perfect forecast on an idle series
+/// weighs no more than any 10x better forecast.
+pub fn robust_ratio(model_mae: f64, naive_mae: f64) -> f64 {
+    if naive_mae <= 0.0 {
+        return if model_mae <= 0.0 { 1.0 } else { RATIO_MAX };
+    }
+    (model_mae / naive_mae).clamp(RATIO_MIN, RATIO_MAX)
+}
+
+/// Aggregates of [`robust_ratio`] over series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RatioSummary {
+    /// Geometric mean of the clipped ratios (the headline figure).
+    pub gmean: f64,
+    /// Median of the clipped ratios.
+    pub median: f64,
+    /// Share of series whose ratio is below 1 (the model beats naive).
+    pub beats_naive: f64,
+    /// Series aggregated.
+    pub series: usize,
+}
+
+/// Summarises per-series `(model_mae, naive_mae)` pairs; `None` when empty.
+pub fn summarise_ratios(pairs: &[(f64, f64)]) -> Option<RatioSummary> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut r: Vec<f64> = pairs.iter().map(|(m, n)| robust_ratio(*m, *n)).collect();
+    let gmean = (r.iter().map(|v| v.ln()).sum::<f64>() / r.len() as f64).exp();
+    let beats = r.iter().filter(|v| **v < 1.0).count() as f64 / r.len() as f64;
+    r.sort_by(f64::total_cmp);
+    let k = r.len();
+    let median = if k % 2 == 1 {
+        r[k / 2]
+    } else {
+        0.5 * (r[k / 2 - 1] + r[k / 2])
+    };
+    Some(RatioSummary {
+        gmean,
+        median,
+        beats_naive: beats,
+        series: k,
+    })
 }
 
 /// One line of the report.
@@ -414,9 +486,14 @@ pub struct ResultRow {
     pub model: String,
     /// Steps ahead.
     pub horizon: usize,
-    /// Geometric mean over series of MAE(model) / MAE(naive).
+    /// Geometric mean over series of the clipped MAE ratio ([`robust_ratio`]).
     pub rel_mae_gmean: Option<f64>,
-    /// Mean over series of MAE / in-sample one-step naive MAE.
+    /// Median over series of the clipped MAE ratio.
+    pub rel_mae_median: Option<f64>,
+    /// Share of series where the model's MAE is below naive's.
+    pub beats_naive_share: Option<f64>,
+    /// Mean over series of MAE / in-sample one-step naive MAE (series with a
+    /// zero scale left out).
     pub mase_mean: Option<f64>,
     /// Share of targets inside the interval.
     pub coverage_95: Option<f64>,
@@ -424,10 +501,33 @@ pub struct ResultRow {
     pub ms_per_series: f64,
     /// Mean wall time of one fit + forecast.
     pub ms_per_fit: f64,
-    /// Series that entered the geometric mean.
+    /// Series in the aggregates (every series with at least one target).
     pub series_scored: usize,
     /// Forecast calls that failed (scored as missing).
     pub failures: usize,
+}
+
+/// One series, model and horizon: the raw sums behind every aggregate.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesRow {
+    /// Series identifier.
+    pub id: String,
+    /// Series family (GenAI file stem, or the openb ratio name).
+    pub family: String,
+    /// Model name.
+    pub model: String,
+    /// Steps ahead.
+    pub horizon: usize,
+    /// Origins scored (targets inside the series, forecast succeeded).
+    pub n_origins: usize,
+    /// MAE of the model at exactly `horizon` steps.
+    pub mae: f64,
+    /// MAE of naive (last value) on the same origins.
+    pub naive_mae: f64,
+    /// Targets inside the interval (out of `n_origins`).
+    pub covered: usize,
+    /// MAE / in-sample one-step naive MAE; `None` when that scale is zero.
+    pub mase: Option<f64>,
 }
 
 /// The harness output.
@@ -436,34 +536,20 @@ pub struct Report {
     /// Dataset name.
     pub dataset: String,
     /// Number of series.
-    pub series: usize,
+    pub n_series: usize,
     /// Interval level used for coverage.
     pub level: f64,
     /// One row per model and horizon.
     pub results: Vec<ResultRow>,
-}
-
-/// Per-series, per-horizon sums for one model.
-#[derive(Debug, Clone, Default)]
-struct Acc {
-    abs: Vec<f64>,
-    naive_abs: Vec<f64>,
-    count: Vec<usize>,
-    covered: Vec<usize>,
-}
-
-struct SeriesResult {
-    /// Per model: accumulators.
-    acc: Vec<Acc>,
-    /// Per model: total seconds and calls.
-    time: Vec<(f64, usize)>,
-    failures: Vec<usize>,
-    scale: f64,
+    /// One row per series, model and horizon, so any aggregate can be
+    /// recomputed.
+    pub series: Vec<SeriesRow>,
 }
 
 /// Harness-only model name: `auto` as the service runs it, one
-/// [`AutoSelector`] per series kept across origins, re-selecting every
-/// `reselect_every` calls (the cached fast path in between).
+/// [`AutoSelector`] per series (and horizon) kept across origins,
+/// re-selecting every `reselect_every` calls (the cached fast path in
+/// between).
 pub const AUTO_CACHED: &str = "auto_cached";
 
 /// [`AutoSelector`] behind the stateless [`Model`] interface.
@@ -490,88 +576,216 @@ impl Model for CachedAuto {
 fn build_model(
     name: &str,
     cfg: &ModelConfig,
+    full: &[FullModel],
     global_lstm: Option<&lstm::Lstm>,
 ) -> Result<Box<dyn Model>, EvalError> {
-    if name == AUTO_CACHED {
-        return Ok(Box::new(CachedAuto(Mutex::new(AutoSelector::new(
-            AutoConfig {
-                model: cfg.clone(),
-                ..AutoConfig::default()
-            },
-        )))));
-    }
-    if name == "lstm" {
-        if let Some(m) = global_lstm {
-            return Ok(Box::new(m.clone()));
+    let auto_config = || AutoConfig {
+        model: cfg.clone(),
+        full_models: full.to_vec(),
+        ..AutoConfig::default()
+    };
+    match name {
+        AUTO_CACHED => {
+            let sel = AutoSelector::new(auto_config()).with_global_lstm(global_lstm.cloned());
+            Ok(Box::new(CachedAuto(Mutex::new(sel))))
+        }
+        "auto" => Ok(Box::new(
+            Auto::new(auto_config()).with_global_lstm(global_lstm.cloned()),
+        )),
+        "lstm" => match global_lstm {
+            Some(m) => Ok(Box::new(m.clone())),
+            None => Ok(Box::new(lstm::Lstm::new(cfg.clone()))),
+        },
+        _ => {
+            models::by_name_with(name, cfg).ok_or_else(|| EvalError::UnknownModel(name.to_string()))
         }
     }
-    models::by_name_with(name, cfg).ok_or_else(|| EvalError::UnknownModel(name.to_string()))
 }
 
-fn eval_series(y: &[f64], models: &[Box<dyn Model>], cfg: &EvalConfig) -> SeriesResult {
-    let n = y.len();
-    let hmax = cfg.horizons.iter().copied().max().unwrap_or(1);
-    let test = ((n as f64) * cfg.test_fraction).round() as usize;
-    let start = n - test.min(n - 2);
+/// First forecast origin of a series of `n` points: the start of its test
+/// part. Everything before it is the training part.
+pub fn test_start(n: usize, test_fraction: f64) -> usize {
+    let test = ((n as f64) * test_fraction).round() as usize;
+    n - test.min(n.saturating_sub(2))
+}
+
+/// Forecast origins of a series of `n` points.
+pub fn origins(n: usize, cfg: &EvalConfig) -> impl Iterator<Item = usize> {
+    (test_start(n, cfg.test_fraction)..n).step_by(cfg.origin_step.max(1))
+}
+
+/// Calls `sink(origin, model index, forecast)` for every origin of `y` and
+/// every model in `models`, each asked for exactly `horizon` steps from the
+/// history before the origin. The only place the harness slices history, so
+/// the poison test covers it.
+pub fn backtest_forecasts(
+    y: &[f64],
+    models: &[Box<dyn Model>],
+    horizon: usize,
+    cfg: &EvalConfig,
+    sink: &mut dyn FnMut(usize, usize, Result<Forecast, ModelError>, f64),
+) {
+    for origin in origins(y.len(), cfg) {
+        let hist = &y[..origin];
+        for (mi, m) in models.iter().enumerate() {
+            let t0 = Instant::now();
+            let res = m.forecast(hist, horizon, cfg.level);
+            sink(origin, mi, res, t0.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Per series, model and horizon sums.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    abs: f64,
+    naive_abs: f64,
+    count: usize,
+    covered: usize,
+    secs: f64,
+    calls: usize,
+    failures: usize,
+}
+
+/// `acc[hi][mi]` for one series.
+fn eval_series(
+    y: &[f64],
+    per_horizon: &[Vec<Box<dyn Model>>],
+    cfg: &EvalConfig,
+) -> (Vec<Vec<Acc>>, f64) {
+    let start = test_start(y.len(), cfg.test_fraction);
     let scale = y[..start]
         .windows(2)
         .map(|p| (p[1] - p[0]).abs())
         .sum::<f64>()
         / (start.max(2) - 1) as f64;
-    let nh = cfg.horizons.len();
-    let mut acc = vec![
-        Acc {
-            abs: vec![0.0; nh],
-            naive_abs: vec![0.0; nh],
-            count: vec![0; nh],
-            covered: vec![0; nh],
-        };
-        models.len()
-    ];
-    let mut time = vec![(0.0, 0); models.len()];
-    let mut failures = vec![0; models.len()];
-    let mut origin = start;
-    while origin < n {
-        let hist = &y[..origin];
-        for (mi, m) in models.iter().enumerate() {
-            let t0 = Instant::now();
-            let res: Result<Forecast, ModelError> = m.forecast(hist, hmax, cfg.level);
-            time[mi].0 += t0.elapsed().as_secs_f64();
-            time[mi].1 += 1;
+    let mut out = Vec::with_capacity(cfg.horizons.len());
+    for (&h, models) in cfg.horizons.iter().zip(per_horizon) {
+        let mut acc = vec![Acc::default(); models.len()];
+        backtest_forecasts(y, models, h, cfg, &mut |origin, mi, res, secs| {
+            let a = &mut acc[mi];
+            a.secs += secs;
+            a.calls += 1;
             let f = match res {
                 Ok(f) => f,
                 Err(_) => {
-                    failures[mi] += 1;
-                    continue;
+                    a.failures += 1;
+                    return;
                 }
             };
-            for (hi, &h) in cfg.horizons.iter().enumerate() {
-                let target = origin + h - 1;
-                if target >= n {
-                    continue;
-                }
-                let actual = y[target];
-                let a = &mut acc[mi];
-                a.abs[hi] += (actual - f.mean[h - 1]).abs();
-                a.naive_abs[hi] += (actual - y[origin - 1]).abs();
-                a.count[hi] += 1;
-                if actual >= f.lower[h - 1] && actual <= f.upper[h - 1] {
-                    a.covered[hi] += 1;
-                }
+            let target = origin + h - 1;
+            if target >= y.len() {
+                return;
+            }
+            let actual = y[target];
+            a.abs += (actual - f.mean[h - 1]).abs();
+            a.naive_abs += (actual - y[origin - 1]).abs();
+            a.count += 1;
+            if actual >= f.lower[h - 1] && actual <= f.upper[h - 1] {
+                a.covered += 1;
+            }
+        });
+        out.push(acc);
+    }
+    (out, scale)
+}
+
+/// Trains the global LSTM on the training part of every series, when a
+/// requested model uses it (`lstm`, and `auto` whose candidates include it).
+fn train_global_lstm(
+    series: &[&Series],
+    cfg: &EvalConfig,
+    mcfg: &ModelConfig,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Option<lstm::Lstm>, EvalError> {
+    let in_auto = cfg.auto_full_models.contains(&FullModel::Lstm);
+    let wanted = cfg
+        .models
+        .iter()
+        .any(|m| m == "lstm" || (in_auto && (m == "auto" || m == AUTO_CACHED)));
+    if !wanted {
+        return Ok(None);
+    }
+    let parts: Vec<&[f64]> = series
+        .iter()
+        .map(|s| &s.values[..test_start(s.values.len(), cfg.test_fraction)])
+        .collect();
+    progress("training global lstm");
+    let t0 = Instant::now();
+    let m = lstm::Lstm::train(
+        &parts,
+        mcfg,
+        &lstm::TrainConfig {
+            seed: mcfg.seed,
+            steps: cfg.lstm_steps,
+            ..lstm::TrainConfig::default()
+        },
+    )?;
+    progress(&format!(
+        "lstm trained in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(Some(m))
+}
+
+/// The configured models of a run: validated settings, the dataset's
+/// season, and the global LSTM trained on the training parts only.
+pub struct ModelSet {
+    names: Vec<String>,
+    horizons: usize,
+    config: ModelConfig,
+    full: Vec<FullModel>,
+    global_lstm: Option<lstm::Lstm>,
+}
+
+impl ModelSet {
+    /// Validates the model names and trains what is trained once per run.
+    pub fn prepare(
+        ds: &Dataset,
+        cfg: &EvalConfig,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Self, EvalError> {
+        let series: Vec<&Series> = ds.series.iter().filter(|s| s.values.len() >= 20).collect();
+        let mut config = cfg.model.clone();
+        if config.season.is_none() {
+            config.season = ds.season;
+        }
+        config.validate()?;
+        for name in &cfg.models {
+            if !models::MODEL_NAMES.contains(&name.as_str()) && name != AUTO_CACHED {
+                return Err(EvalError::UnknownModel(name.clone()));
             }
         }
-        origin += cfg.origin_step;
+        let global_lstm = train_global_lstm(&series, cfg, &config, progress)?;
+        Ok(Self {
+            names: cfg.models.clone(),
+            horizons: cfg.horizons.len(),
+            config,
+            full: cfg.auto_full_models.clone(),
+            global_lstm,
+        })
     }
-    SeriesResult {
-        acc,
-        time,
-        failures,
-        scale,
+
+    /// Fresh model instances for one series: `[horizon][model]`, so
+    /// stateful models (`auto_cached`) never share state.
+    pub fn build(&self) -> Result<Vec<Vec<Box<dyn Model>>>, EvalError> {
+        (0..self.horizons)
+            .map(|_| {
+                self.names
+                    .iter()
+                    .map(|n| build_model(n, &self.config, &self.full, self.global_lstm.as_ref()))
+                    .collect()
+            })
+            .collect()
     }
 }
 
 /// Runs the backtest of every configured model on every series; `progress`
 /// receives one line per finished series.
+///
+/// Every model is asked for exactly the horizon being scored, and stateful
+/// models get one instance per series and horizon, so a model's figures do
+/// not depend on which other models or horizons are in the same run.
 pub fn evaluate(
     ds: &Dataset,
     cfg: &EvalConfig,
@@ -589,6 +803,11 @@ pub fn evaluate(
     if !(cfg.level > 0.0 && cfg.level < 1.0) {
         return Err(EvalError::Config("level must be in (0, 1)".into()));
     }
+    if cfg.lstm_steps == 0 {
+        return Err(EvalError::Config(
+            "lstm training steps must be positive".into(),
+        ));
+    }
     let series: Vec<&Series> = ds.series.iter().filter(|s| s.values.len() >= 20).collect();
     if series.is_empty() {
         return Err(EvalError::NoSeries(format!(
@@ -596,60 +815,19 @@ pub fn evaluate(
             ds.name
         )));
     }
-    let mut mcfg = cfg.model.clone();
-    if mcfg.season.is_none() {
-        mcfg.season = ds.season;
-    }
-    mcfg.validate()?;
-    for name in &cfg.models {
-        if !models::MODEL_NAMES.contains(&name.as_str()) && name != AUTO_CACHED {
-            return Err(EvalError::UnknownModel(name.clone()));
-        }
-    }
-    // The LSTM is one global model trained on every series' training part.
-    let global_lstm = if cfg.models.iter().any(|m| m == "lstm") {
-        let parts: Vec<&[f64]> = series
-            .iter()
-            .map(|s| {
-                let n = s.values.len();
-                let test = ((n as f64) * cfg.test_fraction).round() as usize;
-                &s.values[..n - test.min(n - 2)]
-            })
-            .collect();
-        progress("training global lstm");
-        let t0 = Instant::now();
-        let m = lstm::Lstm::train_global(&parts, &mcfg)?;
-        progress(&format!(
-            "lstm trained in {:.1} s",
-            t0.elapsed().as_secs_f64()
-        ));
-        Some(m)
-    } else {
-        None
-    };
-    // Built per series: stateful models (`auto_cached`) must not share state.
-    let build = || -> Result<Vec<Box<dyn Model>>, EvalError> {
-        cfg.models
-            .iter()
-            .map(|n| build_model(n, &mcfg, global_lstm.as_ref()))
-            .collect()
-    };
+    let set = ModelSet::prepare(ds, cfg, progress)?;
+    let build = || set.build();
     build()?;
     let jobs = cfg.jobs.clamp(1, 16);
     let total = series.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let t_start = Instant::now();
-    let mut results: Vec<Option<SeriesResult>> = (0..total).map(|_| None).collect();
+    type SeriesAcc = (Vec<Vec<Acc>>, f64);
+    let mut results: Vec<Option<SeriesAcc>> = (0..total).map(|_| None).collect();
     std::thread::scope(|scope| {
-        let chunks: Vec<(usize, &mut [Option<SeriesResult>])> = {
-            let per = total.div_ceil(jobs);
-            results
-                .chunks_mut(per.max(1))
-                .enumerate()
-                .map(|(i, c)| (i * per.max(1), c))
-                .collect()
-        };
-        for (offset, chunk) in chunks {
+        let per = total.div_ceil(jobs).max(1);
+        for (ci, chunk) in results.chunks_mut(per).enumerate() {
+            let offset = ci * per;
             let (series, build, done) = (&series, &build, &done);
             scope.spawn(move || {
                 for (j, slot) in chunk.iter_mut().enumerate() {
@@ -668,53 +846,67 @@ pub fn evaluate(
             });
         }
     });
-    let results: Vec<SeriesResult> = results.into_iter().flatten().collect();
+    let results: Vec<SeriesAcc> = results.into_iter().flatten().collect();
     let mut rows = Vec::new();
+    let mut series_rows = Vec::new();
     for (mi, name) in cfg.models.iter().enumerate() {
-        let secs: f64 = results.iter().map(|r| r.time[mi].0).sum();
-        let calls: usize = results.iter().map(|r| r.time[mi].1).sum();
-        let failures: usize = results.iter().map(|r| r.failures[mi]).sum();
         for (hi, &h) in cfg.horizons.iter().enumerate() {
-            let (mut log_sum, mut scored) = (0.0, 0usize);
+            let (mut secs, mut calls, mut failures) = (0.0, 0usize, 0usize);
+            let mut pairs = Vec::new();
             let (mut mase_sum, mut mase_n) = (0.0, 0usize);
             let (mut cov, mut cnt) = (0usize, 0usize);
-            for r in &results {
-                let a = &r.acc[mi];
-                if a.count[hi] == 0 {
+            for (s, (acc, scale)) in series.iter().zip(&results) {
+                let a = &acc[hi][mi];
+                secs += a.secs;
+                calls += a.calls;
+                failures += a.failures;
+                if a.count == 0 {
                     continue;
                 }
-                cov += a.covered[hi];
-                cnt += a.count[hi];
-                let mae = a.abs[hi] / a.count[hi] as f64;
-                if a.naive_abs[hi] > 0.0 {
-                    let rel = a.abs[hi] / a.naive_abs[hi];
-                    // A perfect forecast would give log(0); floor it.
-                    log_sum += rel.max(1e-6).ln();
-                    scored += 1;
-                }
-                if r.scale > 0.0 {
-                    mase_sum += mae / r.scale;
+                cov += a.covered;
+                cnt += a.count;
+                let mae = a.abs / a.count as f64;
+                let naive_mae = a.naive_abs / a.count as f64;
+                pairs.push((mae, naive_mae));
+                let mase = (*scale > 0.0).then(|| mae / scale);
+                if let Some(m) = mase {
+                    mase_sum += m;
                     mase_n += 1;
                 }
+                series_rows.push(SeriesRow {
+                    id: s.id.clone(),
+                    family: s.family.clone(),
+                    model: name.clone(),
+                    horizon: h,
+                    n_origins: a.count,
+                    mae,
+                    naive_mae,
+                    covered: a.covered,
+                    mase,
+                });
             }
+            let summary = summarise_ratios(&pairs);
             rows.push(ResultRow {
                 model: name.clone(),
                 horizon: h,
-                rel_mae_gmean: (scored > 0).then(|| (log_sum / scored as f64).exp()),
+                rel_mae_gmean: summary.map(|s| s.gmean),
+                rel_mae_median: summary.map(|s| s.median),
+                beats_naive_share: summary.map(|s| s.beats_naive),
                 mase_mean: (mase_n > 0).then(|| mase_sum / mase_n as f64),
                 coverage_95: (cnt > 0).then(|| cov as f64 / cnt as f64),
                 ms_per_series: 1e3 * secs / results.len().max(1) as f64,
                 ms_per_fit: 1e3 * secs / calls.max(1) as f64,
-                series_scored: scored,
+                series_scored: pairs.len(),
                 failures,
             });
         }
     }
     Ok(Report {
         dataset: ds.name.clone(),
-        series: results.len(),
+        n_series: results.len(),
         level: cfg.level,
         results: rows,
+        series: series_rows,
     })
 }
 
@@ -722,13 +914,15 @@ pub fn evaluate(
 pub fn render_table(report: &Report) -> String {
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     let mut out = format!(
-        "dataset {}  series {}  level {}\n{:<16} {:>7} {:>10} {:>9} {:>9} {:>12} {:>10} {:>8}\n",
+        "dataset {}  series {}  level {}\n{:<16} {:>7} {:>8} {:>8} {:>6} {:>9} {:>9} {:>10} {:>9} {:>7}\n",
         report.dataset,
-        report.series,
+        report.n_series,
         report.level,
         "model",
         "horizon",
         "rel_mae",
+        "median",
+        "beats",
         "mase",
         "coverage",
         "ms/series",
@@ -737,10 +931,13 @@ pub fn render_table(report: &Report) -> String {
     );
     for r in &report.results {
         out.push_str(&format!(
-            "{:<16} {:>7} {:>10} {:>9} {:>9} {:>12.1} {:>10.3} {:>8}\n",
+            "{:<16} {:>7} {:>8} {:>8} {:>6} {:>9} {:>9} {:>10.1} {:>9.3} {:>7}\n",
             r.model,
             r.horizon,
             fmt(r.rel_mae_gmean),
+            fmt(r.rel_mae_median),
+            r.beats_naive_share
+                .map_or("-".to_string(), |x| format!("{:.2}", x)),
             fmt(r.mase_mean),
             fmt(r.coverage_95),
             r.ms_per_series,
@@ -749,4 +946,36 @@ pub fn render_table(report: &Report) -> String {
         ));
     }
     out
+}
+
+/// Which GenAI containers to evaluate, by the first character of the
+/// container hash: the tuning set and the held-out set never overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashSplit {
+    /// Every container.
+    All,
+    /// Hashes starting `0`-`4`: the only containers defaults are tuned on.
+    Tune,
+    /// Hashes starting `5`-`9`: reported separately, never tuned on.
+    HeldOut,
+}
+
+impl HashSplit {
+    /// Whether a container hash belongs to the split.
+    pub fn contains(self, hash: &str) -> bool {
+        let first = hash.chars().next();
+        match self {
+            HashSplit::All => true,
+            HashSplit::Tune => matches!(first, Some('0'..='4')),
+            HashSplit::HeldOut => matches!(first, Some('5'..='9')),
+        }
+    }
+
+    /// Keeps the GenAI series (ids `file/hash`) of the split.
+    pub fn filter(self, ds: &mut Dataset) {
+        ds.series.retain(|s| {
+            let hash = s.id.rsplit('/').next().unwrap_or("");
+            self.contains(hash)
+        });
+    }
 }

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use apollo_forecaster::eval::{
-    evaluate, load_genai, load_openb, Dataset, EvalConfig, EvalError, Series,
+    backtest_forecasts, evaluate, load_genai, load_openb, robust_ratio, summarise_ratios, Dataset,
+    EvalConfig, EvalError, HashSplit, ModelSet, Report, Series, RATIO_MAX, RATIO_MIN,
 };
+use apollo_forecaster::models::{Forecast, MODEL_NAMES};
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct Dir(PathBuf);
@@ -138,6 +140,7 @@ fn harness_scores_naive_as_one_and_a_perfect_model_below() {
         season: None,
         series: vec![Series {
             id: "s".into(),
+            family: "line".into(),
             values,
         }],
     };
@@ -156,7 +159,12 @@ fn harness_scores_naive_as_one_and_a_perfect_model_below() {
             .expect("row")
     };
     assert!((get("naive", 5) - 1.0).abs() < 1e-12);
-    assert!(get("ets", 5) < 0.1, "ets {}", get("ets", 5));
+    // ETS is exact; the robust aggregate clips its ratio at 0.1.
+    assert!(
+        (get("ets", 5) - RATIO_MIN).abs() < 1e-12,
+        "ets {}",
+        get("ets", 5)
+    );
     assert!(get("mean", 5) > 1.0);
     let naive5 = r
         .results
@@ -174,6 +182,7 @@ fn harness_rejects_unknown_models() {
         season: None,
         series: vec![Series {
             id: "s".into(),
+            family: "flat".into(),
             values: vec![1.0; 100],
         }],
     };
@@ -182,4 +191,200 @@ fn harness_rejects_unknown_models() {
         ..EvalConfig::default()
     };
     assert!(matches!(evaluate(&ds, &cfg, &|_| {}), Err(EvalError::UnknownModel(m)) if m == "nope"));
+}
+
+#[test]
+fn robust_ratio_follows_its_definition() {
+    assert_eq!(robust_ratio(0.0, 0.0), 1.0);
+    assert_eq!(robust_ratio(0.5, 0.0), RATIO_MAX);
+    assert_eq!(robust_ratio(0.0, 2.0), RATIO_MIN);
+    assert_eq!(robust_ratio(1e9, 1.0), RATIO_MAX);
+    assert!((robust_ratio(3.0, 4.0) - 0.75).abs() < 1e-15);
+    // Four series: a perfect idle one (tie), a 2x better, a 2x worse and a
+    // model error where naive is perfect. None is dropped.
+    let s = summarise_ratios(&[(0.0, 0.0), (1.0, 2.0), (4.0, 2.0), (1.0, 0.0)]).expect("some");
+    assert_eq!(s.series, 4);
+    let expected = (1.0_f64 * 0.5 * 2.0 * 10.0).powf(0.25);
+    assert!((s.gmean - expected).abs() < 1e-12, "{}", s.gmean);
+    assert!((s.median - 1.5).abs() < 1e-12);
+    assert!((s.beats_naive - 0.25).abs() < 1e-12);
+    assert!(summarise_ratios(&[]).is_none());
+}
+
+#[test]
+fn hash_split_separates_tuning_from_held_out_containers() {
+    let mk = |id: &str| Series {
+        id: id.into(),
+        family: "f".into(),
+        values: vec![0.0; 30],
+    };
+    let ds = Dataset {
+        name: "g".into(),
+        season: None,
+        series: vec![
+            mk("a/0ab"),
+            mk("a/4ff"),
+            mk("b/5cd"),
+            mk("b/9aa"),
+            mk("b/fee"),
+        ],
+    };
+    let ids = |split: HashSplit| {
+        let mut d = ds.clone();
+        split.filter(&mut d);
+        d.series.into_iter().map(|s| s.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(HashSplit::Tune), ["a/0ab", "a/4ff"]);
+    assert_eq!(ids(HashSplit::HeldOut), ["b/5cd", "b/9aa"]);
+    assert_eq!(ids(HashSplit::All).len(), 5);
+}
+
+/// Bursty series with idle stretches, a level shift and a slow cycle: long
+/// enough (700 points) that `auto` fits its full models.
+fn synthetic(seed: u64) -> Vec<f64> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut rnd = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..700)
+        .map(|t| {
+            let base = if t > 400 { 30.0 } else { 20.0 };
+            let cycle = 5.0 * (t as f64 / 40.0).sin();
+            let burst = if rnd() < 0.05 { 25.0 * rnd() } else { 0.0 };
+            if (200..260).contains(&t) {
+                0.0
+            } else {
+                base + cycle + 3.0 * rnd() + burst
+            }
+        })
+        .collect()
+}
+
+fn synthetic_dataset() -> Dataset {
+    Dataset {
+        name: "synthetic".into(),
+        season: None,
+        series: (0..2)
+            .map(|i| Series {
+                id: format!("s{i}"),
+                family: "synthetic".into(),
+                values: synthetic(i + 1),
+            })
+            .collect(),
+    }
+}
+
+/// Quick harness settings: few origins, a short LSTM training.
+fn quick(models: &[&str], horizons: &[usize]) -> EvalConfig {
+    EvalConfig {
+        horizons: horizons.to_vec(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        origin_step: 35,
+        lstm_steps: 20,
+        ..EvalConfig::default()
+    }
+}
+
+fn rows_of(r: &Report, model: &str, h: usize) -> Vec<(String, usize, f64, f64, usize)> {
+    r.series
+        .iter()
+        .filter(|x| x.model == model && x.horizon == h)
+        .map(|x| (x.id.clone(), x.n_origins, x.mae, x.naive_mae, x.covered))
+        .collect()
+}
+
+#[test]
+fn results_do_not_depend_on_other_models_or_horizons_in_the_run() {
+    let ds = synthetic_dataset();
+    let alone = evaluate(&ds, &quick(&["naive", "auto"], &[6]), &|_| {}).expect("alone");
+    let crowded = evaluate(
+        &ds,
+        &quick(
+            &["mean", "auto_cached", "arima", "auto", "naive"],
+            &[2, 6, 12],
+        ),
+        &|_| {},
+    )
+    .expect("crowded");
+    let a = rows_of(&alone, "auto", 6);
+    assert_eq!(a.len(), 2);
+    assert!(a.iter().all(|r| r.1 > 0));
+    assert_eq!(a, rows_of(&crowded, "auto", 6));
+    assert_eq!(rows_of(&alone, "naive", 6), rows_of(&crowded, "naive", 6));
+    let row = |r: &Report| {
+        let x = r
+            .results
+            .iter()
+            .find(|x| x.model == "auto" && x.horizon == 6)
+            .expect("row");
+        (x.rel_mae_gmean, x.rel_mae_median, x.coverage_95)
+    };
+    assert_eq!(row(&alone), row(&crowded));
+    // The per-series rows reproduce the headline aggregate.
+    let pairs: Vec<(f64, f64)> = a.iter().map(|r| (r.2, r.3)).collect();
+    assert_eq!(
+        summarise_ratios(&pairs).map(|s| s.gmean),
+        row(&alone).0,
+        "aggregate recomputed from the series rows"
+    );
+}
+
+/// Replaces every value at and after `origin` with garbage.
+fn poison(y: &[f64], origin: usize) -> Vec<f64> {
+    let junk = [f64::NAN, 1e300, -1e300, f64::INFINITY, 0.0, -7.5e12];
+    y.iter()
+        .enumerate()
+        .map(|(i, v)| if i < origin { *v } else { junk[i % junk.len()] })
+        .collect()
+}
+
+/// Forecasts of every model at every origin up to `last` for one series.
+fn forecasts_until(
+    set: &ModelSet,
+    y: &[f64],
+    h: usize,
+    cfg: &EvalConfig,
+    last: usize,
+) -> Vec<(usize, usize, Result<Forecast, String>)> {
+    let models = set.build().expect("build").remove(0);
+    let mut out = Vec::new();
+    backtest_forecasts(y, &models, h, cfg, &mut |origin, mi, res, _| {
+        if origin <= last {
+            out.push((origin, mi, res.map_err(|e| e.to_string())));
+        }
+    });
+    out
+}
+
+#[test]
+fn poisoning_the_future_changes_no_forecast() {
+    let mut names: Vec<&str> = MODEL_NAMES.to_vec();
+    names.push("auto_cached");
+    let h = 8;
+    let cfg = quick(&names, &[h]);
+    let clean = synthetic_dataset();
+    // Origins are 560, 595, 630, 665: poison from the second one on, so
+    // the second is the last whose history is clean.
+    let cut = 595;
+    let mut dirty = clean.clone();
+    for s in &mut dirty.series {
+        s.values = poison(&s.values, cut);
+    }
+    let set_clean = ModelSet::prepare(&clean, &cfg, &|_| {}).expect("prepare clean");
+    let set_dirty = ModelSet::prepare(&dirty, &cfg, &|_| {}).expect("prepare dirty");
+    for (c, d) in clean.series.iter().zip(&dirty.series) {
+        let a = forecasts_until(&set_clean, &c.values, h, &cfg, cut);
+        let b = forecasts_until(&set_dirty, &d.values, h, &cfg, cut);
+        assert_eq!(a.len(), 2 * names.len());
+        for ((o, mi, fa), (_, _, fb)) in a.iter().zip(&b) {
+            let fa = fa.as_ref().expect("clean forecast");
+            assert!(fa.mean.iter().all(|v| v.is_finite()));
+            assert_eq!(Ok(fa), fb.as_ref(), "{} at origin {o}", names[*mi]);
+        }
+    }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use apollo_forecaster::eval::{self, EvalConfig};
-use apollo_forecaster::models::ModelConfig;
+use apollo_forecaster::models::{FullModel, ModelConfig};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,12 +15,42 @@ pub(crate) enum Output {
     Json,
 }
 
+/// Which GenAI containers to evaluate (by the first character of the hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Containers {
+    /// Every container.
+    All,
+    /// Hashes starting 0-4: the tuning set.
+    Tune,
+    /// Hashes starting 5-9: held out from tuning.
+    Heldout,
+}
+
+impl From<Containers> for eval::HashSplit {
+    fn from(c: Containers) -> Self {
+        match c {
+            Containers::All => eval::HashSplit::All,
+            Containers::Tune => eval::HashSplit::Tune,
+            Containers::Heldout => eval::HashSplit::HeldOut,
+        }
+    }
+}
+
 /// Forecast accuracy by rolling-origin backtest on the GenAI and/or openb traces.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Directory with the three Alibaba GenAI CSVs.
     #[arg(long, env = "APOLLO_EVAL_GENAI")]
     genai: Option<PathBuf>,
+    /// GenAI containers to evaluate: `tune` (hash 0-4, what defaults are
+    /// tuned on), `heldout` (hash 5-9, never tuned on) or `all`.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "all",
+        env = "APOLLO_EVAL_CONTAINERS"
+    )]
+    containers: Containers,
     /// Directory with the openb pod and node lists.
     #[arg(long, env = "APOLLO_EVAL_OPENB")]
     openb: Option<PathBuf>,
@@ -36,6 +66,16 @@ pub(crate) struct Args {
         env = "APOLLO_EVAL_MODELS"
     )]
     models: Vec<String>,
+    /// Full models that compete inside `auto` (any of ets, arima, prophet,
+    /// lagreg, lstm; `none` for the cheap candidates only); the default is
+    /// the service's.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ets,arima,lagreg",
+        env = "APOLLO_EVAL_AUTO_FULL"
+    )]
+    auto_full: Vec<String>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -60,6 +100,9 @@ pub(crate) struct Args {
     /// Only the first N series of each dataset (quick runs).
     #[arg(long, env = "APOLLO_EVAL_LIMIT")]
     limit: Option<usize>,
+    /// Only every K-th series of each dataset (quick runs over all kinds).
+    #[arg(long, default_value_t = 1, env = "APOLLO_EVAL_SAMPLE_EVERY")]
+    sample_every: usize,
     /// Worker threads over series (the machine is shared: keep it small).
     #[arg(long, default_value_t = 1, env = "APOLLO_EVAL_JOBS")]
     jobs: usize,
@@ -72,6 +115,18 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if args.genai.is_none() && args.openb.is_none() {
         anyhow::bail!("give --genai DIR and/or --openb DIR");
+    }
+    if args.sample_every == 0 {
+        anyhow::bail!("--sample-every must be at least 1");
+    }
+    let mut auto_full = Vec::new();
+    for name in args.auto_full.iter().map(|m| m.trim()) {
+        if name == "none" {
+            continue;
+        }
+        auto_full.push(FullModel::from_name(name).with_context(|| {
+            format!("unknown full model `{name}` for --auto-full (known: ets, arima, prophet, lagreg, lstm, none)")
+        })?);
     }
     let quiet = args.quiet;
     let progress = move |line: &str| {
@@ -89,6 +144,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             ..ModelConfig::default()
         },
         jobs: args.jobs,
+        auto_full_models: auto_full,
         ..EvalConfig::default()
     };
     // Fail on a bad model name before loading traces.
@@ -104,8 +160,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let mut datasets = Vec::new();
     if let Some(dir) = &args.genai {
         progress(&format!("loading {}", dir.display()));
-        let ds =
+        let mut ds =
             eval::load_genai(dir, args.min_points).context("failed to load the GenAI trace")?;
+        eval::HashSplit::from(args.containers).filter(&mut ds);
+        if ds.series.is_empty() {
+            anyhow::bail!(
+                "{}: no container in the {:?} split",
+                dir.display(),
+                args.containers
+            );
+        }
         datasets.push((ds, vec![5, 15, 30]));
     }
     if let Some(dir) = &args.openb {
@@ -114,6 +178,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         datasets.push((ds, vec![6, 36, 144]));
     }
     for (mut ds, default_h) in datasets {
+        if args.sample_every > 1 {
+            ds.series = ds.series.into_iter().step_by(args.sample_every).collect();
+        }
         if let Some(limit) = args.limit {
             ds.series.truncate(limit);
         }
@@ -127,7 +194,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         progress(&format!(
             "{}: {} series in {:.1} s",
             ds.name,
-            report.series,
+            report.n_series,
             t0.elapsed().as_secs_f64()
         ));
         match args.output {

@@ -17,8 +17,8 @@ mod simulate;
 mod simulate_orchestration;
 mod stack;
 mod top;
-mod up;
 mod traces;
+mod up;
 
 /// APOLLO command-line tool: run the stack locally, drive it with real
 /// traces, inspect its decisions, and measure its components.

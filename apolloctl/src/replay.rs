@@ -1414,6 +1414,7 @@ mod tests {
     fn dataset() -> Dataset {
         let series = |id: &str, values: Vec<f64>| apollo_forecaster::eval::Series {
             id: id.into(),
+            family: id.split('/').next().unwrap_or_default().into(),
             values,
         };
         Dataset {

@@ -296,6 +296,24 @@ impl FittedArima {
         })
     }
 
+    /// The same coefficients run over `y` (typically the training data plus
+    /// newer points), so [`FittedArima::point`] works at origins up to
+    /// `y.len()` without refitting.
+    pub fn refilter(&self, y: &[f64]) -> Self {
+        let mut w = y.to_vec();
+        for _ in 0..self.d {
+            w = diff(&w);
+        }
+        let mut resid = Vec::new();
+        let sse = css(&w, self.c, &self.phi, &self.theta, &mut resid);
+        Self {
+            css: sse,
+            resid,
+            w,
+            ..self.clone()
+        }
+    }
+
     /// Order label, e.g. `ARIMA(1,1,0)`.
     pub fn label(&self) -> String {
         format!("ARIMA({},{},{})", self.p, self.d, self.q)
@@ -371,6 +389,33 @@ pub fn winsorize(y: &[f64]) -> Vec<f64> {
         .zip(&centre)
         .map(|(v, c)| v.clamp(c - band, c + band))
         .collect()
+}
+
+/// [`winsorize`] with a trailing window, so a clipped value depends only on
+/// the values before it (what a backtest on history alone may use). The
+/// band is `band` when given (frozen at fit time), else estimated from the
+/// deviations of the first `band_from` points. Returns the clipped series
+/// and the band.
+pub fn winsorize_trailing(y: &[f64], band_from: usize, band: Option<f64>) -> (Vec<f64>, f64) {
+    let n = y.len();
+    let centre: Vec<f64> = (0..n)
+        .map(|i| median(&y[(i + 1).saturating_sub(WINSOR_WINDOW)..=i]))
+        .collect();
+    let band = band.unwrap_or_else(|| {
+        let dev: Vec<f64> = y
+            .iter()
+            .zip(&centre)
+            .take(band_from.max(1))
+            .map(|(v, c)| (v - c).abs())
+            .collect();
+        WINSOR_K * 1.4826 * median(&dev)
+    });
+    let out = y
+        .iter()
+        .zip(&centre)
+        .map(|(v, c)| v.clamp(c - band, c + band))
+        .collect();
+    (out, band)
 }
 
 /// Clipping threshold of [`winsorize`] in robust standard deviations.

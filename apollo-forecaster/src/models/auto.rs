@@ -8,8 +8,19 @@
 //! on the backtest, and with a season: seasonal naive and season-long
 //! means). A backtest over
 //! the recent window scores each candidate at every step `h`; at each step
-//! the best `top_k` candidates are combined with inverse-MAE weights, and the
-//! combination's own backtest errors give the conformal interval offsets.
+//! the best `top_k` candidates within [`COMBINE_WITHIN`] of the best score
+//! are combined with inverse-MAE weights, and the combination's own
+//! backtest errors (out of sample: nothing is fitted on the origins it is
+//! scored on) give the conformal interval offsets.
+//!
+//! Full models ([`FullModel`]: ETS, ARIMA, the lag-feature forest, and when
+//! configured the Prophet-style model and a trained global LSTM) compete
+//! too. Each is fitted once per selection on the history before the first
+//! backtest origin, forecasts with frozen parameters from every
+//! `full_stride`-th origin (their cost is what the stride bounds), and is
+//! scored like any candidate. A chosen full model keeps its frozen fit
+//! until the next selection; the cached path only re-runs its filter on the
+//! newest data.
 //!
 //! Level shifts: a CUSUM test on the recent window locates a shift; window
 //! candidates then ignore data before it and backtest origins before it are
@@ -21,9 +32,218 @@
 //! `reselect_every` calls, when the horizon or level changes, or when a level
 //! shift appears or disappears.
 
+use std::sync::Arc;
+
+use super::arima::{winsorize_trailing, FittedArima};
 use super::baseline::{median, median_point};
 use super::conformal::{assemble, calibrate, conformal_quantile, Calibration};
+use super::ets::{AutoEts, FittedEts};
+use super::lagreg::FittedLagReg;
+use super::lstm::Lstm;
+use super::prophet::FittedProphet;
 use super::{check_input, tail, Forecast, Model, ModelConfig, ModelError};
+
+/// The full models that compete in `auto` beside the cheap candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FullModel {
+    /// [`super::ets`], AICc choice of trend/season.
+    Ets,
+    /// [`super::arima`] on the trailing-window winsorized series.
+    Arima,
+    /// [`super::prophet`], the changepoint-trend + Fourier regression.
+    Prophet,
+    /// [`super::lagreg`], the lag-feature random forest.
+    LagReg,
+    /// [`super::lstm`], only when a trained global model is supplied.
+    Lstm,
+}
+
+impl FullModel {
+    /// Every full model, in a stable order.
+    pub const ALL: [FullModel; 5] = [
+        FullModel::Ets,
+        FullModel::Arima,
+        FullModel::Prophet,
+        FullModel::LagReg,
+        FullModel::Lstm,
+    ];
+
+    /// The full model called `name` (as in [`super::MODEL_NAMES`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Name as in [`super::MODEL_NAMES`].
+    pub fn name(self) -> &'static str {
+        match self {
+            FullModel::Ets => "ets",
+            FullModel::Arima => "arima",
+            FullModel::Prophet => "prophet",
+            FullModel::LagReg => "lagreg",
+            FullModel::Lstm => "lstm",
+        }
+    }
+}
+
+/// Full models in `auto` by default: on the tuning containers (GenAI hashes
+/// 0-4) the Prophet-style model and the global LSTM made `auto` worse when
+/// added (their backtest wins did not carry over), so they compete only
+/// when configured.
+pub const DEFAULT_FULL_MODELS: [FullModel; 3] =
+    [FullModel::Ets, FullModel::Arima, FullModel::LagReg];
+
+/// A full model fitted once per selection on the history before the first
+/// backtest origin; its parameters stay frozen until the next selection,
+/// and newer data only updates its state (filters re-run with the same
+/// coefficients, the forest and the LSTM read the newest lags).
+#[derive(Debug)]
+enum Frozen {
+    Ets(FittedEts),
+    /// The fit and the winsorizing band it was fitted with.
+    Arima(FittedArima, f64),
+    /// Refitted on serve: a function of time, not of recent values.
+    Prophet(FittedProphet),
+    LagReg(FittedLagReg),
+    Lstm(Lstm),
+}
+
+/// Shortest series (before the first backtest origin) a full model is fitted on.
+const FULL_MIN_TRAIN: usize = 120;
+/// Points the serving path of ARIMA re-filters (its state forgets faster).
+const ARIMA_SERVE_TAIL: usize = 480;
+/// Training rows of the forest inside a selection (a third of the
+/// standalone model's, for a third of the fit time).
+const LAGREG_ROWS: usize = 300;
+
+impl Frozen {
+    fn fit(
+        m: FullModel,
+        train: &[f64],
+        horizon: usize,
+        cfg: &ModelConfig,
+        lstm: Option<&Lstm>,
+    ) -> Option<Self> {
+        match m {
+            FullModel::Ets => AutoEts::new(cfg.clone()).fit(train).ok().map(Frozen::Ets),
+            FullModel::Arima => {
+                let (yc, band) = winsorize_trailing(train, train.len(), None);
+                FittedArima::fit_auto(&yc)
+                    .ok()
+                    .map(|f| Frozen::Arima(f, band))
+            }
+            FullModel::Prophet => FittedProphet::fit(train, cfg.season)
+                .ok()
+                .map(Frozen::Prophet),
+            FullModel::LagReg => {
+                FittedLagReg::fit_rows(train, cfg.season, horizon, cfg.seed, LAGREG_ROWS)
+                    .ok()
+                    .map(Frozen::LagReg)
+            }
+            FullModel::Lstm => lstm.filter(|l| l.is_trained()).cloned().map(Frozen::Lstm),
+        }
+    }
+
+    /// Forecasts of `horizon` steps from each origin `t` (using `y[..t]`);
+    /// `None` when the model cannot forecast this series.
+    fn forecasts(&self, y: &[f64], origins: &[usize], horizon: usize) -> Option<Vec<Vec<f64>>> {
+        let out: Vec<Vec<f64>> = match self {
+            Frozen::Ets(f) => {
+                let g = f.refilter(y);
+                origins.iter().map(|&t| g.point(t, horizon)).collect()
+            }
+            Frozen::Arima(f, band) => {
+                let (yc, _) = winsorize_trailing(y, 0, Some(*band));
+                let g = f.refilter(&yc);
+                origins.iter().map(|&t| g.point(&yc, t, horizon)).collect()
+            }
+            Frozen::Prophet(f) => origins
+                .iter()
+                .map(|&t| (t..t + horizon).map(|i| f.at(i)).collect())
+                .collect(),
+            Frozen::LagReg(f) => {
+                let req: Vec<(usize, usize)> = origins.iter().map(|&t| (t, horizon)).collect();
+                f.point_many(y, &req).ok()?
+            }
+            Frozen::Lstm(l) => origins
+                .iter()
+                .map(|&t| l.point_at(y, t, horizon))
+                .collect::<Option<_>>()?,
+        };
+        if !out.iter().all(|f| f.len() == horizon) {
+            return None;
+        }
+        // Keep each forecast within the range seen before its origin,
+        // widened by half its span: a fitted model that extrapolates wildly
+        // (an LSTM fed an unseen burst, a twice-differenced ARIMA) cannot
+        // wreck a combination.
+        let mut out = out;
+        let mut lo = f64::INFINITY;
+        let mut hi = f64::NEG_INFINITY;
+        let mut seen = 0;
+        for (&t, f) in origins.iter().zip(&mut out) {
+            for v in &y[seen..t] {
+                lo = lo.min(*v);
+                hi = hi.max(*v);
+            }
+            seen = seen.max(t);
+            // A flat recent window (an idle device) carries nothing but its
+            // level: forecast the level, as the cheap candidates do.
+            let recent = &y[t.saturating_sub(FLAT_WINDOW)..t];
+            if recent.iter().all(|v| *v == y[t - 1]) {
+                f.fill(y[t - 1]);
+                continue;
+            }
+            let pad = 0.5 * (hi - lo);
+            for v in f.iter_mut() {
+                if !v.is_finite() {
+                    return None;
+                }
+                *v = v.clamp(lo - pad, hi + pad);
+            }
+        }
+        Some(out)
+    }
+
+    /// Forecast from the end of `y` for serving.
+    fn forecast_now(&self, y: &[f64], horizon: usize, season: Option<usize>) -> Option<Vec<f64>> {
+        match self {
+            Frozen::Prophet(_) => {
+                let f = FittedProphet::fit(y, season).ok()?;
+                Frozen::Prophet(f).forecasts(y, &[y.len()], horizon)
+            }
+            Frozen::Arima(..) => {
+                let y = tail(y, ARIMA_SERVE_TAIL);
+                self.forecasts(y, &[y.len()], horizon)
+            }
+            _ => self.forecasts(y, &[y.len()], horizon),
+        }?
+        .pop()
+    }
+}
+
+/// Candidates join the combination at a step only when their backtest
+/// MAE is within this factor of the best one (a perfect backtest keeps
+/// only the perfect), so a weak model cannot dilute a strong one.
+pub const COMBINE_WITHIN: f64 = 1.25;
+
+/// A window this long of one repeated value makes every full model
+/// forecast that value.
+const FLAT_WINDOW: usize = 30;
+
+/// Frozen fits a selection keeps for serving; compared by identity.
+#[derive(Debug, Clone, Default)]
+struct FrozenSet(Vec<(FullModel, Arc<Frozen>)>);
+
+impl PartialEq for FrozenSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(a, b)| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1))
+    }
+}
 
 /// Settings of the `auto` selector.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +268,12 @@ pub struct AutoConfig {
     /// Windows of the drift (recent mean slope) candidates, which let
     /// steady ramps such as leaks be extrapolated.
     pub drift_windows: Vec<usize>,
+    /// Full models that compete beside the cheap candidates (the LSTM only
+    /// with a trained global model, see [`AutoSelector::with_global_lstm`]).
+    pub full_models: Vec<FullModel>,
+    /// Full models forecast from every `full_stride`-th backtest origin
+    /// only: the knob that bounds their share of a selection's cost.
+    pub full_stride: usize,
 }
 
 impl AutoConfig {
@@ -69,9 +295,10 @@ impl AutoConfig {
                 "auto smoothing constants must be in (0, 1]".into(),
             ));
         }
-        if self.backtest_window < 10 || self.stride == 0 || self.top_k == 0 {
+        if self.backtest_window < 10 || self.stride == 0 || self.top_k == 0 || self.full_stride == 0
+        {
             return Err(ModelError::InvalidConfig(
-                "auto needs backtest_window >= 10, stride >= 1 and top_k >= 1".into(),
+                "auto needs backtest_window >= 10, stride, full_stride and top_k >= 1".into(),
             ));
         }
         Ok(())
@@ -90,6 +317,8 @@ impl Default for AutoConfig {
             alphas: vec![0.1, 0.3, 0.6],
             revert_windows: vec![30, 120],
             drift_windows: vec![20, 60],
+            full_models: DEFAULT_FULL_MODELS.to_vec(),
+            full_stride: 4,
         }
     }
 }
@@ -108,6 +337,8 @@ enum Cand {
     Revert(usize, bool),
     /// Last value plus the mean slope over the last `w` steps.
     Drift(usize),
+    /// A full model with parameters frozen at selection.
+    Full(FullModel),
 }
 
 impl Cand {
@@ -122,6 +353,7 @@ impl Cand {
             Cand::Revert(w, false) => format!("revert_mean{w}"),
             Cand::Revert(w, true) => format!("revert_median{w}"),
             Cand::Drift(w) => format!("drift{w}"),
+            Cand::Full(m) => m.name().into(),
         }
     }
 }
@@ -141,6 +373,8 @@ struct Prep<'a> {
     cp: Option<usize>,
     /// Per reversion candidate: coefficient per step.
     revert: Vec<(Cand, Vec<f64>)>,
+    /// Per full model: its forecast from the end of `y` (serving only).
+    full_now: Vec<(FullModel, Vec<f64>)>,
 }
 
 impl<'a> Prep<'a> {
@@ -189,6 +423,7 @@ impl<'a> Prep<'a> {
             holt,
             cp,
             revert: Vec::new(),
+            full_now: Vec::new(),
         }
     }
 
@@ -291,6 +526,12 @@ impl<'a> Prep<'a> {
                 let slope = (y[t - 1] - y[t - 1 - back]) / back as f64;
                 y[t - 1] + (k + 1) as f64 * slope
             }
+            Cand::Full(m) => self
+                .full_now
+                .iter()
+                .find(|(x, _)| *x == m)
+                .and_then(|(_, f)| f.get(k).copied())
+                .unwrap_or(y[t - 1]),
             Cand::Revert(w, med) => {
                 let centre = self.centre(w, med, t, scratch);
                 let b = self
@@ -308,7 +549,7 @@ impl<'a> Prep<'a> {
     fn flat(c: Cand) -> bool {
         !matches!(
             c,
-            Cand::Holt | Cand::SeasonalNaive(_) | Cand::Revert(..) | Cand::Drift(_)
+            Cand::Holt | Cand::SeasonalNaive(_) | Cand::Revert(..) | Cand::Drift(_) | Cand::Full(_)
         )
     }
 }
@@ -374,6 +615,8 @@ pub struct Selection {
     lower: Vec<f64>,
     upper: Vec<f64>,
     revert: Vec<(Cand, Vec<f64>)>,
+    /// Full models in use, with frozen parameters.
+    full: FrozenSet,
 }
 
 /// Stateful `auto` forecaster for one series; cheap between re-selections.
@@ -387,6 +630,8 @@ pub struct AutoSelector {
     shift_flip_seen: bool,
     /// Cached calibration of the warming forecast.
     warm: Option<WarmCalibration>,
+    /// Trained global LSTM, when one is available.
+    lstm: Option<Lstm>,
 }
 
 /// Interval offsets of the warming forecast, reused for a few calls.
@@ -439,7 +684,15 @@ impl AutoSelector {
             calls_since: 0,
             shift_flip_seen: false,
             warm: None,
+            lstm: None,
         }
+    }
+
+    /// Lets a trained global LSTM compete (an untrained one is ignored:
+    /// training per series is too slow for a selection).
+    pub fn with_global_lstm(mut self, lstm: Option<Lstm>) -> Self {
+        self.lstm = lstm.filter(|l| l.is_trained());
+        self
     }
 
     /// The current choice, if one was made.
@@ -568,7 +821,8 @@ impl AutoSelector {
             return Ok((self.warming(y, horizon, level), Served::Warming));
         };
         self.calls_since += 1;
-        Ok((serve(sel, y, cp, horizon, level), served))
+        let season = self.config.model.season;
+        Ok((serve(sel, y, cp, horizon, level, season), served))
     }
 
     /// The warming forecast (see [`AutoSelector::forecast_budgeted`]).
@@ -596,9 +850,7 @@ impl AutoSelector {
     /// Runs the backtest and builds a new selection.
     fn select(&self, y: &[f64], cp: Option<usize>, horizon: usize, level: f64) -> Selection {
         let n = y.len();
-        let cands = self.candidates(n);
-        let mut prep = Prep::new(y, &cands, cp);
-        let nc = cands.len();
+        let mut cands = self.candidates(n);
         let min_origin = cands
             .iter()
             .map(|c| match c {
@@ -613,15 +865,47 @@ impl AutoSelector {
             .max(min_origin);
         let stride = self.config.stride.max(1);
         let origins: Vec<usize> = (first..n).step_by(stride).collect();
+        // Full models: fitted once on the history before the first origin,
+        // so their backtest errors are out of sample like everyone else's.
+        // They forecast from every `full_stride`-th origin only (their
+        // forecasts cost far more than the cheap candidates'); elsewhere
+        // their cells stay NaN and are left out of their scores.
+        let full_stride = self.config.full_stride.max(1);
+        let full_origins: Vec<usize> = origins.iter().copied().step_by(full_stride).collect();
+        let mut full: Vec<(FullModel, Arc<Frozen>, Vec<Vec<f64>>)> = Vec::new();
+        if first >= FULL_MIN_TRAIN {
+            for &m in &self.config.full_models {
+                let fit = Frozen::fit(
+                    m,
+                    &y[..first],
+                    horizon,
+                    &self.config.model,
+                    self.lstm.as_ref(),
+                );
+                if let Some(fz) = fit {
+                    if let Some(f) = fz.forecasts(y, &full_origins, horizon) {
+                        full.push((m, Arc::new(fz), f));
+                        cands.push(Cand::Full(m));
+                    }
+                }
+            }
+        }
+        let mut prep = Prep::new(y, &cands, cp);
+        let nc = cands.len();
         prep.fit_revert(&cands, &origins, horizon);
-        // Forecast cube: origin x candidate x step.
-        let mut fc = vec![0.0; origins.len() * nc * horizon];
+        // Forecast cube: origin x candidate x step (NaN = not forecast).
+        let mut fc = vec![f64::NAN; origins.len() * nc * horizon];
         let mut scratch = Vec::new();
         for (oi, &t) in origins.iter().enumerate() {
             let steps = horizon.min(n - t);
             for (ci, &c) in cands.iter().enumerate() {
                 let base = (oi * nc + ci) * horizon;
-                if Prep::flat(c) {
+                if let Cand::Full(m) = c {
+                    let f = full.iter().find(|(x, _, _)| *x == m);
+                    if let Some((_, _, f)) = f.filter(|_| oi % full_stride == 0) {
+                        fc[base..base + steps].copy_from_slice(&f[oi / full_stride][..steps]);
+                    }
+                } else if Prep::flat(c) {
                     let v = prep.point(c, t, 0, &mut scratch);
                     fc[base..base + steps].fill(v);
                 } else if let Cand::Revert(w, med) = c {
@@ -646,14 +930,17 @@ impl AutoSelector {
         };
         // Weighted MAE per step and candidate.
         let mut mae = vec![0.0; horizon * nc];
-        let mut wsum = vec![0.0; horizon];
+        let mut wsum = vec![0.0; horizon * nc];
         for (oi, &t) in origins.iter().enumerate() {
             let w = weight(t);
             for k in 0..horizon.min(n - t) {
                 let actual = y[t + k];
-                wsum[k] += w;
                 for ci in 0..nc {
-                    mae[k * nc + ci] += w * (actual - fc[(oi * nc + ci) * horizon + k]).abs();
+                    let f = fc[(oi * nc + ci) * horizon + k];
+                    if !f.is_nan() {
+                        mae[k * nc + ci] += w * (actual - f).abs();
+                        wsum[k * nc + ci] += w;
+                    }
                 }
             }
         }
@@ -669,15 +956,20 @@ impl AutoSelector {
                     let (mut s, mut ws) = (0.0, 0.0);
                     for kk in lo..=hi {
                         s += mae[kk * nc + ci];
-                        ws += wsum[kk];
+                        ws += wsum[kk * nc + ci];
                     }
                     (ci, if ws > 0.0 { s / ws } else { f64::INFINITY })
                 })
                 .collect();
             score.sort_by(|a, b| a.1.total_cmp(&b.1));
-            let chosen: Vec<(Cand, f64)> = if score[0].1.is_finite() {
-                let top: Vec<(usize, f64)> =
-                    score.into_iter().take(self.config.top_k.max(1)).collect();
+            let best = score[0].1;
+            let chosen: Vec<(Cand, f64)> = if best.is_finite() {
+                // A perfect backtest (idle series) keeps only the perfect.
+                let top: Vec<(usize, f64)> = score
+                    .into_iter()
+                    .filter(|(_, s)| s.is_finite() && *s <= COMBINE_WITHIN * best)
+                    .take(self.config.top_k.max(1))
+                    .collect();
                 let inv: Vec<f64> = top.iter().map(|(_, s)| 1.0 / s.max(1e-12)).collect();
                 let tot: f64 = inv.iter().sum();
                 top.iter()
@@ -704,6 +996,10 @@ impl AutoSelector {
                         w * fc[(oi * nc + ci) * horizon + k]
                     })
                     .sum();
+                if f.is_nan() {
+                    // A chosen full model did not forecast from here.
+                    continue;
+                }
                 let actual = y[t + k];
                 let e = actual - f;
                 errs[k].push(e);
@@ -748,6 +1044,12 @@ impl AutoSelector {
         }
         total.sort_by(|a, b| b.1.total_cmp(&a.1));
         let names: Vec<String> = total.iter().map(|(c, _)| c.label()).collect();
+        let full = FrozenSet(
+            full.into_iter()
+                .filter(|(m, _, _)| total.iter().any(|(c, _)| *c == Cand::Full(*m)))
+                .map(|(m, fz, _)| (m, fz))
+                .collect(),
+        );
         Selection {
             model_type: format!("auto({})", names.join("+")),
             accuracy,
@@ -759,13 +1061,21 @@ impl AutoSelector {
             lower,
             upper,
             revert: prep.revert.clone(),
+            full,
         }
     }
 }
 
 /// The fast path: the chosen candidates at the newest origin plus the
 /// selection's interval offsets.
-fn serve(sel: &Selection, y: &[f64], cp: Option<usize>, horizon: usize, level: f64) -> Forecast {
+fn serve(
+    sel: &Selection,
+    y: &[f64],
+    cp: Option<usize>,
+    horizon: usize,
+    level: f64,
+    season: Option<usize>,
+) -> Forecast {
     let n = y.len();
     let mut used: Vec<Cand> = Vec::new();
     for step in &sel.weights[..horizon] {
@@ -777,6 +1087,12 @@ fn serve(sel: &Selection, y: &[f64], cp: Option<usize>, horizon: usize, level: f
     }
     let mut prep = Prep::new(y, &used, cp);
     prep.revert = sel.revert.clone();
+    prep.full_now = sel
+        .full
+        .0
+        .iter()
+        .filter_map(|(m, fz)| Some((*m, fz.forecast_now(y, horizon, season)?)))
+        .collect();
     let mut scratch = Vec::new();
     let mut mean = Vec::with_capacity(horizon);
     for k in 0..horizon {
@@ -803,12 +1119,20 @@ fn serve(sel: &Selection, y: &[f64], cp: Option<usize>, horizon: usize, level: f
 #[derive(Debug, Clone)]
 pub struct Auto {
     config: AutoConfig,
+    lstm: Option<Lstm>,
 }
 
 impl Auto {
     /// Creates the model.
     pub fn new(config: AutoConfig) -> Self {
-        Self { config }
+        Self { config, lstm: None }
+    }
+
+    /// Lets a trained global LSTM compete (see
+    /// [`AutoSelector::with_global_lstm`]).
+    pub fn with_global_lstm(mut self, lstm: Option<Lstm>) -> Self {
+        self.lstm = lstm.filter(|l| l.is_trained());
+        self
     }
 }
 
@@ -822,7 +1146,9 @@ impl Model for Auto {
         horizon: usize,
         level: f64,
     ) -> Result<Forecast, ModelError> {
-        AutoSelector::new(self.config.clone()).forecast(history, horizon, level)
+        AutoSelector::new(self.config.clone())
+            .with_global_lstm(self.lstm.clone())
+            .forecast(history, horizon, level)
     }
 }
 
@@ -866,6 +1192,48 @@ mod tests {
             .unwrap();
         assert_eq!(served, Served::Selected(Want::Shift));
         assert_eq!(sel.pending(10, 0.9), None);
+    }
+
+    #[test]
+    fn full_models_compete_and_win_where_they_fit() {
+        // A noisy sine of period 40: an AR(2) describes it, none of the
+        // cheap smoothers does.
+        let y: Vec<f64> = (0..900)
+            .map(|t| {
+                50.0 + 10.0 * (std::f64::consts::TAU * t as f64 / 40.0).sin()
+                    + ((t * 7919) % 13) as f64 * 0.05
+            })
+            .collect();
+        let (hist, future) = y.split_at(880);
+        let cheap = AutoConfig {
+            full_models: Vec::new(),
+            ..AutoConfig::default()
+        };
+        let f_cheap = Auto::new(cheap).forecast(hist, 20, 0.9).unwrap();
+        let f_full = Auto::new(AutoConfig::default())
+            .forecast(hist, 20, 0.9)
+            .unwrap();
+        let mae = |f: &Forecast| {
+            f.mean
+                .iter()
+                .zip(future)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f64>()
+                / 20.0
+        };
+        assert!(
+            f_full.model_type.contains("arima") || f_full.model_type.contains("ets"),
+            "{}",
+            f_full.model_type
+        );
+        assert!(
+            mae(&f_full) < 0.5 * mae(&f_cheap),
+            "full {} ({}) vs cheap {} ({})",
+            mae(&f_full),
+            f_full.model_type,
+            mae(&f_cheap),
+            f_cheap.model_type
+        );
     }
 
     #[test]

@@ -215,6 +215,19 @@ impl FittedEts {
         })
     }
 
+    /// The same parameters run over `y` (which should start where the
+    /// training data started), so [`FittedEts::point`] works at origins up to
+    /// `y.len()` without refitting.
+    pub fn refilter(&self, y: &[f64]) -> Self {
+        let (sse, states, season) = filter(y, self.spec, self.params, true);
+        Self {
+            sse,
+            states,
+            season,
+            ..self.clone()
+        }
+    }
+
     /// Forecast of `y[t..t + h]` from the state after `y[t - 1]` (`t >= 1`).
     pub fn point(&self, t: usize, h: usize) -> Vec<f64> {
         let (l, b) = self.states[t - 1];

@@ -115,6 +115,18 @@ impl FittedLagReg {
         max_step: usize,
         seed: u64,
     ) -> Result<Self, ModelError> {
+        Self::fit_rows(y, season, max_step, seed, MAX_ROWS)
+    }
+
+    /// [`FittedLagReg::fit`] on at most about `max_rows` training rows
+    /// (fewer rows = a cheaper fit, used inside `auto`'s selection).
+    pub fn fit_rows(
+        y: &[f64],
+        season: Option<usize>,
+        max_step: usize,
+        seed: u64,
+        max_rows: usize,
+    ) -> Result<Self, ModelError> {
         let season = season.filter(|m| y.len() >= 3 * m);
         let need = LOOKBACK + 20;
         if y.len() < need {
@@ -131,7 +143,7 @@ impl FittedLagReg {
             .filter(|k| *k <= max_step.max(1))
             .collect();
         let origins = y.len() - LOOKBACK;
-        let stride = (origins * steps.len() / MAX_ROWS).max(1);
+        let stride = (origins * steps.len() / max_rows.max(1)).max(1);
         let mut x = Vec::new();
         let mut target = Vec::new();
         let mut rows = 0;

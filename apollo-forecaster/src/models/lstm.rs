@@ -351,6 +351,13 @@ impl Lstm {
         })
     }
 
+    /// Forecast of `y[t..t + h]` from `y[..t]` with the trained weights;
+    /// `None` when the model is untrained or `t` is too early.
+    pub fn point_at(&self, y: &[f64], t: usize, h: usize) -> Option<Vec<f64>> {
+        let wt = self.weights.as_deref()?;
+        (t >= 2 && t <= y.len()).then(|| Self::point(wt, y, t, h))
+    }
+
     /// Forecast of `y[t..t + h]` from `y[..t]`.
     fn point(wt: &Weights, y: &[f64], t: usize, h: usize) -> Vec<f64> {
         let (x, v, scale) = encode(y, t);

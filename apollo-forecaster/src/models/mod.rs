@@ -16,7 +16,7 @@
 //! | `prophet` | changepoint trend + Fourier season, ridge regression (own code) | `max_train` |
 //! | `lagreg` | smartcore random forest on lag features, direct multi-step | `max_train`, <= 1,000 rows |
 //! | `lstm` | hand-written LSTM (no deep-learning dependency), global across series | see [`lstm`] |
-//! | `auto` | per-series backtest selection/combination of cheap candidates | `max_train` |
+//! | `auto` | per-series backtest selection/combination of cheap candidates and full models (ETS, ARIMA, the forest by default; Prophet-style and a global LSTM when configured) | `max_train` |
 //!
 //! # Prediction intervals
 //! All models use the same split-conformal style method: the fitted model
@@ -47,7 +47,7 @@ pub mod lstm;
 mod optim;
 pub mod prophet;
 
-pub use auto::{AutoConfig, AutoSelector, Selection, Served, Want};
+pub use auto::{Auto, AutoConfig, AutoSelector, FullModel, Selection, Served, Want};
 
 /// Errors from fitting or forecasting; every bad input maps to one of these.
 #[derive(Debug, Clone, PartialEq, Error)]
