@@ -82,6 +82,8 @@ struct Window {
 /// The demo's summary (`-o json`).
 #[derive(Debug, Serialize)]
 struct Summary {
+    /// `apolloctl replay`'s summary (placed, unplaced, GPU allocation, latency).
+    replay: Option<serde_json::Value>,
     pods_requested: usize,
     seconds: f64,
     #[serde(flatten)]
@@ -280,9 +282,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         argv.push("--trace-dir".into());
         argv.push(dir.display().to_string());
     }
-    let replay_args = ReplayArgv::try_parse_from(argv)
+    let mut replay_args = ReplayArgv::try_parse_from(argv)
         .context("internal: replay arguments")?
         .args;
+    replay_args.quiet = quiet;
     eprintln!(
         "== replaying {} pods of the openb trace",
         if pods == 0 {
@@ -292,14 +295,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     let outcome = tokio::select! {
-        r = crate::replay::replay(replay_args) => r.map(|_| true),
+        r = crate::replay::replay(replay_args) => r.map(Some),
         exit = stack.child_exit() => {
             exit.print_log_tail();
             Err(anyhow::anyhow!("{exit}"))
         }
-        _ = signals.recv() => Ok(false),
+        _ = signals.recv() => Ok(None),
     };
-    let mut interrupted = matches!(outcome, Ok(false));
+    let mut interrupted = matches!(outcome, Ok(None));
     if outcome.is_ok() && !interrupted {
         if args.follow {
             eprintln!("== replay done; following the engines until Ctrl-C");
@@ -327,10 +330,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let keep = args.stack.keep_logs || outcome.is_err();
     let work_dir = endpoints.work_dir.clone();
     stack.stop(STOP_GRACE, keep).await?;
-    outcome?;
+    let replay = outcome?;
 
     let acc = account.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let summary = Summary {
+        replay,
         pods_requested: pods,
         seconds: started.elapsed().as_secs_f64(),
         account: acc,

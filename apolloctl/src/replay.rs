@@ -165,6 +165,9 @@ pub(crate) struct Args {
         env = "APOLLO_REPLAY_OUTPUT"
     )]
     output: Output,
+    /// Set by `apolloctl demo`: return the summary instead of printing it.
+    #[arg(skip)]
+    pub(crate) quiet: bool,
 }
 
 /// Name of the default pod list.
@@ -676,20 +679,13 @@ fn simulate_same_order(trace: &[TraceNode], pods: &[TracePod]) -> SimulationSumm
 /// Runs the replay. Exits 2 on arguments clap cannot check, 1 on failures,
 /// each with one line on stderr.
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    if let Err(msg) = args.validate() {
-        eprintln!("error: {msg}");
-        std::process::exit(2);
-    }
-    let result = tokio::runtime::Builder::new_multi_thread()
+    args.validate().map_err(crate::client::UsageError)?;
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("failed to start the async runtime")
-        .and_then(|rt| rt.block_on(replay(args)));
-    if let Err(err) = result {
-        eprintln!("error: {err:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+        .context("failed to start the async runtime")?
+        .block_on(replay(args))
+        .map(|_| ())
 }
 
 /// Nodes, pods (cut to `--pods`) and a name for the pod list.
@@ -859,7 +855,8 @@ impl Progress {
     }
 }
 
-pub(crate) async fn replay(args: Args) -> anyhow::Result<()> {
+/// Replays and returns the summary as JSON (printed too unless `quiet`).
+pub(crate) async fn replay(args: Args) -> anyhow::Result<serde_json::Value> {
     let (trace, mut pods, pod_list) = load(&args)?;
     if args.burst > 0 {
         pods = burst_pods(&pods, args.burst)?;
@@ -926,7 +923,9 @@ pub(crate) async fn replay(args: Args) -> anyhow::Result<()> {
     wait_for_cluster(&mut scheduling, &args).await?;
     if args.burst > 0 {
         let b = burst(&mut agents, &index, &mut scheduling, &mut ingest, &args).await?;
+        let value = serde_json::to_value(&b).context("cannot encode the summary")?;
         match args.output {
+            _ if args.quiet => {}
             Output::Json => println!(
                 "{}",
                 serde_json::to_string_pretty(&b).context("cannot encode the summary")?
@@ -936,7 +935,7 @@ pub(crate) async fn replay(args: Args) -> anyhow::Result<()> {
                 b.pods, b.shape, b.distinct_top_nodes, b.max_per_node, b.overcommitted
             ),
         }
-        return Ok(());
+        return Ok(value);
     }
     eprintln!("scheduling engine sees the cluster; replaying pods");
     if text {
@@ -1069,6 +1068,7 @@ pub(crate) async fn replay(args: Args) -> anyhow::Result<()> {
         forecast,
     };
     match args.output {
+        _ if args.quiet => {}
         Output::Json => {
             println!(
                 "{}",
@@ -1077,7 +1077,7 @@ pub(crate) async fn replay(args: Args) -> anyhow::Result<()> {
         }
         Output::Text => print_text(&summary, forecast_error),
     }
-    Ok(())
+    serde_json::to_value(&summary).context("cannot encode the summary")
 }
 
 /// What `--burst` measured.
