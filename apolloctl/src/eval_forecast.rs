@@ -109,6 +109,59 @@ pub(crate) struct Args {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Draw the first dataset's first --plot-series series (history, actual,
+    /// forecast and its interval at the last origin, by `auto` if asked for,
+    /// else the first model) and the error by horizon per model, to
+    /// FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Series drawn with --plot.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=12))]
+    plot_series: u16,
+}
+
+/// Panels for `--plot`: per series, the last `3 h` points of history, the
+/// actual values after the origin and `model`'s forecast from it.
+fn forecast_panels(
+    ds: &eval::Dataset,
+    cfg: &EvalConfig,
+    count: usize,
+) -> anyhow::Result<Vec<crate::plot::ForecastPanel>> {
+    let h = cfg.horizons.iter().copied().max().unwrap_or(15);
+    // `auto` when asked for (what the service runs), else the first model.
+    let name = if cfg.models.iter().any(|m| m == "auto") {
+        "auto".to_string()
+    } else {
+        cfg.models
+            .iter()
+            .find(|m| m.as_str() != eval::AUTO_CACHED)
+            .cloned()
+            .unwrap_or_else(|| "auto".into())
+    };
+    let model = apollo_forecaster::models::by_name_with(&name, &cfg.model)
+        .with_context(|| format!("unknown model {name}"))?;
+    let mut panels = Vec::new();
+    for s in ds.series.iter().take(count) {
+        if s.values.len() < 4 * h {
+            continue;
+        }
+        let origin = s.values.len() - h;
+        let f = model
+            .forecast(&s.values[..origin], h, cfg.level)
+            .map_err(|e| anyhow::anyhow!("{name} on {}: {e}", s.id))?;
+        let start = origin.saturating_sub(3 * h);
+        panels.push(crate::plot::ForecastPanel {
+            title: s.id.chars().take(48).collect(),
+            actual: s.values[start..].to_vec(),
+            origin: origin - start,
+            mean: f.mean,
+            lower: f.lower,
+            upper: f.upper,
+            level: f.level,
+            model: f.model_type,
+        });
+    }
+    Ok(panels)
 }
 
 /// Runs the command.
@@ -127,6 +180,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         auto_full.push(FullModel::from_name(name).with_context(|| {
             format!("unknown full model `{name}` for --auto-full (known: ets, arima, prophet, lagreg, lstm, none)")
         })?);
+    }
+    if let Some(p) = &args.plot {
+        crate::plot::check_path(p)?;
     }
     let quiet = args.quiet;
     let progress = move |line: &str| {
@@ -177,6 +233,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let ds = eval::load_openb(dir, 600.0).context("failed to load the openb trace")?;
         datasets.push((ds, vec![6, 36, 144]));
     }
+    let mut plotted = false;
     for (mut ds, default_h) in datasets {
         if args.sample_every > 1 {
             ds.series = ds.series.into_iter().step_by(args.sample_every).collect();
@@ -200,6 +257,23 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         match args.output {
             Output::Json => println!("{}", serde_json::to_string(&report)?),
             Output::Table => print!("{}", eval::render_table(&report)),
+        }
+        if let (Some(path), false) = (&args.plot, plotted) {
+            plotted = true;
+            let panels = forecast_panels(&ds, &cfg, usize::from(args.plot_series))?;
+            let mut by_model: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+            for r in &report.results {
+                let Some(v) = r.rel_mae_gmean else { continue };
+                match by_model.iter_mut().find(|(m, _)| *m == r.model) {
+                    Some((_, pts)) => pts.push((r.horizon as f64, v)),
+                    None => by_model.push((r.model.clone(), vec![(r.horizon as f64, v)])),
+                }
+            }
+            for (_, pts) in &mut by_model {
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+            crate::plot::forecasts(path, &panels, &by_model)?;
+            progress(&format!("plot written to {}", path.display()));
         }
     }
     Ok(())

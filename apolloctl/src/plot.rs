@@ -1,5 +1,6 @@
 //! Pictures for `--plot FILE.svg|FILE.png`: GPU allocation curves of
-//! `simulate`.
+//! `simulate`, forecasts with their bands and error by horizon of
+//! `eval forecast`.
 //!
 //! Text is drawn with a system TrueType font (DejaVu Sans, Debian package
 //! `fonts-dejavu-core`, or `APOLLO_PLOT_FONT`), so no font library is needed
@@ -8,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -203,6 +204,182 @@ fn allocation_chart<DB: DrawingBackend>(
     Ok(())
 }
 
+/// A forecast to draw: history and actuals, the forecast and its band.
+#[derive(Debug, Clone)]
+pub(crate) struct ForecastPanel {
+    /// Series name.
+    pub(crate) title: String,
+    /// Observed values, the forecast origin at `origin`.
+    pub(crate) actual: Vec<f64>,
+    /// Index of the first forecast step in `actual`.
+    pub(crate) origin: usize,
+    /// Point forecast per step after the origin.
+    pub(crate) mean: Vec<f64>,
+    /// Lower bound per step.
+    pub(crate) lower: Vec<f64>,
+    /// Upper bound per step.
+    pub(crate) upper: Vec<f64>,
+    /// Interval level (e.g. 0.95).
+    pub(crate) level: f64,
+    /// Model name.
+    pub(crate) model: String,
+}
+
+/// Actual vs forecast with its band, one panel per series, plus error by
+/// horizon per model in the last panel: `(model, [(horizon, ratio to naive)])`.
+pub(crate) fn forecasts(
+    path: &Path,
+    panels: &[ForecastPanel],
+    error_by_horizon: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    if panels.is_empty() && error_by_horizon.is_empty() {
+        bail!("nothing to plot");
+    }
+    let n = panels.len() + usize::from(!error_by_horizon.is_empty());
+    let rows = n.div_ceil(2) as u32;
+    on_backend!(
+        path,
+        (1200, 330 * rows),
+        forecast_chart(panels, error_by_horizon)
+    )
+}
+
+fn forecast_chart<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[ForecastPanel],
+    error_by_horizon: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    root.fill(&WHITE).map_err(de)?;
+    let n = panels.len() + usize::from(!error_by_horizon.is_empty());
+    let areas = root.split_evenly((n.div_ceil(2), 2));
+    for (p, area) in panels.iter().zip(areas.iter()) {
+        let len = p.actual.len().max(p.origin + p.mean.len());
+        let vals = p
+            .actual
+            .iter()
+            .chain(&p.upper)
+            .chain(&p.lower)
+            .copied()
+            .filter(|v| v.is_finite());
+        let (lo, hi) = vals.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo > hi {
+            (0.0, 1.0)
+        } else {
+            (lo, hi + (hi - lo).max(1e-9) * 0.05)
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{} — {}", p.title, p.model), ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..len as f64, lo..hi)
+            .map_err(de)?;
+        chart
+            .configure_mesh()
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(de)?;
+        let band: Vec<(f64, f64)> = p
+            .upper
+            .iter()
+            .enumerate()
+            .map(|(k, v)| ((p.origin + k) as f64, *v))
+            .chain(
+                p.lower
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(k, v)| ((p.origin + k) as f64, *v)),
+            )
+            .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                band,
+                COLORS[0].mix(0.2).filled(),
+            )))
+            .map_err(de)?
+            .label(format!("{:.0} % interval", p.level * 100.0))
+            .legend(|(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], COLORS[0].mix(0.2).filled())
+            });
+        chart
+            .draw_series(LineSeries::new(
+                p.actual.iter().enumerate().map(|(k, v)| (k as f64, *v)),
+                BLACK.stroke_width(1),
+            ))
+            .map_err(de)?
+            .label("actual")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        chart
+            .draw_series(LineSeries::new(
+                p.mean
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| ((p.origin + k) as f64, *v)),
+                COLORS[0].stroke_width(2),
+            ))
+            .map_err(de)?
+            .label("forecast")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], COLORS[0].stroke_width(2))
+            });
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(de)?;
+    }
+    if !error_by_horizon.is_empty() {
+        let area = &areas[panels.len()];
+        let x_max = error_by_horizon
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|p| p.0))
+            .fold(1.0f64, f64::max);
+        let y_max = error_by_horizon
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|p| p.1))
+            .filter(|v| v.is_finite())
+            .fold(1.2f64, f64::max);
+        let mut chart = ChartBuilder::on(area)
+            .caption("error relative to naive, by horizon", ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max * 1.05)
+            .map_err(de)?;
+        chart
+            .configure_mesh()
+            .x_desc("horizon (steps)")
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(de)?;
+        for (i, (model, pts)) in error_by_horizon.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(de)?
+                .label(model.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .map_err(de)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(de)?;
+    }
+    root.present().map_err(de)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +390,40 @@ mod tests {
         assert!(check_path(Path::new("b.PNG")).is_ok());
         assert!(check_path(Path::new("c.jpg")).is_err());
         assert!(check_path(Path::new("noext")).is_err());
+    }
+
+    #[test]
+    fn forecast_svg_has_a_panel_per_series_and_the_error_chart() {
+        if ensure_font().is_err() {
+            eprintln!("skipping: no TrueType font installed (fonts-dejavu-core)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fc.svg");
+        let panel = |t: &str| ForecastPanel {
+            title: t.into(),
+            actual: (0..40).map(f64::from).collect(),
+            origin: 30,
+            mean: vec![30.0; 10],
+            lower: vec![25.0; 10],
+            upper: vec![35.0; 10],
+            level: 0.95,
+            model: "auto(ets)".into(),
+        };
+        forecasts(
+            &path,
+            &[panel("series-a"), panel("series-b")],
+            &[("naive".into(), vec![(5.0, 1.0), (15.0, 1.0)])],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("series-a") && svg.contains("series-b"));
+        assert!(svg.contains("95 % interval"));
+        assert!(svg.contains("error relative to naive"));
+        assert!(
+            forecasts(&path, &[], &[]).is_err(),
+            "nothing to draw is an error"
+        );
     }
 
     #[test]

@@ -370,7 +370,10 @@ fn demo_short_replays_the_shipped_excerpt_and_summarises() {
         .sum();
     assert!(decisions >= 120, "{summary}");
     assert_eq!(summary["replay"]["pods"], 120, "{summary}");
-    assert!(summary["replay"]["placed"].as_u64().unwrap() >= 110, "{summary}");
+    assert!(
+        summary["replay"]["placed"].as_u64().unwrap() >= 110,
+        "{summary}"
+    );
     assert!(summary["replay"]["gpu_allocated_percent"].as_f64().unwrap() > 0.0);
     assert!(!Path::new(&dir.path().join("data")).exists());
 }
