@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 PROFILE="${APOLLO_BUILD_PROFILE:-release}"
-scripts/ensure-nats.sh >/dev/null
+NATS_BIN="$(scripts/ensure-nats.sh)"
+export PATH="$(dirname "$NATS_BIN"):$PATH"
 echo "== building the binaries ($PROFILE; the first build takes several minutes)" >&2
 cargo build --profile "$PROFILE" --quiet --bins
 DIR="$PROFILE"
