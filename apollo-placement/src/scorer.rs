@@ -54,7 +54,7 @@ pub struct ScoreWeights {
     pub balance: f64,
     /// Resolution (milli-GPU) at which fragmentation increases are told apart:
     /// increases are rounded to a multiple of it, so placements that fragment
-    /// almost equally are decided by packing and then by cluster order (which
+    /// almost equally are decided by packing and then by node name (which
     /// fills nodes in turn and keeps the rest whole). 0 = exact. Default 40
     /// (about one point of the published FGD score; tuned on the openb traces
     /// with seeds 1-10, reported on 42-51).
@@ -173,6 +173,8 @@ const FRAG_TABLE: i64 = 1024;
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
     idx: u32,
+    /// The node's position in name order: breaks ties.
+    order: u32,
     composite: f64,
     frag_delta: f64,
     pick: GpuPick,
@@ -187,10 +189,11 @@ struct Candidate {
 const INSERT_TOP_MAX: usize = 64;
 
 fn cmp_candidates(a: &Candidate, b: &Candidate) -> Ordering {
-    // Best first; ties by node order so results are deterministic.
+    // Best first; ties by node name so results do not depend on the order in
+    // which nodes became known.
     b.composite
         .total_cmp(&a.composite)
-        .then_with(|| a.idx.cmp(&b.idx))
+        .then_with(|| a.order.cmp(&b.order))
 }
 
 impl NodeScorer {
@@ -322,6 +325,7 @@ impl NodeScorer {
                 feasible += 1;
                 let cand = Candidate {
                     idx: idx as u32,
+                    order: snapshot.name_rank[idx],
                     composite,
                     frag_delta,
                     pick,

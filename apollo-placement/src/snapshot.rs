@@ -482,6 +482,11 @@ pub struct ClusterSnapshot {
     pub(crate) nodes: Vec<NodeEntry>,
     /// Parallel to `nodes`.
     pub(crate) hot: Vec<NodeHot>,
+    /// Parallel to `nodes`: the node's position in name order. Equally
+    /// scored nodes rank by name, so the order in which insights arrived
+    /// (list order in a simulation, any order over NATS) never changes a
+    /// ranking.
+    pub(crate) name_rank: Vec<u32>,
     index: HashMap<String, usize>,
     models: Vec<String>,
     model_index: HashMap<String, u16>,
@@ -581,6 +586,15 @@ impl ClusterSnapshot {
                 i
             }
             None => {
+                let mut rank = 0u32;
+                for (r, e) in self.name_rank.iter_mut().zip(&self.nodes) {
+                    if e.state.name < node.name {
+                        rank += 1;
+                    } else {
+                        *r += 1;
+                    }
+                }
+                self.name_rank.push(rank);
                 self.index.insert(node.name.clone(), self.nodes.len());
                 self.nodes.push(NodeEntry {
                     state: node,
@@ -611,6 +625,12 @@ impl ClusterSnapshot {
         self.remove_totals(idx);
         let entry = self.nodes.swap_remove(idx);
         self.hot.swap_remove(idx);
+        let gone = self.name_rank.swap_remove(idx);
+        for r in &mut self.name_rank {
+            if *r > gone {
+                *r -= 1;
+            }
+        }
         if idx < self.nodes.len() {
             let moved = self.nodes[idx].state.name.clone();
             self.index.insert(moved, idx);
@@ -1118,6 +1138,39 @@ mod tests {
             (s(1000, 0, 0), 1.0),
             (s(16000, 1, 1000), 1.0),
         ])
+    }
+
+    #[test]
+    fn name_ranks_follow_insertions_and_removals() {
+        let mut snap = ClusterSnapshot::new(shapes());
+        for name in ["c", "a", "d", "b"] {
+            snap.upsert_node(NodeState::new(name, 8_000, 1 << 34));
+        }
+        let ranks = |s: &ClusterSnapshot| -> Vec<(String, u32)> {
+            let mut v: Vec<_> = s
+                .nodes
+                .iter()
+                .zip(&s.name_rank)
+                .map(|(e, r)| (e.state.name.clone(), *r))
+                .collect();
+            v.sort();
+            v
+        };
+        let want = |names: &[&str]| -> Vec<(String, u32)> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), i as u32))
+                .collect()
+        };
+        assert_eq!(ranks(&snap), want(&["a", "b", "c", "d"]));
+        // Replacing a node keeps its rank; removing one closes the gap.
+        snap.upsert_node(NodeState::new("c", 16_000, 1 << 34));
+        assert_eq!(ranks(&snap), want(&["a", "b", "c", "d"]));
+        snap.remove_node("b");
+        assert_eq!(ranks(&snap), want(&["a", "c", "d"]));
+        snap.upsert_node(NodeState::new("bb", 8_000, 1 << 34));
+        assert_eq!(ranks(&snap), want(&["a", "bb", "c", "d"]));
     }
 
     #[test]

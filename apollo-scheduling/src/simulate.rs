@@ -570,8 +570,8 @@ impl ApolloSim {
             }
         };
         let state = Arc::new(state);
-        // Node by node in list order (a resync would take the view's hash
-        // order): cluster order breaks ties between equally scored nodes.
+        // Node by node in list order; ties rank by node name, so the order in
+        // which a production view learns the nodes gives the same rankings.
         for n in nodes {
             state.sync_node(&n.name);
         }
