@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Offline checks of the deployment artefacts (no cluster, no Docker):
+# Checks of the deployment artefacts without a cluster or Docker:
 #   1. render every Kustomize overlay (deploy/overlays/*, and deploy/ itself)
 #      with `kubectl kustomize`;
 #   2. validate every rendered object against the Kubernetes OpenAPI schemas
@@ -9,6 +9,9 @@
 #   4. check the production NATS server configuration parses (nats-server -t);
 #   5. drift: every APOLLO_* variable, flag and port the manifests and
 #      docker-compose.yml give a binary appears in that binary's --help.
+#   6. the production overlay's NATS users and subject permissions: the four
+#      services run against a local nats-server with them
+#      (scripts/check-nats-users.sh; loopback only).
 #
 # usage: scripts/check-deploy.sh [BIN_DIR]
 #   BIN_DIR  directory holding the APOLLO binaries; default: build them
@@ -66,3 +69,6 @@ fi
 
 echo "== drift against the binaries' --help ($BIN_DIR)"
 "$VENV/bin/python" scripts/check_deploy_drift.py "$BIN_DIR" "${RENDERED[@]}" --compose docker-compose.yml
+
+echo "== production NATS users against the running services"
+scripts/check-nats-users.sh "$BIN_DIR"
