@@ -4,7 +4,9 @@
 Every APOLLO_* variable and every flag that a rendered Kubernetes overlay or
 docker-compose.yml hands to an APOLLO binary must be one that binary lists in
 its `--help`; gRPC and metrics ports must agree with the addresses the
-container is configured with and with the binary's `--grpc-addr` default.
+container is configured with and with the binary's `--grpc-addr` default;
+a variable set in a ConfigMap shared by several binaries must have the same
+help text (meaning) in each of them.
 
 usage: check_deploy_drift.py BIN_DIR RENDERED.yaml... --compose docker-compose.yml
 Exits 1 with one line per problem.
@@ -33,14 +35,27 @@ class Help:
         self.envs = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", text))
         self.flags = set(re.findall(r"(?<![\w-])(--[a-z0-9][a-z0-9-]*)", text))
         self.defaults = {}
+        # Help text of each variable, without its default: a variable shared
+        # through one ConfigMap must mean the same thing in every binary.
+        self.meaning = {}
+        blocks = {}
         flag = None
         for line in text.splitlines():
             m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", line)
             if m:
                 flag = m.group(1)
+                line = line[m.end() :]
             d = re.search(r"\[default: ([^\]]+)\]", line)
             if d and flag:
                 self.defaults.setdefault(flag, d.group(1).strip())
+            if flag:
+                blocks.setdefault(flag, []).append(line)
+        for lines in blocks.values():
+            block = " ".join(lines)
+            env = re.search(r"\[env: ([A-Z0-9_]+)", block)
+            if env:
+                words = re.sub(r"\[(env|default|possible values): [^\]]*\]|<[A-Z_]+>", " ", block)
+                self.meaning[env.group(1)] = " ".join(words.split())
 
 
 _help_cache = {}
@@ -96,6 +111,7 @@ def check_container(where, h, argv, env, ports, probe_ports, problems):
 def check_manifests(bin_dir, path, problems):
     docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
     configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    shared = {}
     for d in docs:
         spec = d.get("spec", {}).get("template", {}).get("spec")
         if not spec:
@@ -124,6 +140,15 @@ def check_manifests(bin_dir, path, problems):
                         port = p[how]["port"]
                         probes.append((kind, ports.get(port, port) if isinstance(port, str) else port))
             check_container(where, h, argv, env, ports, probes, problems)
+            for src in c.get("envFrom", []):
+                ref = src.get("configMapRef", {}).get("name")
+                for key in configmaps.get(ref, {}):
+                    if key in h.meaning:
+                        shared.setdefault((ref, key), {})[argv[0]] = h.meaning[key]
+    for (ref, key), meanings in sorted(shared.items()):
+        if len(set(meanings.values())) > 1:
+            detail = "; ".join(f"{b}: {m!r}" for b, m in sorted(meanings.items()))
+            problems.append(f"{Path(path).name}: ConfigMap {ref} sets {key}, which means different things: {detail}")
 
 
 def check_compose(bin_dir, path, problems):
