@@ -14,6 +14,7 @@ use apollo_proto::{
 };
 
 use crate::forecast::{outlook, to_timestamp};
+use crate::kubernetes::KubeState;
 use crate::metrics::Metrics;
 use crate::placement::TargetFilter;
 use crate::planner::{PlannerConfig, Planners, Proposal, Subject};
@@ -163,6 +164,7 @@ struct Inner {
     forecasts: Mutex<HashMap<String, ResourcePrediction>>,
     planning: Mutex<Planning>,
     book: Mutex<Book>,
+    kubernetes: Mutex<KubeState>,
     metrics: Metrics,
 }
 
@@ -196,6 +198,7 @@ impl Engine {
                 forecasts: Mutex::new(HashMap::new()),
                 planning: Mutex::new(planning),
                 book: Mutex::new(Book::default()),
+                kubernetes: Mutex::new(KubeState::Disabled),
                 metrics,
             }),
         }
@@ -242,10 +245,22 @@ impl Engine {
         let insights: Vec<_> = nodes.iter().map(|e| e.value.as_ref()).collect();
         let sigs: Vec<_> = pods.iter().map(|e| e.value.as_ref()).collect();
         let mut view = PlanningView::from_insights(now, &insights, &sigs, &outlooks);
-        view.unavailable.push(
-            "kubernetes: owners inferred from pod names; PodDisruptionBudgets, no-migrate annotations and PVC mounts not read",
-        );
+        match &*lock(&self.inner.kubernetes) {
+            KubeState::Ready(meta) => meta.apply(&mut view),
+            KubeState::Disabled => view.unavailable.push(
+                "kubernetes: owners inferred from pod names; PodDisruptionBudgets, no-migrate annotations and PVC mounts not read",
+            ),
+            KubeState::Unreachable(_) => view.unavailable.push(
+                "kubernetes (unreachable): owners inferred from pod names; PodDisruptionBudgets, no-migrate annotations and PVC mounts not read",
+            ),
+        }
         view
+    }
+
+    /// Replaces what the engine knows about Kubernetes (see
+    /// [`crate::kubernetes::follow_metadata`]).
+    pub fn set_kubernetes(&self, state: KubeState) {
+        *lock(&self.inner.kubernetes) = state;
     }
 
     /// One planning cycle at `now`: plan, pass the rails, record the issued
