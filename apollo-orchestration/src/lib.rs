@@ -66,9 +66,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 }
 
 /// Serves on an already bound gRPC listener (tests bind `127.0.0.1:0`).
+/// With `--kubernetes` the client comes from the in-cluster config, else
+/// KUBECONFIG.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate().map_err(Error::Config)?;
+    let kube = if config.kube.kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Kube(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    serve_with_kubernetes(config, listener, kube, shutdown).await
+}
+
+/// [`serve`] with a given Kubernetes client (tests pass one for a local API
+/// server); `None` runs without Kubernetes whatever `--kubernetes` says.
+pub async fn serve_with_kubernetes(
+    config: Config,
+    listener: TcpListener,
+    kube: Option<kube::Client>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
@@ -100,10 +123,7 @@ pub async fn serve(
         executor,
         work.clone(),
     );
-    let unavailable = if config.kube.kubernetes {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| Error::Kube(e.to_string()))?;
+    let unavailable = if let Some(client) = kube {
         tokio::spawn(kubernetes::follow_metadata(
             client.clone(),
             engine.clone(),

@@ -2,7 +2,7 @@
 //! (list, get, create and update with resourceVersion conflicts): owner
 //! resolution, a PDB refusing a migration, Event creation, Lease hand-off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -556,4 +556,159 @@ async fn exactly_one_elector_leads_and_the_other_takes_over_when_renewals_stop()
         .any(|r| r
             == "PUT /apis/coordination.k8s.io/v1/namespaces/apollo/leases/apollo-orchestration"));
     b_stop.cancel();
+}
+
+mod two_replicas {
+    //! Two service replicas on one nats-server and one API server: only the
+    //! Lease holder plans, its policy gets an Event, and the Lease passes to
+    //! the other replica when the holder stops.
+
+    use super::*;
+    use apollo_common::testing::TestNats;
+    use apollo_proto::insight_service_client::InsightServiceClient;
+    use apollo_proto::orchestration_policy_service_client::OrchestrationPolicyServiceClient;
+    use apollo_proto::PolicySubscription;
+    use tonic::transport::Channel;
+
+    async fn connect(addr: std::net::SocketAddr) -> Channel {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        for _ in 0..200 {
+            if let Ok(c) = endpoint.connect().await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{addr} never accepted connections");
+    }
+
+    fn holder(api: &FakeApi) -> Option<String> {
+        api.objects("leases")
+            .first()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+    }
+
+    async fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_lease_holder_plans_and_its_policy_gets_an_event() {
+        let api = FakeApi::default();
+        cluster(&api, 1);
+        let url = api.serve().await;
+        let nats = TestNats::start().await;
+        let (n, s) = nats.bus_args();
+        let all = CancellationToken::new();
+
+        let mut ingest = apollo_ingest::Config::new(n.clone(), s.clone());
+        ingest.observability.shutdown_grace = Duration::from_millis(300);
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ingest_addr = grpc.local_addr().unwrap();
+        tokio::spawn(apollo_ingest::serve(ingest, grpc, http, all.clone()));
+
+        let mut replicas = HashMap::new();
+        let mut addrs = Vec::new();
+        for id in ["orch-a", "orch-b"] {
+            let mut config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
+            config.plan_min_gap = Duration::from_millis(50);
+            config.observability.shutdown_grace = Duration::from_millis(300);
+            config.kube.kubernetes = true;
+            config.kube.identity = Some(id.into());
+            config.kube.lease_duration = Duration::from_secs(2);
+            config.kube.lease_renew = Duration::from_millis(200);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let stop = all.child_token();
+            replicas.insert(id, stop.clone());
+            tokio::spawn(apollo_orchestration::serve_with_kubernetes(
+                config,
+                listener,
+                Some(FakeApi::client(&url)),
+                stop,
+            ));
+        }
+        let bus = apollo_common::Bus::connect("test-peer", &n, &s, CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(bus.wait_ready(Duration::from_secs(10)).await);
+        let leader = until("a lease holder", Duration::from_secs(10), || holder(&api)).await;
+        let mut policies = OrchestrationPolicyServiceClient::new(connect(addrs[0]).await);
+        let mut stream = policies
+            .subscribe_policies(PolicySubscription {
+                subscriber_id: "kube-e2e".into(),
+                action_filters: vec![OrchestrationAction::Migrate as i32],
+                namespace_filters: vec!["ml".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+
+        let mut insights = InsightServiceClient::new(connect(ingest_addr).await);
+        let mut cold = insight("w1", 0.3, &[("db-0", 1.0, PipelineStage::Idle)]);
+        let mut hot = insight(
+            "hot",
+            0.95,
+            &[
+                ("prep", 2.5, PipelineStage::Preprocessing),
+                ("train", 6.0, PipelineStage::Training),
+            ],
+        );
+        let now = Some(apollo_orchestration::forecast::to_timestamp(
+            SystemTime::now(),
+        ));
+        cold.collected_at = now;
+        hot.collected_at = now;
+        insights.report_cluster_insight(cold).await.unwrap();
+        insights.report_cluster_insight(hot).await.unwrap();
+
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a migration within 10 s")
+            .unwrap()
+            .expect("stream open");
+        let Some(Target::Migration(m)) = &first.target else {
+            panic!("not a migration: {first:?}");
+        };
+        assert_eq!(m.source_node, "hot");
+        // Both replicas see the same overload; a second replica planning
+        // would issue its own move of the same pod.
+        let second = tokio::time::timeout(Duration::from_millis(1500), stream.message()).await;
+        assert!(second.is_err(), "second migration: {second:?}");
+
+        let events = until("the policy's event", Duration::from_secs(5), || {
+            let ev = api.objects("events");
+            (!ev.is_empty()).then_some(ev)
+        })
+        .await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["involvedObject"]["name"], m.pod_name.as_str());
+        assert!(events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&first.request_id));
+
+        // The holder stops renewing; the other replica takes the Lease.
+        replicas[leader.as_str()].cancel();
+        let other = if leader == "orch-a" {
+            "orch-b"
+        } else {
+            "orch-a"
+        };
+        until("hand-off", Duration::from_secs(10), || {
+            (holder(&api).as_deref() == Some(other)).then_some(())
+        })
+        .await;
+        all.cancel();
+    }
 }
