@@ -655,10 +655,40 @@ impl Elector {
         }
     }
 
-    /// Runs the election until `shutdown`, publishing leadership on `tx`.
-    /// An API error ends leadership at once (another replica may take over
-    /// once the lease expires). Leadership is shown in the
-    /// `apollo_orchestration_leader` gauge and logged on each change.
+    /// Gives the lease up if this replica holds it (clears the holder), so
+    /// another replica takes over without waiting for it to expire.
+    pub async fn release(&self) -> Result<bool, KubeError> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.cfg.name)
+            .await
+            .map_err(api_err("get lease"))?
+        else {
+            return Ok(false);
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(false);
+        };
+        if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(api_err("release lease")(e)),
+        }
+    }
+
+    /// Runs the election until `shutdown`, publishing leadership on `tx`,
+    /// then releases the lease. An API error ends leadership at once
+    /// (another replica may take over once the lease expires). Leadership is
+    /// shown in the `apollo_orchestration_leader` gauge and logged on each
+    /// change.
     pub async fn run(self, tx: watch::Sender<bool>, metrics: Metrics, shutdown: CancellationToken) {
         loop {
             let leader = match self.try_acquire_or_renew().await {
@@ -685,5 +715,8 @@ impl Elector {
         }
         metrics.leader.set(0);
         tx.send_replace(false);
+        if let Err(err) = self.release().await {
+            tracing::warn!(%err, lease = %self.cfg.name, "lease not released");
+        }
     }
 }

@@ -529,7 +529,7 @@ async fn exactly_one_elector_leads_and_the_other_takes_over_when_renewals_stop()
     let a_stop = CancellationToken::new();
     let b_stop = CancellationToken::new();
     let (ma, mb) = (Metrics::default(), Metrics::default());
-    tokio::spawn(a.run(a_tx, ma.clone(), a_stop.clone()));
+    let a_task = tokio::spawn(a.run(a_tx, ma.clone(), a_stop.clone()));
     tokio::spawn(b.run(b_tx, mb.clone(), b_stop.clone()));
     wait_for(&mut a_rx, true, Duration::from_secs(5)).await;
     assert_eq!(ma.leader.get(), 1);
@@ -540,11 +540,14 @@ async fn exactly_one_elector_leads_and_the_other_takes_over_when_renewals_stop()
     assert!(stayed_standby.is_err(), "b became leader while a renewed");
     assert_eq!(mb.leader.get(), 0);
 
-    // a stops renewing (no release): b takes over once the 2 s lease expires.
-    a_stop.cancel();
+    // a crashes (stops renewing, no release): b takes over once the 2 s
+    // lease expires.
+    a_task.abort();
+    let _ = a_task.await;
     let mut b_watch = b_rx.clone();
     wait_for(&mut b_watch, true, Duration::from_secs(8)).await;
-    assert!(!*a_rx.borrow_and_update());
+    drop(a_rx);
+    drop(a_stop);
     assert_eq!(mb.leader.get(), 1);
     let leases = api.objects("leases");
     assert_eq!(leases.len(), 1);
@@ -555,7 +558,35 @@ async fn exactly_one_elector_leads_and_the_other_takes_over_when_renewals_stop()
         .iter()
         .any(|r| r
             == "PUT /apis/coordination.k8s.io/v1/namespaces/apollo/leases/apollo-orchestration"));
+
+    // b shuts down cleanly: it releases, and a restarted a takes over at once
+    // (well before the 2 s lease would expire; bounded generously here).
     b_stop.cancel();
+    until("release", Duration::from_secs(5), || {
+        let l = api.objects("leases");
+        l[0]["spec"]["holderIdentity"].is_null().then_some(())
+    })
+    .await;
+    let a = Elector::new(FakeApi::client(&url), lease("replica-a"));
+    assert!(
+        a.try_acquire_or_renew().await.unwrap(),
+        "released lease taken at once"
+    );
+    assert_eq!(api.objects("leases")[0]["spec"]["leaseTransitions"], 2);
+}
+
+async fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 mod two_replicas {
@@ -585,20 +616,6 @@ mod two_replicas {
         api.objects("leases")
             .first()
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
-    }
-
-    async fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     #[tokio::test]
@@ -698,7 +715,7 @@ mod two_replicas {
             .unwrap()
             .contains(&first.request_id));
 
-        // The holder stops renewing; the other replica takes the Lease.
+        // The holder shuts down (and releases); the other replica takes the Lease.
         replicas[leader.as_str()].cancel();
         let other = if leader == "orch-a" {
             "orch-b"
