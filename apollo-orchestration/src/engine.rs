@@ -257,6 +257,13 @@ impl Engine {
         view
     }
 
+    fn kube_metadata(&self) -> Option<Arc<crate::kubernetes::Metadata>> {
+        match &*lock(&self.inner.kubernetes) {
+            KubeState::Ready(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
     /// Replaces what the engine knows about Kubernetes (see
     /// [`crate::kubernetes::follow_metadata`]).
     pub fn set_kubernetes(&self, state: KubeState) {
@@ -273,6 +280,7 @@ impl Engine {
             let mut p = lock(&self.inner.planning);
             let Planning { planners, rails } = &mut *p;
             rails.tick(now);
+            rails.set_kubernetes(self.kube_metadata());
             let proposals = planners.plan(&view, rails);
             let out = rails.approve(&view, proposals);
             m.in_flight.set(rails.in_flight() as i64);
@@ -370,6 +378,7 @@ impl Engine {
             let mut planners = Planners::new(p.planners.config().clone());
             let mut rails = p.rails.clone();
             rails.tick(now);
+            rails.set_kubernetes(self.kube_metadata());
             let block = rails.pod_blocked(&pv);
             let proposals = planners.plan(&view, &rails);
             let concerns = |pr: &Proposal| match &pr.subject {

@@ -52,6 +52,45 @@ fn api_err(what: &'static str) -> impl FnOnce(kube::Error) -> KubeError {
     move |source| KubeError::Api { what, source }
 }
 
+/// A node taint that keeps pods off (`NoSchedule` or `NoExecute`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTaint {
+    /// Key.
+    pub key: String,
+    /// Value (empty when none).
+    pub value: String,
+    /// Effect.
+    pub effect: String,
+}
+
+/// A pod toleration, as the scheduler matches it against taints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodToleration {
+    /// Key; `None` with `Exists` tolerates every taint.
+    pub key: Option<String>,
+    /// `Equal` (default) or `Exists`.
+    pub operator: String,
+    /// Value for `Equal`.
+    pub value: String,
+    /// Effect; `None` matches every effect.
+    pub effect: Option<String>,
+}
+
+impl PodToleration {
+    /// Whether this toleration tolerates `t`.
+    pub fn tolerates(&self, t: &NodeTaint) -> bool {
+        if self.effect.as_ref().is_some_and(|e| *e != t.effect) {
+            return false;
+        }
+        match (&self.key, self.operator.as_str()) {
+            (None, "Exists") => true,
+            (Some(k), "Exists") => *k == t.key,
+            (Some(k), _) => *k == t.key && self.value == t.value,
+            (None, _) => false,
+        }
+    }
+}
+
 /// What Kubernetes says about one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodMeta {
@@ -65,6 +104,8 @@ pub struct PodMeta {
     /// Every PodDisruptionBudget selecting the pod allows a disruption now
     /// (true when none selects it).
     pub disruption_allowed: bool,
+    /// Its tolerations: which tainted nodes it may move to.
+    pub tolerations: Vec<PodToleration>,
 }
 
 /// What Kubernetes says about one node.
@@ -74,6 +115,10 @@ pub struct NodeMeta {
     pub control_plane: bool,
     /// Taints as `key=value:Effect`.
     pub taints: Vec<String>,
+    /// Cordoned (`spec.unschedulable`): never a target.
+    pub unschedulable: bool,
+    /// `NoSchedule`/`NoExecute` taints: a target only for pods tolerating them.
+    pub blocking_taints: Vec<NodeTaint>,
 }
 
 /// Kubernetes metadata of the cluster at one point in time.
@@ -256,6 +301,17 @@ impl Metadata {
                         .as_ref()
                         .is_some_and(|s| s.disruptions_allowed.unwrap_or(0) > 0)
                 });
+            let tolerations = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.tolerations.iter().flatten())
+                .map(|t| PodToleration {
+                    key: t.key.clone().filter(|k| !k.is_empty()),
+                    operator: t.operator.clone().unwrap_or_else(|| "Equal".into()),
+                    value: t.value.clone().unwrap_or_default(),
+                    effect: t.effect.clone().filter(|e| !e.is_empty()),
+                })
+                .collect();
             pods.insert(
                 pod_key,
                 PodMeta {
@@ -263,6 +319,7 @@ impl Metadata {
                     claims,
                     no_migrate,
                     disruption_allowed,
+                    tolerations,
                 },
             );
         }
@@ -285,9 +342,20 @@ impl Metadata {
                         .strip_prefix("node-role.kubernetes.io/")
                         .is_some_and(|r| CONTROL_PLANE_ROLES.contains(&r))
                 });
+                let blocking_taints = taints
+                    .iter()
+                    .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                    .map(|t| NodeTaint {
+                        key: t.key.clone(),
+                        value: t.value.clone().unwrap_or_default(),
+                        effect: t.effect.clone(),
+                    })
+                    .collect();
                 Some((
                     name,
                     NodeMeta {
+                        unschedulable: n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true),
+                        blocking_taints,
                         control_plane: role_label || role_taint,
                         taints: taints
                             .iter()
@@ -344,6 +412,32 @@ impl Metadata {
                 .items,
         };
         Ok(Self::build(&objects))
+    }
+
+    /// Whether the pod `namespace/name` may be moved to `node`: not when
+    /// the node is cordoned or has a `NoSchedule`/`NoExecute` taint the pod
+    /// does not tolerate. Nodes or pods Kubernetes did not list pass.
+    pub fn admits(&self, pod: &str, node: &str) -> Result<(), String> {
+        let Some(n) = self.nodes.get(node) else {
+            return Ok(());
+        };
+        if n.unschedulable {
+            return Err(format!("{node} is cordoned"));
+        }
+        let tolerations = self.pods.get(pod).map(|p| p.tolerations.as_slice());
+        for t in &n.blocking_taints {
+            if !tolerations
+                .unwrap_or_default()
+                .iter()
+                .any(|tol| tol.tolerates(t))
+            {
+                return Err(format!(
+                    "{node} has taint {}={}:{} that {pod} does not tolerate",
+                    t.key, t.value, t.effect
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Layers the metadata onto a view built from the insights: owners and
@@ -718,5 +812,94 @@ impl Elector {
         if let Err(err) = self.release().await {
             tracing::warn!(%err, lease = %self.cfg.name, "lease not released");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_match_labels_and_expressions() {
+        let req = |key: &str, op: &str, values: &[&str]| LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        };
+        let sel = LabelSelector {
+            match_labels: Some(labels(&[("app", "etl")])),
+            match_expressions: Some(vec![
+                req("tier", "NotIn", &["batch"]),
+                req("zone", "Exists", &[]),
+            ]),
+        };
+        assert!(selects(&sel, &labels(&[("app", "etl"), ("zone", "a")])));
+        assert!(!selects(&sel, &labels(&[("app", "etl")])), "zone missing");
+        assert!(!selects(
+            &sel,
+            &labels(&[("app", "etl"), ("zone", "a"), ("tier", "batch")])
+        ));
+        assert!(!selects(&sel, &labels(&[("app", "web"), ("zone", "a")])));
+        assert!(selects(&LabelSelector::default(), &labels(&[])));
+        let bad = LabelSelector {
+            match_expressions: Some(vec![req("app", "Like", &["etl"])]),
+            ..LabelSelector::default()
+        };
+        assert!(
+            !selects(&bad, &labels(&[("app", "etl")])),
+            "unknown operator"
+        );
+    }
+
+    #[test]
+    fn tolerations_match_taints_like_the_scheduler() {
+        let taint = NodeTaint {
+            key: "gpu".into(),
+            value: "a100".into(),
+            effect: "NoSchedule".into(),
+        };
+        let tol = |key: Option<&str>, op: &str, value: &str, effect: Option<&str>| PodToleration {
+            key: key.map(String::from),
+            operator: op.into(),
+            value: value.into(),
+            effect: effect.map(String::from),
+        };
+        assert!(tol(Some("gpu"), "Equal", "a100", None).tolerates(&taint));
+        assert!(!tol(Some("gpu"), "Equal", "h100", None).tolerates(&taint));
+        assert!(tol(Some("gpu"), "Exists", "", Some("NoSchedule")).tolerates(&taint));
+        assert!(!tol(Some("gpu"), "Exists", "", Some("NoExecute")).tolerates(&taint));
+        assert!(tol(None, "Exists", "", None).tolerates(&taint));
+        assert!(!tol(None, "Equal", "", None).tolerates(&taint));
+    }
+
+    #[test]
+    fn events_name_the_object_and_carry_the_reason() {
+        let p = OrchestrationPolicy {
+            request_id: "abc-123".into(),
+            action: OrchestrationAction::ScaleUp as i32,
+            reason: "x".repeat(2000),
+            target: Some(Target::Autoscaling(apollo_proto::AutoscalingTarget {
+                workload_name: "web".into(),
+                workload_namespace: "shop".into(),
+                workload_kind: "Deployment".into(),
+                ..Default::default()
+            })),
+            ..OrchestrationPolicy::default()
+        };
+        let ev = event_for(&p, Timestamp::UNIX_EPOCH).unwrap();
+        assert_eq!(ev.involved_object.kind.as_deref(), Some("Deployment"));
+        assert_eq!(ev.involved_object.api_version.as_deref(), Some("apps/v1"));
+        assert_eq!(ev.reason.as_deref(), Some("ApolloScaleUp"));
+        assert_eq!(ev.message.as_ref().unwrap().len(), EVENT_MESSAGE_MAX);
+        assert_eq!(ev.metadata.name.as_deref(), Some("web.abc123"));
+        let none = OrchestrationPolicy::default();
+        assert!(event_for(&none, Timestamp::UNIX_EPOCH).is_none());
     }
 }

@@ -447,6 +447,63 @@ async fn a_pdb_with_no_allowed_disruption_refuses_the_migration() {
     assert!(cycle.unavailable.iter().any(|u| u.contains("unreachable")));
 }
 
+async fn plan_with(api: &FakeApi) -> Vec<String> {
+    let meta = Metadata::fetch(&FakeApi::client(&api.serve().await))
+        .await
+        .unwrap();
+    let e = engine();
+    e.set_kubernetes(KubeState::Ready(Arc::new(meta)));
+    migrations(&e.plan(SystemTime::now()).issued)
+}
+
+#[tokio::test]
+async fn cordoned_nodes_and_untolerated_taints_are_not_targets() {
+    // w1, the only worker with room, carries a GPU taint.
+    let gpu_taint = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "w1"},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]}});
+    let api = FakeApi::default();
+    cluster(&api, 1);
+    api.add("nodes", gpu_taint.clone());
+    assert!(
+        plan_with(&api).await.is_empty(),
+        "moved onto a tainted node"
+    );
+
+    // The same pods tolerating the taint may go there.
+    let api = FakeApi::default();
+    cluster(&api, 1);
+    api.add("nodes", gpu_taint);
+    for name in ["prep", "train"] {
+        let mut p = pod(
+            name,
+            "hot",
+            json!({"app": "etl"}),
+            Some(("ReplicaSet", "etl-7d9f8b6c5d")),
+            json!({}),
+        );
+        p["spec"]["tolerations"] =
+            json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]);
+        api.add("pods", p);
+    }
+    assert!(
+        !plan_with(&api).await.is_empty(),
+        "tolerating pods stay put"
+    );
+
+    // A cordoned node is never a target.
+    let api = FakeApi::default();
+    cluster(&api, 1);
+    api.add(
+        "nodes",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "w1"},
+        "spec": {"unschedulable": true}}),
+    );
+    assert!(
+        plan_with(&api).await.is_empty(),
+        "moved onto a cordoned node"
+    );
+}
+
 fn migration_policy() -> OrchestrationPolicy {
     OrchestrationPolicy {
         request_id: "4f1c2a9e-0b7d-4c1e-9a53-2d6f8e0b1c77".into(),
