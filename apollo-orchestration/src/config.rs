@@ -89,6 +89,35 @@ pub struct RailArgs {
     pub dry_run: bool,
 }
 
+/// Kubernetes metadata, Events and leader election.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Read owners, PDBs, annotations, PVC mounts and node roles from
+    /// Kubernetes, record an Event per policy and elect a leader (in-cluster
+    /// config, else KUBECONFIG). Off: planning runs on what the insights carry.
+    #[arg(long, env = "APOLLO_ORCH_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "APOLLO_ORCH_LEASE_NAME",
+        default_value = "apollo-orchestration"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease (APOLLO's own namespace).
+    #[arg(long, env = "APOLLO_ORCH_LEASE_NAMESPACE", default_value = "apollo")]
+    pub lease_namespace: String,
+    /// How long a leader that stops renewing keeps the Lease.
+    #[arg(long, env = "APOLLO_ORCH_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Interval between Lease renewals.
+    #[arg(long, env = "APOLLO_ORCH_LEASE_RENEW", default_value = "5s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+    /// This replica's identity in the Lease (default: $HOSTNAME, the pod name).
+    #[arg(long, env = "APOLLO_ORCH_IDENTITY")]
+    pub identity: Option<String>,
+}
+
 /// Configuration of `apollo-orchestration`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -140,6 +169,9 @@ pub struct Config {
     /// Interval between migration status polls.
     #[arg(long, env = "APOLLO_ORCHESTRATOR_POLL", default_value = "2s", value_parser = parse_duration)]
     pub orchestrator_poll: Duration,
+    /// Kubernetes.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// NATS connection.
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -187,6 +219,15 @@ impl Config {
         }
         if self.subscriber_buffer == 0 {
             return Err("--subscriber-buffer must be at least 1".into());
+        }
+        if self.kube.lease_renew.is_zero() || self.kube.lease_renew >= self.kube.lease_duration {
+            return Err(format!(
+                "--lease-renew ({:?}) must be positive and below --lease-duration ({:?})",
+                self.kube.lease_renew, self.kube.lease_duration
+            ));
+        }
+        if self.kube.lease_name.trim().is_empty() || self.kube.lease_namespace.trim().is_empty() {
+            return Err("--lease-name and --lease-namespace must not be empty".into());
         }
         if self.plan_interval.is_zero() {
             return Err("--plan-interval must be positive".into());
@@ -244,6 +285,25 @@ impl Config {
             },
             forecast_horizon: self.forecast_horizon,
             stale_after: self.stale_after,
+        }
+    }
+
+    /// Leader-election settings; the identity defaults to `$HOSTNAME` (the pod
+    /// name in a cluster), else a random one.
+    pub fn lease(&self) -> crate::kubernetes::LeaseSettings {
+        let identity = self
+            .kube
+            .identity
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("apollo-orchestration-{}", uuid::Uuid::new_v4()));
+        crate::kubernetes::LeaseSettings {
+            name: self.kube.lease_name.clone(),
+            namespace: self.kube.lease_namespace.clone(),
+            identity,
+            duration: self.kube.lease_duration,
+            renew: self.kube.lease_renew,
         }
     }
 

@@ -14,6 +14,7 @@ use apollo_proto::{
 };
 
 use crate::forecast::{outlook, to_timestamp};
+use crate::kubernetes::KubeState;
 use crate::metrics::Metrics;
 use crate::placement::TargetFilter;
 use crate::planner::{PlannerConfig, Planners, Proposal, Subject};
@@ -163,6 +164,7 @@ struct Inner {
     forecasts: Mutex<HashMap<String, ResourcePrediction>>,
     planning: Mutex<Planning>,
     book: Mutex<Book>,
+    kubernetes: Mutex<KubeState>,
     metrics: Metrics,
 }
 
@@ -196,6 +198,7 @@ impl Engine {
                 forecasts: Mutex::new(HashMap::new()),
                 planning: Mutex::new(planning),
                 book: Mutex::new(Book::default()),
+                kubernetes: Mutex::new(KubeState::Disabled),
                 metrics,
             }),
         }
@@ -242,10 +245,29 @@ impl Engine {
         let insights: Vec<_> = nodes.iter().map(|e| e.value.as_ref()).collect();
         let sigs: Vec<_> = pods.iter().map(|e| e.value.as_ref()).collect();
         let mut view = PlanningView::from_insights(now, &insights, &sigs, &outlooks);
-        view.unavailable.push(
-            "kubernetes: owners inferred from pod names; PodDisruptionBudgets, no-migrate annotations and PVC mounts not read",
-        );
+        match &*lock(&self.inner.kubernetes) {
+            KubeState::Ready(meta) => meta.apply(&mut view),
+            KubeState::Disabled => view.unavailable.push(
+                "kubernetes: owners inferred from pod names; PodDisruptionBudgets, no-migrate annotations and PVC mounts not read",
+            ),
+            KubeState::Unreachable(_) => view.unavailable.push(
+                "kubernetes (unreachable): owners inferred from pod names; PodDisruptionBudgets, no-migrate annotations and PVC mounts not read",
+            ),
+        }
         view
+    }
+
+    fn kube_metadata(&self) -> Option<Arc<crate::kubernetes::Metadata>> {
+        match &*lock(&self.inner.kubernetes) {
+            KubeState::Ready(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// Replaces what the engine knows about Kubernetes (see
+    /// [`crate::kubernetes::follow_metadata`]).
+    pub fn set_kubernetes(&self, state: KubeState) {
+        *lock(&self.inner.kubernetes) = state;
     }
 
     /// One planning cycle at `now`: plan, pass the rails, record the issued
@@ -258,6 +280,7 @@ impl Engine {
             let mut p = lock(&self.inner.planning);
             let Planning { planners, rails } = &mut *p;
             rails.tick(now);
+            rails.set_kubernetes(self.kube_metadata());
             let proposals = planners.plan(&view, rails);
             let out = rails.approve(&view, proposals);
             m.in_flight.set(rails.in_flight() as i64);
@@ -355,6 +378,7 @@ impl Engine {
             let mut planners = Planners::new(p.planners.config().clone());
             let mut rails = p.rails.clone();
             rails.tick(now);
+            rails.set_kubernetes(self.kube_metadata());
             let block = rails.pod_blocked(&pv);
             let proposals = planners.plan(&view, &rails);
             let concerns = |pr: &Proposal| match &pr.subject {

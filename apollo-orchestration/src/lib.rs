@@ -10,6 +10,7 @@
 //! - [`engine`]: the planning cycle and the policy book.
 //! - [`service`]: gRPC, the planning loop, JetStream delivery.
 //! - [`executor`]: the orchestrator's REST API.
+//! - [`kubernetes`]: metadata, Events and leader election (`--kubernetes`).
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 pub mod forecast;
+pub mod kubernetes;
 pub mod metrics;
 pub mod placement;
 pub mod planner;
@@ -49,6 +51,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// No Kubernetes client configuration (in-cluster or KUBECONFIG).
+    #[error("kubernetes client: {0}")]
+    Kube(String),
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -61,9 +66,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 }
 
 /// Serves on an already bound gRPC listener (tests bind `127.0.0.1:0`).
+/// With `--kubernetes` the client comes from the in-cluster config, else
+/// KUBECONFIG.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate().map_err(Error::Config)?;
+    let kube = if config.kube.kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Kube(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    serve_with_kubernetes(config, listener, kube, shutdown).await
+}
+
+/// [`serve`] with a given Kubernetes client (tests pass one for a local API
+/// server); `None` runs without Kubernetes whatever `--kubernetes` says.
+pub async fn serve_with_kubernetes(
+    config: Config,
+    listener: TcpListener,
+    kube: Option<kube::Client>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
@@ -88,13 +116,36 @@ pub async fn serve(
     let executor = config
         .executor()
         .map(|cfg| executor::spawn(cfg, metrics.clone(), results_tx, work.clone()));
-    let service = service::PolicyService::new(
+    let mut service = service::PolicyService::new(
         engine.clone(),
         bus.clone(),
         config.delivery(),
         executor,
         work.clone(),
     );
+    let unavailable = if let Some(client) = kube {
+        tokio::spawn(kubernetes::follow_metadata(
+            client.clone(),
+            engine.clone(),
+            config.plan_interval,
+            work.clone(),
+        ));
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+        let lease = config.lease();
+        tracing::info!(identity = %lease.identity, lease = %lease.name, namespace = %lease.namespace, "leader election");
+        tokio::spawn(kubernetes::Elector::new(client.clone(), lease).run(
+            leader_tx,
+            metrics.clone(),
+            work.clone(),
+        ));
+        service = service
+            .with_events(kubernetes::EventRecorder::new(client, metrics.clone()))
+            .with_leadership(leader_rx);
+        "none until the first metadata read"
+    } else {
+        metrics.leader.set(1);
+        "kubernetes metadata (owners inferred from pod names, PDBs and annotations not read), events, leader election"
+    };
     {
         let service = service.clone();
         let work = work.clone();
@@ -125,7 +176,7 @@ pub async fn serve(
     tracing::info!(
         dry_run = config.rails.dry_run,
         executor = ?config.executor,
-        unavailable = "kubernetes metadata (owners inferred from pod names, PDBs and annotations not read)",
+        unavailable,
         "planning"
     );
 

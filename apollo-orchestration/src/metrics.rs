@@ -45,9 +45,34 @@ pub struct Metrics {
     pub publish_failures: Counter,
     /// Bus messages (forecasts, alerts) that could not be decoded.
     pub bad_messages: Counter,
+    kube_reads: Family<OutcomeLabel, Counter>,
+    kube_events: Family<OutcomeLabel, Counter>,
+    /// 1 while this replica holds the leader Lease (or runs without election).
+    pub leader: Gauge,
 }
 
 impl Metrics {
+    /// Counts a Kubernetes metadata read.
+    pub fn kube_reads(&self, outcome: &'static str) {
+        self.kube_reads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts an Event outcome.
+    pub fn kube_events(&self, outcome: &'static str) {
+        self.kube_events
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Events with `outcome` so far (tests and logs).
+    pub fn kube_events_count(&self, outcome: &'static str) -> u64 {
+        self.kube_events
+            .get_or_create(&OutcomeLabel { outcome })
+            .get()
+    }
+
     /// Registers every metric under `apollo_orchestration_*`.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("apollo_orchestration");
@@ -78,6 +103,21 @@ impl Metrics {
             self.executions.clone(),
         );
         r.register("moves_in_flight", "Moves under way", self.in_flight.clone());
+        r.register(
+            "kube_metadata_reads",
+            "Reads of Kubernetes metadata, by outcome",
+            self.kube_reads.clone(),
+        );
+        r.register(
+            "kube_events",
+            "Kubernetes Events for issued policies, by outcome (created, error, skipped)",
+            self.kube_events.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica plans (holds the Lease or runs alone)",
+            self.leader.clone(),
+        );
         r.register(
             "subscribers",
             "Open policy subscriptions",

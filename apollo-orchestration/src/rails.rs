@@ -136,6 +136,8 @@ pub struct Rails {
     departed: HashMap<String, Vec<(String, SystemTime)>>,
     in_flight: HashMap<String, Move>,
     backoff: HashMap<String, SystemTime>,
+    /// Kubernetes metadata for cordons and taints, when available.
+    kubernetes: Option<std::sync::Arc<crate::kubernetes::Metadata>>,
 }
 
 /// A proposal the rails refused, and why.
@@ -159,7 +161,14 @@ impl Rails {
             departed: HashMap::new(),
             in_flight: HashMap::new(),
             backoff: HashMap::new(),
+            kubernetes: None,
         }
+    }
+
+    /// Kubernetes metadata the target rail checks (cordoned nodes, taints
+    /// the pod does not tolerate); `None` without Kubernetes.
+    pub fn set_kubernetes(&mut self, meta: Option<std::sync::Arc<crate::kubernetes::Metadata>>) {
+        self.kubernetes = meta;
     }
 
     /// The settings.
@@ -267,6 +276,13 @@ impl Rails {
                 "control-plane",
                 format!("{} is a control-plane node", node.name),
             ));
+        }
+        if let Some(Err(e)) = self
+            .kubernetes
+            .as_ref()
+            .map(|m| m.admits(&pod.key(), &node.name))
+        {
+            return Some(("taint", e));
         }
         if let Some(left) = self.departed.get(&pod.key()) {
             if let Some((_, at)) = left.iter().rev().find(|(n, _)| *n == node.name) {

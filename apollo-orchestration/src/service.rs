@@ -63,6 +63,8 @@ pub struct PolicyService {
     executor: Option<ExecutorHandle>,
     active: Arc<Mutex<HashMap<String, CancellationToken>>>,
     shutdown: CancellationToken,
+    events: Option<crate::kubernetes::EventRecorder>,
+    leadership: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -109,7 +111,27 @@ impl PolicyService {
             executor,
             active: Arc::default(),
             shutdown,
+            events: None,
+            leadership: None,
         }
+    }
+
+    /// Records a Kubernetes Event for every policy the planning loop issues.
+    pub fn with_events(mut self, events: crate::kubernetes::EventRecorder) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Plans only while `leader` is true (leader election); without it this
+    /// replica always plans.
+    pub fn with_leadership(mut self, leader: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.leadership = Some(leader);
+        self
+    }
+
+    /// Whether this replica plans now.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.as_ref().is_none_or(|l| *l.borrow())
     }
 
     /// Stores an issued policy on JetStream and hands it to the executor.
@@ -480,6 +502,10 @@ pub async fn planning_loop(
             _ = ticker.tick() => {}
             _ = wake.notified() => {}
         }
+        if !service.is_leader() {
+            // Standby: serve reads, plan nothing until the Lease is ours.
+            continue;
+        }
         let cycle = service.engine.plan(SystemTime::now());
         if !cycle.issued.is_empty() || !cycle.blocked.is_empty() {
             tracing::info!(
@@ -490,6 +516,9 @@ pub async fn planning_loop(
         }
         for p in &cycle.issued {
             service.publish(p).await;
+            if let Some(events) = &service.events {
+                events.spawn_record(p.clone());
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
