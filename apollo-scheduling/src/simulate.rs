@@ -39,7 +39,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::baselines::Baseline;
+use crate::baselines::{Baseline, TieOrder};
 use crate::config::EngineConfig;
 use crate::demand::{PodDemand, MILLI_PER_GPU};
 use crate::engine::Engine;
@@ -733,7 +733,11 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
             } else {
                 ShapeDistribution::default()
             };
-            Placer::Baseline(b, Box::new(snapshot_for(nodes, shapes)?))
+            // Ties among equally scored nodes follow a node order drawn from
+            // the run's seed (see `baselines`).
+            let snap = snapshot_for(nodes, shapes)?;
+            let ties = TieOrder::seeded(snap.len(), cfg.seed);
+            Placer::Baseline(b, Box::new(snap), ties)
         }
     };
 
@@ -749,7 +753,7 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
                 placed_by(&policy)
                     && (pods[i].gpu_request() == 0 || sim.gpu_allocated_milli() > before)
             }
-            Placer::Baseline(b, snap) => b.place(snap, &demands[i], &mut rng).is_some(),
+            Placer::Baseline(b, snap, ties) => b.place(snap, &demands[i], ties, &mut rng).is_some(),
         };
         if !placed {
             failed += 1;
@@ -784,14 +788,14 @@ fn placed_by(policy: &SchedulingPolicy) -> bool {
 
 enum Placer {
     Apollo(Box<ApolloSim>),
-    Baseline(Baseline, Box<ClusterSnapshot>),
+    Baseline(Baseline, Box<ClusterSnapshot>, TieOrder),
 }
 
 impl Placer {
     fn gpu_allocated_milli(&self) -> u64 {
         match self {
             Self::Apollo(sim) => sim.gpu_allocated_milli(),
-            Self::Baseline(_, snap) => snap.gpu_allocated_milli(),
+            Self::Baseline(_, snap, _) => snap.gpu_allocated_milli(),
         }
     }
 }
