@@ -34,12 +34,12 @@ use apollo_proto::{
     SchedulingPolicyRequest, WorkloadSummary,
 };
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::baselines::Baseline;
+use crate::baselines::{Baseline, TieOrder};
 use crate::config::EngineConfig;
 use crate::demand::{PodDemand, MILLI_PER_GPU};
 use crate::engine::Engine;
@@ -116,6 +116,9 @@ pub enum SimError {
     /// An unknown policy name.
     #[error("unknown policy {0:?} (expected apollo, random, bestfit, dotprod, gpupacking or fgd)")]
     UnknownPolicy(String),
+    /// A `gpu_spec` share outside 0..=1.
+    #[error("gpu_spec share must be between 0 and 1, got {0}")]
+    GpuSpecShare(f64),
 }
 
 /// One node of the node list.
@@ -521,6 +524,65 @@ pub fn insight_for(node: &TraceNode) -> ClusterInsight {
     }
 }
 
+/// Gives a share of the GPU pods a GPU-model constraint (`gpu_spec`), as the
+/// FGD paper's `gpuspec` trace variants do: `share` of the pods with GPUs
+/// (rounded to the nearest pod, chosen uniformly) are restricted to one to
+/// three models drawn from the cluster's models that have a node with enough
+/// GPUs for the pod. Pods that already carry a `gpu_spec` keep it and count
+/// towards the share. Deterministic for a seed; returns how many pods carry a
+/// constraint afterwards.
+pub fn assign_gpu_specs(
+    pods: &mut [TracePod],
+    nodes: &[TraceNode],
+    share: f64,
+    seed: u64,
+) -> Result<usize, SimError> {
+    if !(share.is_finite() && (0.0..=1.0).contains(&share)) {
+        return Err(SimError::GpuSpecShare(share));
+    }
+    // Largest GPU count per model, models in name order.
+    let mut models: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.gpus > 0 && !n.model.is_empty()) {
+        let m = models.entry(n.model.as_str()).or_default();
+        *m = (*m).max(n.gpus);
+    }
+    let gpu_pods: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].num_gpu > 0).collect();
+    let target = (share * gpu_pods.len() as f64).round() as usize;
+    let already = gpu_pods
+        .iter()
+        .filter(|&&i| !pods[i].gpu_spec.is_empty())
+        .count();
+    let mut free: Vec<usize> = gpu_pods
+        .into_iter()
+        .filter(|&i| pods[i].gpu_spec.is_empty())
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    free.shuffle(&mut rng);
+    let mut assigned = already;
+    for i in free {
+        if assigned >= target {
+            break;
+        }
+        let fit: Vec<&str> = models
+            .iter()
+            .filter(|&(_, &g)| g >= pods[i].num_gpu)
+            .map(|(&m, _)| m)
+            .collect();
+        if fit.is_empty() {
+            continue;
+        }
+        let k = rng.random_range(1..=fit.len().min(3));
+        let mut spec: Vec<String> = fit
+            .choose_multiple(&mut rng, k)
+            .map(|m| (*m).to_string())
+            .collect();
+        spec.sort_unstable();
+        pods[i].gpu_spec = spec;
+        assigned += 1;
+    }
+    Ok(assigned)
+}
+
 /// Builds the empty-cluster snapshot the way production does (through
 /// `ClusterInsight`).
 pub fn snapshot_for(
@@ -733,7 +795,11 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
             } else {
                 ShapeDistribution::default()
             };
-            Placer::Baseline(b, Box::new(snapshot_for(nodes, shapes)?))
+            // Ties among equally scored nodes follow a node order drawn from
+            // the run's seed (see `baselines`).
+            let snap = snapshot_for(nodes, shapes)?;
+            let ties = TieOrder::seeded(snap.len(), cfg.seed);
+            Placer::Baseline(b, Box::new(snap), ties)
         }
     };
 
@@ -749,7 +815,7 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
                 placed_by(&policy)
                     && (pods[i].gpu_request() == 0 || sim.gpu_allocated_milli() > before)
             }
-            Placer::Baseline(b, snap) => b.place(snap, &demands[i], &mut rng).is_some(),
+            Placer::Baseline(b, snap, ties) => b.place(snap, &demands[i], ties, &mut rng).is_some(),
         };
         if !placed {
             failed += 1;
@@ -784,14 +850,90 @@ fn placed_by(policy: &SchedulingPolicy) -> bool {
 
 enum Placer {
     Apollo(Box<ApolloSim>),
-    Baseline(Baseline, Box<ClusterSnapshot>),
+    Baseline(Baseline, Box<ClusterSnapshot>, TieOrder),
 }
 
 impl Placer {
     fn gpu_allocated_milli(&self) -> u64 {
         match self {
             Self::Apollo(sim) => sim.gpu_allocated_milli(),
-            Self::Baseline(_, snap) => snap.gpu_allocated_milli(),
+            Self::Baseline(_, snap, _) => snap.gpu_allocated_milli(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, gpus: u32, model: &str) -> TraceNode {
+        TraceNode {
+            name: name.into(),
+            cpu_milli: 64_000,
+            memory_mib: 262_144,
+            gpus,
+            model: model.into(),
+        }
+    }
+
+    fn pod(i: usize, num_gpu: u32) -> TracePod {
+        TracePod {
+            name: format!("p{i:04}"),
+            cpu_milli: 1_000,
+            memory_mib: 1_024,
+            num_gpu,
+            gpu_milli: if num_gpu == 1 {
+                500
+            } else {
+                1_000 * num_gpu.min(1)
+            },
+            gpu_spec: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn gpu_specs_are_deterministic_and_respect_the_share() {
+        let nodes = [
+            node("a", 8, "V100M32"),
+            node("b", 2, "T4"),
+            node("c", 4, "P100"),
+            node("d", 0, ""),
+        ];
+        // 300 GPU pods (a third of them 8-GPU pods) and 100 CPU-only pods.
+        let pods: Vec<TracePod> = (0..400).map(|i| pod(i, [0, 1, 1, 8][i % 4])).collect();
+        let mut a = pods.clone();
+        let n = assign_gpu_specs(&mut a, &nodes, 1.0 / 3.0, 7).unwrap();
+        assert_eq!(n, 100);
+        assert_eq!(a.iter().filter(|p| !p.gpu_spec.is_empty()).count(), 100);
+        for p in &a {
+            if p.num_gpu == 0 {
+                assert!(p.gpu_spec.is_empty(), "CPU-only pod {} constrained", p.name);
+            }
+            assert!(p.gpu_spec.len() <= 3);
+            for m in &p.gpu_spec {
+                assert!(["V100M32", "T4", "P100"].contains(&m.as_str()), "{m}");
+            }
+            if p.num_gpu == 8 && !p.gpu_spec.is_empty() {
+                // Only V100M32 nodes have eight GPUs.
+                assert_eq!(p.gpu_spec, ["V100M32"]);
+            }
+        }
+        let mut b = pods.clone();
+        assign_gpu_specs(&mut b, &nodes, 1.0 / 3.0, 7).unwrap();
+        assert_eq!(a, b, "same seed, same constraints");
+        let mut c = pods.clone();
+        assign_gpu_specs(&mut c, &nodes, 1.0 / 3.0, 8).unwrap();
+        assert_ne!(a, c, "another seed, other constraints");
+        let mut all = pods.clone();
+        assert_eq!(assign_gpu_specs(&mut all, &nodes, 1.0, 7).unwrap(), 300);
+        let mut none = pods.clone();
+        assert_eq!(assign_gpu_specs(&mut none, &nodes, 0.0, 7).unwrap(), 0);
+        assert_eq!(none, pods);
+        for bad in [-0.1, 1.5, f64::NAN] {
+            assert!(matches!(
+                assign_gpu_specs(&mut pods.clone(), &nodes, bad, 7),
+                Err(SimError::GpuSpecShare(_))
+            ));
         }
     }
 }

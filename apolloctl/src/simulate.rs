@@ -56,6 +56,14 @@ pub(crate) struct Args {
     /// Seeds: a number, a range `a-b`, or a comma list of those (overrides --seed).
     #[arg(long, env = "APOLLO_SIM_SEEDS")]
     seeds: Option<String>,
+    /// Give this share (0-1) of the GPU pods a GPU-model constraint
+    /// (`gpu_spec`, one to three of the cluster's models), as the FGD paper's
+    /// gpuspec trace variants do; pods that already carry one count towards it.
+    #[arg(long, env = "APOLLO_SIM_GPUSPEC_SHARE")]
+    gpuspec_share: Option<f64>,
+    /// Seed of the `gpu_spec` assignment (the same constraints for every run).
+    #[arg(long, default_value_t = 1, env = "APOLLO_SIM_GPUSPEC_SEED")]
+    gpuspec_seed: u64,
     /// Requested GPU of the workload relative to cluster capacity.
     #[arg(long, default_value_t = 1.3, env = "APOLLO_SIM_INFLATION")]
     inflation: f64,
@@ -203,7 +211,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         None => vec![args.seed],
     };
     let nodes = simulate::load_nodes(&args.nodes).context("failed to read the node list")?;
-    let pods = simulate::load_pods(&args.pods).context("failed to read the pod list")?;
+    let mut pods = simulate::load_pods(&args.pods).context("failed to read the pod list")?;
+    if let Some(share) = args.gpuspec_share {
+        let n = simulate::assign_gpu_specs(&mut pods, &nodes, share, args.gpuspec_seed)
+            .context("bad --gpuspec-share")?;
+        eprintln!(
+            "{n} GPU pods carry a gpu_spec (share {share}, seed {})",
+            args.gpuspec_seed
+        );
+    }
     let shapes = match args.shapes {
         Shapes::Online => ShapeSource::Online,
         Shapes::Trace => ShapeSource::Trace,
