@@ -43,20 +43,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct GrpcTlsArgs {
     /// Server certificate chain (PEM) for the gRPC server; with
     /// `--tls-key`, enables TLS. Reloaded when the file changes.
-    #[arg(long = "tls-cert", env = "APOLLO_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
+    #[arg(long = "tls-cert", env = "APOLLO_TLS_CERT", requires = "server_key")]
+    pub server_cert: Option<PathBuf>,
     /// Private key (PEM) of the gRPC server certificate. Reloaded when the
     /// file changes.
-    #[arg(long = "tls-key", env = "APOLLO_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    #[arg(long = "tls-key", env = "APOLLO_TLS_KEY", requires = "server_cert")]
+    pub server_key: Option<PathBuf>,
     /// CA bundle (PEM): when set, gRPC clients must present a certificate
     /// signed by it (mutual TLS). Needs `--tls-cert`.
     #[arg(
         long = "tls-client-ca",
         env = "APOLLO_TLS_CLIENT_CA",
-        requires = "tls_cert"
+        requires = "server_cert"
     )]
-    pub tls_client_ca: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Why the TLS settings cannot be used. Each variant names the file at fault.
@@ -237,8 +237,8 @@ impl ServerTls {
         args: &GrpcTlsArgs,
         recheck: Duration,
     ) -> Result<Option<Self>, TlsError> {
-        let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-            return match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
+        let (Some(cert), Some(key)) = (&args.server_cert, &args.server_key) else {
+            return match (&args.server_cert, &args.server_key, &args.client_ca) {
                 (None, None, None) => Ok(None),
                 (Some(p), None, _) | (None, Some(p), _) | (None, None, Some(p)) => {
                     Err(TlsError::Invalid {
@@ -253,7 +253,7 @@ impl ServerTls {
         let resolver = ReloadingCertResolver::new(cert.clone(), key.clone(), recheck)?;
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?;
-        let builder = match &args.tls_client_ca {
+        let builder = match &args.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = RootCertStore::empty();

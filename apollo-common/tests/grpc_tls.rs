@@ -103,9 +103,9 @@ async fn tls_server_answers_tls_clients_and_refuses_plaintext() {
     let ca = Ca::new("test CA");
     let (cert, key) = ca.leaf("localhost");
     let args = GrpcTlsArgs {
-        tls_cert: Some(write(dir.path(), "server.pem", &cert)),
-        tls_key: Some(write(dir.path(), "server.key", &key)),
-        tls_client_ca: None,
+        server_cert: Some(write(dir.path(), "server.pem", &cert)),
+        server_key: Some(write(dir.path(), "server.key", &key)),
+        client_ca: None,
     };
     let tls = ServerTls::from_args(&args).unwrap().expect("TLS is on");
     let shutdown = CancellationToken::new();
@@ -140,9 +140,9 @@ async fn client_ca_requires_a_certificate_signed_by_it() {
     let client_ca = Ca::new("client CA");
     let (cert, key) = server_ca.leaf("localhost");
     let args = GrpcTlsArgs {
-        tls_cert: Some(write(dir.path(), "server.pem", &cert)),
-        tls_key: Some(write(dir.path(), "server.key", &key)),
-        tls_client_ca: Some(write(dir.path(), "clients.pem", &client_ca.pem())),
+        server_cert: Some(write(dir.path(), "server.pem", &cert)),
+        server_key: Some(write(dir.path(), "server.key", &key)),
+        client_ca: Some(write(dir.path(), "clients.pem", &client_ca.pem())),
     };
     let tls = ServerTls::from_args(&args).unwrap().expect("TLS is on");
     let shutdown = CancellationToken::new();
@@ -185,9 +185,9 @@ async fn rotated_certificate_files_reach_new_connections_without_restart() {
     let cert_path = write(dir.path(), "server.pem", &cert);
     let key_path = write(dir.path(), "server.key", &key);
     let args = GrpcTlsArgs {
-        tls_cert: Some(cert_path.clone()),
-        tls_key: Some(key_path.clone()),
-        tls_client_ca: None,
+        server_cert: Some(cert_path.clone()),
+        server_key: Some(key_path.clone()),
+        client_ca: None,
     };
     let tls = ServerTls::from_args_with_recheck(&args, Duration::ZERO)
         .unwrap()
@@ -219,9 +219,9 @@ fn unusable_files_are_refused_at_start_with_the_file_named() {
     let missing_key = dir.path().join("missing.key");
 
     let err = ServerTls::from_args(&GrpcTlsArgs {
-        tls_cert: Some(cert_path.clone()),
-        tls_key: Some(missing_key.clone()),
-        tls_client_ca: None,
+        server_cert: Some(cert_path.clone()),
+        server_key: Some(missing_key.clone()),
+        client_ca: None,
     })
     .unwrap_err();
     assert!(matches!(err, TlsError::Read { .. }), "{err:?}");
@@ -233,9 +233,9 @@ fn unusable_files_are_refused_at_start_with_the_file_named() {
 
     let garbage = write(dir.path(), "garbage.key", "not a key\n");
     let msg = ServerTls::from_args(&GrpcTlsArgs {
-        tls_cert: Some(cert_path.clone()),
-        tls_key: Some(garbage.clone()),
-        tls_client_ca: None,
+        server_cert: Some(cert_path.clone()),
+        server_key: Some(garbage.clone()),
+        client_ca: None,
     })
     .unwrap_err()
     .to_string();
@@ -247,9 +247,9 @@ fn unusable_files_are_refused_at_start_with_the_file_named() {
     let (_, other_key) = ca.leaf("localhost");
     let mismatched = write(dir.path(), "other.key", &other_key);
     let msg = ServerTls::from_args(&GrpcTlsArgs {
-        tls_cert: Some(cert_path.clone()),
-        tls_key: Some(mismatched.clone()),
-        tls_client_ca: None,
+        server_cert: Some(cert_path.clone()),
+        server_key: Some(mismatched.clone()),
+        client_ca: None,
     })
     .unwrap_err()
     .to_string();
@@ -257,9 +257,9 @@ fn unusable_files_are_refused_at_start_with_the_file_named() {
 
     let bad_cert = write(dir.path(), "bad.pem", "hello\n");
     let msg = ServerTls::from_args(&GrpcTlsArgs {
-        tls_cert: Some(bad_cert.clone()),
-        tls_key: Some(write(dir.path(), "server.key", &key)),
-        tls_client_ca: None,
+        server_cert: Some(bad_cert.clone()),
+        server_key: Some(write(dir.path(), "server.key", &key)),
+        client_ca: None,
     })
     .unwrap_err()
     .to_string();
@@ -270,9 +270,9 @@ fn unusable_files_are_refused_at_start_with_the_file_named() {
 
     let bad_ca = write(dir.path(), "bad-ca.pem", "");
     let msg = ServerTls::from_args(&GrpcTlsArgs {
-        tls_cert: Some(cert_path),
-        tls_key: Some(write(dir.path(), "server.key", &key)),
-        tls_client_ca: Some(bad_ca.clone()),
+        server_cert: Some(cert_path),
+        server_key: Some(write(dir.path(), "server.key", &key)),
+        client_ca: Some(bad_ca.clone()),
     })
     .unwrap_err()
     .to_string();
