@@ -8,6 +8,7 @@ pub mod bus;
 pub mod cluster_view;
 pub mod config;
 pub mod grpc;
+pub mod grpc_tls;
 pub mod health;
 pub mod nats_server;
 pub mod shutdown;

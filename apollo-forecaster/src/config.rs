@@ -293,6 +293,9 @@ pub struct Config {
     /// Stream retention.
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// TLS of the gRPC server (plaintext h2c when unset).
+    #[command(flatten)]
+    pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
     /// Logs, traces, metrics endpoint, shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,

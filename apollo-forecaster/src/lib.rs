@@ -28,7 +28,7 @@ pub mod service;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use apollo_common::{
-    grpc::{incoming, reflection_service},
+    grpc::reflection_service,
     health::{spawn_http, Readiness},
     shutdown::CancellationToken,
     Bus,
@@ -94,6 +94,8 @@ impl Forecaster {
         shutdown: CancellationToken,
     ) -> Result<Self> {
         config.validate()?;
+        let tls = apollo_common::grpc_tls::ServerTls::from_args(&config.grpc_tls)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let engine = Arc::new(Engine::new(config.forecast.clone(), metrics)?);
@@ -161,7 +163,10 @@ impl Forecaster {
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(ForecastServiceServer::new(api))
-                .serve_with_incoming_shutdown(incoming(listener), grpc_shutdown.cancelled())
+                .serve_with_incoming_shutdown(
+                    apollo_common::grpc_tls::incoming(listener, tls.as_ref()),
+                    grpc_shutdown.cancelled(),
+                )
                 .await
                 .map_err(Error::from)
         });

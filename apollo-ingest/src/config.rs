@@ -51,6 +51,9 @@ pub struct Config {
     /// JetStream retention.
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// TLS of the gRPC server (plaintext h2c when unset).
+    #[command(flatten)]
+    pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
     /// Logs, traces, metrics endpoint and shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -70,6 +73,7 @@ impl Config {
             publish_deadline: Duration::from_secs(4),
             nats,
             streams,
+            grpc_tls: Default::default(),
             observability: ObservabilityArgs::default(),
             collector: CollectorArgs::default(),
         }

@@ -21,7 +21,7 @@ pub mod validate;
 use std::sync::Arc;
 
 use apollo_common::{
-    grpc::{incoming, reflection_service},
+    grpc::reflection_service,
     health::{serve_http, Readiness},
     shutdown::CancellationToken,
     Bus,
@@ -110,6 +110,8 @@ pub async fn serve_with_kubernetes(
     shutdown: CancellationToken,
 ) -> Result<()> {
     config.validate()?;
+    let tls = apollo_common::grpc_tls::ServerTls::from_args(&config.grpc_tls)
+        .map_err(|e| Error::Config(e.to_string()))?;
     // The bus outlives the gRPC server so in-flight publishes can finish.
     let bus_token = CancellationToken::new();
     let bus = Bus::connect("apollo-ingest", &config.nats, &config.streams, bus_token).await?;
@@ -158,7 +160,10 @@ pub async fn serve_with_kubernetes(
         .add_service(health)
         .add_service(reflection)
         .add_service(oversized::CountOversized::new(insight, metrics))
-        .serve_with_incoming_shutdown(incoming(grpc), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            apollo_common::grpc_tls::incoming(grpc, tls.as_ref()),
+            shutdown.clone().cancelled_owned(),
+        );
     let mut server = std::pin::pin!(server);
 
     let served = tokio::select! {

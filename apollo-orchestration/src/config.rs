@@ -178,6 +178,9 @@ pub struct Config {
     /// Stream retention.
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// TLS of the gRPC server (plaintext h2c when unset).
+    #[command(flatten)]
+    pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
     /// Metrics, logs, shutdown.
     #[command(flatten)]
     pub observability: ObservabilityArgs,

@@ -29,7 +29,7 @@ pub mod view;
 
 use std::{sync::Arc, time::Duration};
 
-use apollo_common::{grpc, health, shutdown::CancellationToken, Bus, ClusterView};
+use apollo_common::{grpc, grpc_tls, health, shutdown::CancellationToken, Bus, ClusterView};
 use apollo_proto::orchestration_policy_service_server::OrchestrationPolicyServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -95,6 +95,8 @@ pub async fn serve_with_kubernetes(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
+    let tls = apollo_common::grpc_tls::ServerTls::from_args(&config.grpc_tls)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let bus_token = CancellationToken::new();
     let bus = Bus::connect(
         "apollo-orchestration",
@@ -198,7 +200,7 @@ pub async fn serve_with_kubernetes(
         .add_service(health_service)
         .add_service(grpc::reflection_service()?)
         .add_service(OrchestrationPolicyServiceServer::new(service))
-        .serve_with_incoming_shutdown(grpc::incoming(listener), async move {
+        .serve_with_incoming_shutdown(grpc_tls::incoming(listener, tls.as_ref()), async move {
             drain.cancelled().await;
         });
     grpc::serve_with_grace(server, shutdown.clone(), grace).await?;

@@ -33,6 +33,9 @@ pub struct Config {
     /// JetStream retention.
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// TLS of the gRPC server (plaintext h2c when unset).
+    #[command(flatten)]
+    pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
     /// Logs, traces, metrics endpoint, shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -181,6 +184,7 @@ impl Config {
             service: ServiceArgs::default(),
             nats,
             streams,
+            grpc_tls: Default::default(),
             observability: ObservabilityArgs::default(),
         }
     }

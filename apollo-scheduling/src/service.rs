@@ -573,6 +573,8 @@ pub async fn serve_engine(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let tls = apollo_common::grpc_tls::ServerTls::from_args(&config.grpc_tls)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let metrics = Metrics::default();
     metrics.register(&mut registry);
     let state = Arc::clone(engine.state());
@@ -646,7 +648,7 @@ pub async fn serve_engine(
             tracing::info!("draining gRPC requests");
         }
     };
-    let incoming = apollo_common::grpc::incoming(listener);
+    let incoming = apollo_common::grpc_tls::incoming(listener, tls.as_ref());
     let mut server = Box::pin(
         tonic::transport::Server::builder()
             .add_service(health)
