@@ -50,6 +50,30 @@ async fn start() -> Harness {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Ready only once the service's own bus is up: a policy issued before
+    // that cannot be published (the publisher fails fast, by design).
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("health endpoint");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut serving = false;
+    for _ in 0..200 {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "apollo.SchedulingPolicyService".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .ok();
+        if status == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(serving, "the service never reported SERVING");
     Harness {
         _nats: nats,
         bus,
