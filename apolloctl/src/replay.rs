@@ -63,7 +63,9 @@ use apollo_proto::{
 use apollo_scheduling::simulate::{self, ApolloSim, ShapeSource, TraceNode, TracePod};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::inspect::decision_name;
 
 use crate::traces;
 
@@ -550,25 +552,9 @@ fn request(pod: &TracePod, namespace: &str) -> SchedulingPolicyRequest {
     }
 }
 
+/// gRPC channel with replay's 5 s connect and call deadlines.
 async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid endpoint {url}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
-}
-
-fn decision_name(d: i32) -> &'static str {
-    match SchedulingDecision::try_from(d).unwrap_or(SchedulingDecision::Unspecified) {
-        SchedulingDecision::Allow => "ALLOW",
-        SchedulingDecision::Prefer => "PREFER",
-        SchedulingDecision::Require => "REQUIRE",
-        SchedulingDecision::Delay => "DELAY",
-        SchedulingDecision::Reject => "REJECT",
-        SchedulingDecision::Unspecified => "UNSPECIFIED",
-    }
+    crate::client::channel(url, Duration::from_secs(5)).await
 }
 
 /// A policy that places the pod (a decision that binds, and a node).
