@@ -874,6 +874,12 @@ impl Engine {
         let horizon = self.cfg.max_horizon_minutes();
         let mut latest = write(&self.latest);
         for f in forecasts {
+            for series in &f.series {
+                if let Some(accuracy) = series.forecast.accuracy {
+                    self.metrics
+                        .observe_accuracy(&series.forecast.model_type, accuracy);
+                }
+            }
             out.predictions.push(self.to_prediction(&f, horizon));
             latest.insert(f.node.clone(), Arc::new(f));
         }

@@ -160,6 +160,7 @@ impl Forecaster {
         let grpc_shutdown = shutdown.clone();
         let grpc = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(ForecastServiceServer::new(api))
