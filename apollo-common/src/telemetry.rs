@@ -7,7 +7,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
+pub use opentelemetry::trace::SpanContext;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
@@ -197,6 +198,17 @@ pub fn current_span_context() -> SpanContext {
         .span()
         .span_context()
         .clone()
+}
+
+/// Makes `span` a child of `parent`, a span recorded earlier (e.g. the
+/// consumption of the insight a forecast was computed from), so work done
+/// later on that data joins its trace. Does nothing for an invalid context.
+pub fn set_remote_parent(span: &tracing::Span, parent: &SpanContext) {
+    if parent.is_valid() {
+        // Fails only when the span is disabled by the log filter.
+        let _ =
+            span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()));
+    }
 }
 
 /// Records on the current span that it used data produced in the trace

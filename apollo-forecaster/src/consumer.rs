@@ -74,7 +74,13 @@ fn handle(engine: &Engine, bus: &Bus, msg: &jetstream::Message) -> Verdict {
         }
     }
     match engine.ingest(&insight, publish_ms, now_ms()) {
-        Ok(_) => Verdict::Ack,
+        Ok(_) => {
+            engine.note_insight_trace(
+                &insight.node_name,
+                apollo_common::telemetry::current_span_context(),
+            );
+            Verdict::Ack
+        }
         Err(SampleReject::MissingNode | SampleReject::MissingTimestamp) => {
             bus.rejected(&msg.subject, "missing node or time");
             tracing::warn!(subject = %msg.subject, "insight without node or time terminated");
