@@ -7,7 +7,8 @@
 //! there (trailers-only), a successful unary answer carries it in the
 //! trailers, so a call without `grpc-status` in its headers counts as `OK`.
 //! A stream that fails after it started therefore counts as `OK` here; the
-//! services count such failures themselves.
+//! services count such failures themselves. For a server stream the span
+//! and the latency end with the response headers, not with the stream.
 
 use std::{
     future::Future,
