@@ -288,10 +288,16 @@ async fn pump(
             }
             None => break Some(Status::unavailable("policy stream ended")),
         };
+        let shared = apollo_common::shared_metrics::shared();
+        let family = apollo_common::shared_metrics::FamilyLabels {
+            family: "policy.orchestration".into(),
+        };
+        shared.bus_consumed.get_or_create(&family).inc();
         let policy: OrchestrationPolicy = match from_json(&msg.payload) {
             Ok(p) => p,
             Err(err) => {
                 engine.metrics().bad_messages.inc();
+                shared.rejected(family.family, "undecodable");
                 tracing::warn!(%err, subject = %msg.subject, "undecodable policy on the stream");
                 let _ = msg.ack_with(AckKind::Term).await;
                 continue;
