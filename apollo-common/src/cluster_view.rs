@@ -15,11 +15,15 @@ use std::{
 
 use apollo_proto::{ClusterInsight, WorkloadSignature};
 use futures::StreamExt;
+use opentelemetry::trace::SpanContext;
 use prometheus_client::{metrics::counter::Counter, metrics::gauge::Gauge, registry::Registry};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{from_json, Bus, StreamKind};
+use crate::{
+    bus::{from_json, Bus, StreamKind},
+    telemetry::current_span_context,
+};
 
 /// One entry of the view.
 #[derive(Debug, Clone)]
@@ -30,6 +34,9 @@ pub struct Entry<T> {
     pub stored_at: SystemTime,
     /// Its stream sequence (0 for entries applied directly).
     pub sequence: u64,
+    /// The trace the message was consumed in (invalid when traces are not
+    /// exported), so a decision that uses the entry can link to it.
+    pub trace: SpanContext,
 }
 
 impl<T> Entry<T> {
@@ -72,6 +79,7 @@ struct ViewMetrics {
     rejected: Counter,
     nodes: Gauge,
     pods: Gauge,
+    last_stored: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// Shared, cheaply cloneable view of the cluster.
@@ -134,6 +142,12 @@ impl ClusterView {
             "Pods in the cluster view",
             self.metrics.pods.clone(),
         );
+        registry.register(
+            "apollo_view_last_stored_timestamp_seconds",
+            "When JetStream stored the newest message applied to the view (Unix time); \
+             time() minus this is the view's staleness",
+            self.metrics.last_stored.clone(),
+        );
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -145,7 +159,8 @@ impl ClusterView {
     }
 
     /// Replaces a node's insight (ignored without a node name, or when older
-    /// than the entry it would replace).
+    /// than the entry it would replace). The entry remembers the trace of the
+    /// current span.
     pub fn upsert_node(
         &self,
         insight: ClusterInsight,
@@ -170,17 +185,19 @@ impl ClusterView {
                     value: Arc::new(insight),
                     stored_at,
                     sequence,
+                    trace: current_span_context(),
                 },
             );
             self.metrics.nodes.set(state.nodes.len() as i64);
         }
-        self.metrics.applied.inc();
+        self.applied(stored_at);
         let _ = self.changes.send(ViewChange::Node(name));
         true
     }
 
     /// Replaces a pod's signature (ignored without namespace/name, or when
-    /// older than the entry it would replace).
+    /// older than the entry it would replace). The entry remembers the trace
+    /// of the current span.
     pub fn upsert_pod(
         &self,
         signature: WorkloadSignature,
@@ -205,16 +222,27 @@ impl ClusterView {
                     value: Arc::new(signature),
                     stored_at,
                     sequence,
+                    trace: current_span_context(),
                 },
             );
             self.metrics.pods.set(state.pods.len() as i64);
         }
-        self.metrics.applied.inc();
+        self.applied(stored_at);
         let _ = self.changes.send(ViewChange::Pod {
             namespace: key.0,
             name: key.1,
         });
         true
+    }
+
+    fn applied(&self, stored_at: SystemTime) {
+        self.metrics.applied.inc();
+        let at = stored_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        if at > self.metrics.last_stored.get() {
+            self.metrics.last_stored.set(at);
+        }
     }
 
     /// Drops a node (e.g. deleted from the cluster).
@@ -305,7 +333,11 @@ impl ClusterView {
             }
         } else {
             tracing::warn!(subject, "unexpected subject on insight stream");
+            bus.rejected(subject, "unexpected subject");
+            self.metrics.rejected.inc();
+            return false;
         }
+        bus.rejected(subject, "undecodable");
         self.metrics.rejected.inc();
         false
     }
@@ -354,13 +386,16 @@ impl ClusterView {
                                 ),
                                 Err(_) => (SystemTime::now(), 0, 0),
                             };
-                            view.apply_message(
-                                &bus,
-                                msg.subject.as_str(),
-                                &msg.payload,
-                                stored_at,
-                                seq,
-                            );
+                            let span = bus.consumed("cluster_view", &msg);
+                            span.in_scope(|| {
+                                view.apply_message(
+                                    &bus,
+                                    msg.subject.as_str(),
+                                    &msg.payload,
+                                    stored_at,
+                                    seq,
+                                )
+                            });
                             pending = left;
                             if pending == 0 && !view.is_synced() {
                                 tracing::info!(

@@ -36,7 +36,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// How to reach NATS. Credentials and TLS follow the NATS CLI's conventions.
-#[derive(Debug, Clone, Args)]
+/// `Debug` leaves out the password, the token and any password in the URL.
+#[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated.
     #[arg(
@@ -102,6 +103,61 @@ pub struct NatsArgs {
     /// Timeout for a JetStream publish acknowledgement and API requests.
     #[arg(long = "nats-timeout", env = "APOLLO_NATS_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |set: bool| if set { Some("<redacted>") } else { None };
+        f.debug_struct("NatsArgs")
+            .field("url", &self.display_url())
+            .field("creds_file", &self.creds_file)
+            .field("user", &self.user)
+            .field("password", &hidden(self.password.is_some()))
+            .field("token", &hidden(self.token.is_some()))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_required", &self.tls_required)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("stream_prefix", &self.stream_prefix)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl NatsArgs {
+    /// The server URL(s) fit for logs and error messages: a password or
+    /// token written into a URL (`nats://user:secret@host`) is replaced.
+    pub fn display_url(&self) -> String {
+        redact_url_credentials(&self.url)
+    }
+}
+
+/// Replaces the secret part of the user information in each comma-separated
+/// URL: `nats://user:pw@h` becomes `nats://user:<redacted>@h`, and a lone
+/// token (`nats://tok@h`) becomes `nats://<redacted>@h`.
+pub fn redact_url_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let (scheme, rest) = match url.find("://") {
+                Some(i) => (&url[..i + 3], &url[i + 3..]),
+                None => ("", url),
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let userinfo = &rest[..at];
+                    let shown = match userinfo.split_once(':') {
+                        Some((user, _)) => format!("{user}:<redacted>"),
+                        None => "<redacted>".to_string(),
+                    };
+                    format!("{scheme}{shown}{}", &rest[at..])
+                }
+                None => url.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Default for NatsArgs {
@@ -219,6 +275,30 @@ impl Default for ObservabilityArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let args = NatsArgs {
+            url: "nats://svc:pw-in-url@nats-0:4222,nats://tok-in-url@nats-1:4222".into(),
+            user: Some("svc".into()),
+            password: Some("s3cret-password".into()),
+            token: Some("s3cret-token".into()),
+            ..Default::default()
+        };
+        let shown = format!("{args:?}");
+        for secret in ["s3cret-password", "s3cret-token", "pw-in-url", "tok-in-url"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(
+            shown.contains("nats://svc:<redacted>@nats-0:4222"),
+            "{shown}"
+        );
+        assert!(shown.contains("nats://<redacted>@nats-1:4222"), "{shown}");
+        assert_eq!(
+            redact_url_credentials("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {

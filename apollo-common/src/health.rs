@@ -3,7 +3,8 @@
 //! gRPC health (`grpc.health.v1`) answers NOT_SERVING until the service's
 //! dependencies (NATS) are reachable, SERVING after, and NOT_SERVING again while
 //! draining. The same state drives `/readyz` on the HTTP server that also serves
-//! Prometheus `/metrics`, so Kubernetes probes can use either.
+//! Prometheus `/metrics`, so Kubernetes probes can use either. `GET` and
+//! `PUT /loglevel` read and change the log filter of the running process.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,13 @@ use std::{
     },
 };
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, put},
+    Router,
+};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +130,7 @@ pub async fn serve_http(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/loglevel", put(set_log_filter).get(get_log_filter))
         .with_state(HttpState {
             registry,
             readiness,
@@ -147,7 +155,15 @@ pub async fn spawn_http(
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+    let encoded = prometheus_client::encoding::text::encode_registry(&mut body, &state.registry)
+        .and_then(|()| {
+            prometheus_client::encoding::text::encode_registry(
+                &mut body,
+                crate::shared_metrics::shared().registry(),
+            )
+        })
+        .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut body));
+    match encoded {
         Ok(()) => (
             StatusCode::OK,
             [(
@@ -169,5 +185,61 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Longest log filter `PUT /loglevel` accepts.
+const MAX_LOG_FILTER_BYTES: usize = 4096;
+
+async fn get_log_filter() -> impl IntoResponse {
+    match crate::telemetry::log_filter() {
+        Some(handle) => (StatusCode::OK, handle.current()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log filter not changeable: logging was not set up by telemetry::init".to_string(),
+        ),
+    }
+}
+
+/// `PUT /loglevel` with a tracing `EnvFilter` string as the body, e.g.
+/// `info,apollo_scheduling=debug`.
+async fn set_log_filter(body: axum::body::Bytes) -> impl IntoResponse {
+    let Some(handle) = crate::telemetry::log_filter() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log filter not changeable: logging was not set up by telemetry::init".to_string(),
+        );
+    };
+    let rejected = |status, message: String| {
+        crate::shared_metrics::shared()
+            .log_filter_changes
+            .get_or_create(&crate::shared_metrics::OutcomeLabels {
+                outcome: "rejected",
+            })
+            .inc();
+        (status, message)
+    };
+    if body.len() > MAX_LOG_FILTER_BYTES {
+        return rejected(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("log filter longer than {MAX_LOG_FILTER_BYTES} bytes"),
+        );
+    }
+    let Ok(filter) = std::str::from_utf8(&body) else {
+        return rejected(
+            StatusCode::BAD_REQUEST,
+            "log filter is not UTF-8".to_string(),
+        );
+    };
+    let filter = filter.trim();
+    if filter.is_empty() {
+        return rejected(
+            StatusCode::BAD_REQUEST,
+            "empty log filter: send e.g. `info` or `info,apollo_ingest=debug`".to_string(),
+        );
+    }
+    match handle.set(filter) {
+        Ok(()) => (StatusCode::OK, filter.to_string()),
+        Err(err) => (StatusCode::BAD_REQUEST, err.to_string()),
     }
 }

@@ -8,9 +8,11 @@ pub mod bus;
 pub mod cluster_view;
 pub mod config;
 pub mod grpc;
+pub mod grpc_telemetry;
 pub mod grpc_tls;
 pub mod health;
 pub mod nats_server;
+pub mod shared_metrics;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

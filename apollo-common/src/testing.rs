@@ -189,3 +189,128 @@ pub async fn subscribe_ready(
         .expect("barrier subscription closed");
     sub
 }
+
+/// One finished span as a test sees it.
+#[derive(Debug, Clone)]
+pub struct CollectedSpan {
+    /// Span name (the `otel.name` when set).
+    pub name: String,
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+    /// Span id, 16 hex digits.
+    pub span_id: String,
+    /// Parent span id (`0000000000000000` for a root).
+    pub parent_span_id: String,
+    /// Attributes as strings.
+    pub attributes: std::collections::HashMap<String, String>,
+    /// Trace ids of the spans this one links to.
+    pub linked_trace_ids: Vec<String>,
+}
+
+/// An in-process span exporter: every finished span lands in memory.
+#[derive(Debug, Clone, Default)]
+pub struct SpanCollector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<CollectedSpan>>>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for SpanCollector {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        spans.extend(batch.into_iter().map(|s| {
+            CollectedSpan {
+                name: s.name.to_string(),
+                trace_id: s.span_context.trace_id().to_string(),
+                span_id: s.span_context.span_id().to_string(),
+                parent_span_id: s.parent_span_id.to_string(),
+                attributes: s
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                    .collect(),
+                linked_trace_ids: s
+                    .links
+                    .iter()
+                    .map(|l| l.span_context.trace_id().to_string())
+                    .collect(),
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl SpanCollector {
+    /// Installs the process's telemetry (as `telemetry::init` does) with
+    /// spans exported to the returned collector as soon as they end. Once per
+    /// test binary: the subscriber is global.
+    pub fn install(service_name: &'static str) -> (Self, crate::telemetry::TelemetryGuard) {
+        let collector = Self::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(collector.clone())
+            .build();
+        let args = crate::config::ObservabilityArgs {
+            log_filter: "info".into(),
+            ..Default::default()
+        };
+        let guard = crate::telemetry::init_with(service_name, &args, Some(provider), std::io::sink)
+            .expect("telemetry installs once per test binary");
+        (collector, guard)
+    }
+
+    /// Every span finished so far.
+    pub fn spans(&self) -> Vec<CollectedSpan> {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits (polling, up to `timeout`) for a finished span matching `pred`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&CollectedSpan) -> bool,
+    ) -> Option<CollectedSpan> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.spans().into_iter().find(|s| pred(s)) {
+                return Some(s);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until the gRPC server at `endpoint` (`http://host:port`) accepts
+/// connections and its health service reports the whole server SERVING;
+/// panics after 20 s.
+pub async fn wait_serving(endpoint: &str) {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("never connected");
+    while tokio::time::Instant::now() < deadline {
+        match tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .expect("valid endpoint")
+            .connect()
+            .await
+        {
+            Ok(channel) => {
+                match HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await
+                {
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return,
+                    Ok(r) => last = format!("status {}", r.get_ref().status),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{endpoint} never reported SERVING: {last}");
+}

@@ -50,6 +50,7 @@ enum Verdict {
 }
 
 fn handle(engine: &Engine, bus: &Bus, msg: &jetstream::Message) -> Verdict {
+    let _span = bus.consumed("forecaster", msg).entered();
     let publish_ms = msg
         .info()
         .ok()
@@ -59,6 +60,7 @@ fn handle(engine: &Engine, bus: &Bus, msg: &jetstream::Message) -> Verdict {
         Err(err) => {
             engine.metrics().insights_consumed.inc();
             engine.metrics().reject_insight("decode");
+            bus.rejected(&msg.subject, "undecodable");
             tracing::warn!(subject = %msg.subject, %err, "poison insight terminated");
             return Verdict::Term;
         }
@@ -72,8 +74,15 @@ fn handle(engine: &Engine, bus: &Bus, msg: &jetstream::Message) -> Verdict {
         }
     }
     match engine.ingest(&insight, publish_ms, now_ms()) {
-        Ok(_) => Verdict::Ack,
+        Ok(_) => {
+            engine.note_insight_trace(
+                &insight.node_name,
+                apollo_common::telemetry::current_span_context(),
+            );
+            Verdict::Ack
+        }
         Err(SampleReject::MissingNode | SampleReject::MissingTimestamp) => {
+            bus.rejected(&msg.subject, "missing node or time");
             tracing::warn!(subject = %msg.subject, "insight without node or time terminated");
             Verdict::Term
         }

@@ -46,6 +46,7 @@ use std::{
     time::Instant,
 };
 
+use apollo_common::telemetry::SpanContext;
 use apollo_proto::{
     AlertState, ClusterPrediction, PolicyPriority, PredictionRecommendation, ResourceAlert,
     ResourcePrediction, Timestamp, TimestampedResources,
@@ -230,6 +231,9 @@ pub struct Engine {
     refresh_lock: Mutex<()>,
     metrics: Metrics,
     threads: usize,
+    /// Per node, the trace its newest insight was consumed in: the node's
+    /// next forecast and alerts are published in that trace.
+    insight_traces: RwLock<HashMap<String, SpanContext>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -324,6 +328,7 @@ impl Engine {
             refresh_lock: Mutex::new(()),
             metrics,
             threads,
+            insight_traces: RwLock::default(),
         })
     }
 
@@ -652,6 +657,26 @@ impl Engine {
         (grants, budget)
     }
 
+    /// Remembers the trace the newest insight of `node` arrived in.
+    pub fn note_insight_trace(&self, node: &str, trace: SpanContext) {
+        if trace.is_valid() {
+            write(&self.insight_traces).insert(node.to_string(), trace);
+        }
+    }
+
+    /// The trace the newest insight of `node` arrived in, if it had one.
+    pub fn insight_trace(&self, node: &str) -> Option<SpanContext> {
+        read(&self.insight_traces).get(node).cloned()
+    }
+
+    /// Drops the remembered traces of nodes no longer forecast.
+    pub fn forget_insight_traces(&self, nodes: &[String]) {
+        let mut traces = write(&self.insight_traces);
+        for node in nodes {
+            traces.remove(node);
+        }
+    }
+
     /// Recomputes every forecast; returns the predictions and alert
     /// transitions to publish. CPU-bound: call from a blocking thread.
     pub fn refresh(&self, now_ms: i64) -> RefreshOutput {
@@ -874,6 +899,12 @@ impl Engine {
         let horizon = self.cfg.max_horizon_minutes();
         let mut latest = write(&self.latest);
         for f in forecasts {
+            for series in &f.series {
+                if let Some(accuracy) = series.forecast.accuracy {
+                    self.metrics
+                        .observe_accuracy(&series.forecast.model_type, accuracy);
+                }
+            }
             out.predictions.push(self.to_prediction(&f, horizon));
             latest.insert(f.node.clone(), Arc::new(f));
         }

@@ -37,6 +37,7 @@ use apollo_proto::forecast_service_server::ForecastServiceServer;
 use futures::{stream::FuturesUnordered, StreamExt};
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::Instrument as _;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -160,6 +161,7 @@ impl Forecaster {
         let grpc_shutdown = shutdown.clone();
         let grpc = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(ForecastServiceServer::new(api))
@@ -258,9 +260,22 @@ pub async fn refresh_and_publish(engine: &Arc<Engine>, bus: &Bus) -> Result<Refr
     let subjects = bus.subjects().clone();
     let mut inflight = FuturesUnordered::new();
     let mut results = Vec::new();
+    engine.forget_insight_traces(&out.expired);
+    // Each node's forecast and alerts continue the trace of its newest insight.
+    let span_for = |node: &str| {
+        let span = tracing::info_span!("forecast.publish", node);
+        if let Some(parent) = engine.insight_trace(node) {
+            apollo_common::telemetry::set_remote_parent(&span, &parent);
+        }
+        span
+    };
     for p in &out.predictions {
         let subject = subjects.forecast(&p.node_name)?;
-        match bus.start_publish(subject, p).await {
+        match bus
+            .start_publish(subject, p)
+            .instrument(span_for(&p.node_name))
+            .await
+        {
             Ok(ack) => inflight.push(async move { (true, ack.await) }),
             Err(err) => results.push((true, Err(err))),
         }
@@ -276,7 +291,10 @@ pub async fn refresh_and_publish(engine: &Arc<Engine>, bus: &Bus) -> Result<Refr
     // Alerts in order, after the predictions they refer to.
     for a in &out.alerts {
         let subject = subjects.alert(a.kind, &a.alert.node_name)?;
-        let r = bus.publish(subject, &a.alert).await;
+        let r = bus
+            .publish(subject, &a.alert)
+            .instrument(span_for(&a.alert.node_name))
+            .await;
         if r.is_ok() {
             let state = if a.alert.state == apollo_proto::AlertState::Raised as i32 {
                 "raised"

@@ -1,6 +1,9 @@
 //! Prometheus metrics of the forecaster.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -30,6 +33,41 @@ pub struct Metrics {
     pub publish_failures: Counter,
     /// Alerts published, by kind and state.
     pub alerts: Family<Labels, Counter>,
+    /// Rolling backtest accuracy (`1 - wMAPE`) of the forecasts each model
+    /// made: an exponentially weighted mean over refreshes.
+    pub model_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    /// Series forecasts scored into `model_accuracy`, by model.
+    pub model_forecasts_scored: Family<ModelLabels, Counter>,
+}
+
+/// The model a forecast came from, e.g. `auto(ets+arima)`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Model name without the per-series details (`auto(warming:median30)`
+    /// is `auto(warming)`).
+    pub model: String,
+}
+
+/// Weight of the newest accuracy in the rolling mean.
+const ACCURACY_WEIGHT: f64 = 0.1;
+
+/// A model name fit for a label: details after `:` inside brackets dropped,
+/// at most 64 characters.
+fn model_label(model_type: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for c in model_type.chars() {
+        match c {
+            ':' => skipping = true,
+            ')' => {
+                skipping = false;
+                out.push(c);
+            }
+            _ if !skipping => out.push(c),
+            _ => {}
+        }
+    }
+    out.chars().take(64).collect()
 }
 
 impl Metrics {
@@ -48,6 +86,8 @@ impl Metrics {
             predictions_published: Counter::default(),
             publish_failures: Counter::default(),
             alerts: Family::default(),
+            model_accuracy: Family::default(),
+            model_forecasts_scored: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("apollo_forecaster");
         r.register(
@@ -92,6 +132,16 @@ impl Metrics {
             "Alerts published, by kind and state",
             m.alerts.clone(),
         );
+        r.register(
+            "model_accuracy",
+            "Rolling backtest accuracy (1 - wMAPE) of each model's forecasts, weighted 0.1 per forecast",
+            m.model_accuracy.clone(),
+        );
+        r.register(
+            "model_forecasts_scored",
+            "Series forecasts with a backtest accuracy, by model",
+            m.model_forecasts_scored.clone(),
+        );
         m
     }
 
@@ -100,10 +150,60 @@ impl Metrics {
         Self::register(&mut Registry::default())
     }
 
+    /// Folds one forecast's backtest accuracy into its model's rolling mean.
+    pub fn observe_accuracy(&self, model_type: &str, accuracy: f64) {
+        if !accuracy.is_finite() {
+            return;
+        }
+        let labels = ModelLabels {
+            model: model_label(model_type),
+        };
+        let scored = self.model_forecasts_scored.get_or_create(&labels);
+        let gauge = self.model_accuracy.get_or_create(&labels);
+        let next = if scored.get() == 0 {
+            accuracy
+        } else {
+            gauge.get() + ACCURACY_WEIGHT * (accuracy - gauge.get())
+        };
+        gauge.set(next);
+        scored.inc();
+    }
+
     /// Counts a rejected insight.
     pub fn reject_insight(&self, reason: &'static str) {
         self.insights_rejected
             .get_or_create(&vec![("reason", reason)])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accuracy_is_a_rolling_mean_per_model() {
+        let m = Metrics::unregistered();
+        m.observe_accuracy("auto(ets+arima)", 0.9);
+        m.observe_accuracy("auto(ets+arima)", 0.5);
+        m.observe_accuracy("auto(warming:median30)", 0.7);
+        m.observe_accuracy("auto(warming:median60)", f64::NAN);
+        let get = |model: &str| {
+            m.model_accuracy
+                .get_or_create(&ModelLabels {
+                    model: model.into(),
+                })
+                .get()
+        };
+        assert!((get("auto(ets+arima)") - 0.86).abs() < 1e-9);
+        assert!((get("auto(warming)") - 0.7).abs() < 1e-9);
+        assert_eq!(
+            m.model_forecasts_scored
+                .get_or_create(&ModelLabels {
+                    model: "auto(warming)".into()
+                })
+                .get(),
+            1
+        );
     }
 }

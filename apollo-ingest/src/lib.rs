@@ -157,6 +157,7 @@ pub async fn serve_with_kubernetes(
     let reflection = reflection_service().map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
     let server = tonic::transport::Server::builder()
+        .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(oversized::CountOversized::new(insight, metrics))

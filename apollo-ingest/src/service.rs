@@ -25,7 +25,6 @@ use apollo_proto::{
 use futures::{stream::FuturesUnordered, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     error::{Error, Result},
@@ -147,33 +146,6 @@ impl Tally {
             source: Box::new(source),
         }
     }
-}
-
-/// Reads `traceparent` from gRPC metadata.
-struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
-
-impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .keys()
-            .filter_map(|k| match k {
-                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
-                tonic::metadata::KeyRef::Binary(_) => None,
-            })
-            .collect()
-    }
-}
-
-/// Makes the caller's trace (if it sent `traceparent`) the parent of the
-/// current RPC span, so the bus headers continue it.
-fn adopt_remote_parent(metadata: &tonic::metadata::MetadataMap) {
-    let cx =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
-    let _ = Span::current().set_parent(cx);
 }
 
 impl Publisher {
@@ -376,7 +348,6 @@ impl InsightService for IngestService {
         &self,
         request: Request<ClusterInsight>,
     ) -> Result<Response<ReportResponse>, Status> {
-        adopt_remote_parent(request.metadata());
         let msg = request.into_inner();
         Span::current().record("node", msg.node_name.as_str());
         Ok(Response::new(self.report(msg).await?))
@@ -387,7 +358,6 @@ impl InsightService for IngestService {
         &self,
         request: Request<WorkloadSignature>,
     ) -> Result<Response<ReportResponse>, Status> {
-        adopt_remote_parent(request.metadata());
         let msg = request.into_inner();
         Span::current().record("namespace", msg.pod_namespace.as_str());
         Span::current().record("pod", msg.pod_name.as_str());
@@ -399,7 +369,6 @@ impl InsightService for IngestService {
         &self,
         request: Request<Streaming<ClusterInsight>>,
     ) -> Result<Response<StreamResponse>, Status> {
-        adopt_remote_parent(request.metadata());
         Ok(Response::new(
             self.ingest_stream(request.into_inner()).await?,
         ))
@@ -410,7 +379,6 @@ impl InsightService for IngestService {
         &self,
         request: Request<Streaming<WorkloadSignature>>,
     ) -> Result<Response<StreamResponse>, Status> {
-        adopt_remote_parent(request.metadata());
         Ok(Response::new(
             self.ingest_stream(request.into_inner()).await?,
         ))

@@ -197,6 +197,7 @@ pub async fn serve_with_kubernetes(
     let grace = config.observability.shutdown_grace;
     let drain = shutdown.clone();
     let server = tonic::transport::Server::builder()
+        .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
         .add_service(health_service)
         .add_service(grpc::reflection_service()?)
         .add_service(OrchestrationPolicyServiceServer::new(service))

@@ -75,6 +75,20 @@ impl Metrics {
 
     /// Registers every metric under `apollo_orchestration_*`.
     pub fn register(&self, r: &mut Registry) {
+        // Every action's series exists from the start (at 0), so a query
+        // for one that was never issued returns 0 rather than nothing.
+        for action in [
+            apollo_proto::OrchestrationAction::Migrate,
+            apollo_proto::OrchestrationAction::Provision,
+            apollo_proto::OrchestrationAction::ScaleUp,
+            apollo_proto::OrchestrationAction::ScaleDown,
+            apollo_proto::OrchestrationAction::Rebalance,
+            apollo_proto::OrchestrationAction::Optimize,
+        ] {
+            let _ = self.issued.get_or_create(&ActionLabel {
+                action: crate::policy::action_token(action),
+            });
+        }
         let r = r.sub_registry_with_prefix("apollo_orchestration");
         r.register("plan_cycles", "Planning cycles run", self.cycles.clone());
         r.register(

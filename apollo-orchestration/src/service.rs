@@ -288,10 +288,16 @@ async fn pump(
             }
             None => break Some(Status::unavailable("policy stream ended")),
         };
+        let shared = apollo_common::shared_metrics::shared();
+        let family = apollo_common::shared_metrics::FamilyLabels {
+            family: "policy.orchestration".into(),
+        };
+        shared.bus_consumed.get_or_create(&family).inc();
         let policy: OrchestrationPolicy = match from_json(&msg.payload) {
             Ok(p) => p,
             Err(err) => {
                 engine.metrics().bad_messages.inc();
+                shared.rejected(family.family, "undecodable");
                 tracing::warn!(%err, subject = %msg.subject, "undecodable policy on the stream");
                 let _ = msg.ack_with(AckKind::Term).await;
                 continue;
@@ -451,6 +457,7 @@ pub async fn planning_loop(
     {
         let wake = wake.clone();
         let client = service.bus.client().clone();
+        let bus = service.bus.clone();
         let shutdown = shutdown.clone();
         let engine = service.engine.clone();
         tokio::spawn(async move {
@@ -467,6 +474,7 @@ pub async fn planning_loop(
                     _ = shutdown.cancelled() => return,
                     m = sub.next() => match m {
                         Some(m) => {
+                            let _span = bus.consumed_core(&m).entered();
                             tracing::debug!(subject = %m.subject, "alert, planning now");
                             wake.notify_one();
                         }
@@ -557,15 +565,19 @@ pub async fn follow_forecasts(bus: Bus, engine: Engine, shutdown: CancellationTo
                 m = messages.next() => m,
             };
             match m {
-                Some(Ok(m)) => match from_json::<ResourcePrediction>(&m.payload) {
-                    Ok(p) => {
-                        engine.apply_forecast(p);
+                Some(Ok(m)) => {
+                    let _span = bus.consumed("orchestration_forecasts", &m).entered();
+                    match from_json::<ResourcePrediction>(&m.payload) {
+                        Ok(p) => {
+                            engine.apply_forecast(p);
+                        }
+                        Err(err) => {
+                            engine.metrics().bad_messages.inc();
+                            bus.rejected(&m.subject, "undecodable");
+                            tracing::warn!(%err, subject = %m.subject, "undecodable forecast");
+                        }
                     }
-                    Err(err) => {
-                        engine.metrics().bad_messages.inc();
-                        tracing::warn!(%err, subject = %m.subject, "undecodable forecast");
-                    }
-                },
+                }
                 Some(Err(err)) => {
                     tracing::warn!(%err, "forecast stream; resubscribing");
                     break;

@@ -73,6 +73,14 @@ impl Engine {
     /// labels and annotations. Always returns a policy with a fresh request id.
     pub fn decide(&self, req: &SchedulingPolicyRequest) -> SchedulingPolicy {
         let signature = self.state.view().pod(&req.pod_namespace, &req.pod_name);
+        if let Some(entry) = &signature {
+            // The decision's span (in the caller's trace) points at the trace
+            // that reported the signature it used.
+            apollo_common::telemetry::link_current_span(
+                &entry.trace,
+                apollo_common::telemetry::SIGNATURE_TRACE_ATTRIBUTE,
+            );
+        }
         let workload = Workload::derive(req, signature.as_ref().map(|e| e.value.as_ref()));
         self.decide_workload(req, &workload)
     }

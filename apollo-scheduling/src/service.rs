@@ -45,7 +45,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{instrument, Instrument as _};
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -127,6 +127,10 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric under `apollo_scheduling_*`.
     pub fn register(&self, r: &mut Registry) {
+        // Every decision's series exists from the start (at 0).
+        for decision in ["allow", "prefer", "require", "delay", "reject"] {
+            let _ = self.decisions.get_or_create(&DecisionLabel { decision });
+        }
         let r = r.sub_registry_with_prefix("apollo_scheduling");
         r.register("requests", "gRPC requests received", self.requests.clone());
         r.register(
@@ -286,7 +290,9 @@ impl Outgoing {
 struct Shared {
     engine: Arc<Engine>,
     metrics: Metrics,
-    queue: mpsc::Sender<Outgoing>,
+    /// Messages to publish, each with the span of the call that made it so
+    /// the published message continues that call's trace.
+    queue: mpsc::Sender<(Outgoing, tracing::Span)>,
     seen: SeenIds,
 }
 
@@ -299,7 +305,7 @@ pub struct SchedulingService {
 impl SchedulingService {
     fn enqueue(&self, msg: Outgoing) {
         let kind = msg.kind();
-        if let Err(err) = self.shared.queue.try_send(msg) {
+        if let Err(err) = self.shared.queue.try_send((msg, tracing::Span::current())) {
             self.shared
                 .metrics
                 .publish_dropped
@@ -437,7 +443,7 @@ impl SchedulingPolicyService for SchedulingService {
 async fn run_publisher(
     bus: Option<Bus>,
     subjects: Subjects,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<(Outgoing, tracing::Span)>,
     metrics: Metrics,
     in_flight: usize,
 ) {
@@ -454,7 +460,7 @@ async fn run_publisher(
                 }
             }
         };
-        let Some(msg) = msg else {
+        let Some((msg, span)) = msg else {
             if let Some((kind, r)) = acks.next().await {
                 count_ack(&metrics, kind, r);
             }
@@ -481,6 +487,7 @@ async fn run_publisher(
         let started: std::result::Result<Ack, _> = match msg {
             Outgoing::Policy(p) => bus
                 .start_publish(subject, p.as_ref())
+                .instrument(span)
                 .await
                 .map(|a| Box::pin(async move { a.await.map(|_| ()) }) as Ack),
             Outgoing::Record(r) => {
@@ -492,6 +499,7 @@ async fn run_publisher(
             }
             Outgoing::Feedback(f) => bus
                 .start_publish(subject, &f)
+                .instrument(span)
                 .await
                 .map(|a| Box::pin(async move { a.await.map(|_| ()) }) as Ack),
         };
@@ -651,6 +659,7 @@ pub async fn serve_engine(
     let incoming = apollo_common::grpc_tls::incoming(listener, tls.as_ref());
     let mut server = Box::pin(
         tonic::transport::Server::builder()
+            .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
             .add_service(health)
             .add_service(apollo_common::grpc::reflection_service()?)
             .add_service(SchedulingPolicyServiceServer::new(service))

@@ -582,23 +582,27 @@ impl ClusterState {
                         m = messages.next() => m,
                     };
                     match next {
-                        Some(Ok(msg)) => match from_json::<ResourcePrediction>(&msg.payload) {
-                            Ok(mut pred) => {
-                                if pred.node_name.is_empty() {
-                                    if let Some(n) = bus
-                                        .subjects()
-                                        .parse("forecast", msg.subject.as_str())
-                                        .and_then(|t| t.into_iter().next())
-                                    {
-                                        pred.node_name = n;
+                        Some(Ok(msg)) => {
+                            let _span = bus.consumed("scheduling_forecasts", &msg).entered();
+                            match from_json::<ResourcePrediction>(&msg.payload) {
+                                Ok(mut pred) => {
+                                    if pred.node_name.is_empty() {
+                                        if let Some(n) = bus
+                                            .subjects()
+                                            .parse("forecast", msg.subject.as_str())
+                                            .and_then(|t| t.into_iter().next())
+                                        {
+                                            pred.node_name = n;
+                                        }
                                     }
+                                    me.apply_forecast(&pred);
                                 }
-                                me.apply_forecast(&pred);
+                                Err(err) => {
+                                    bus.rejected(&msg.subject, "undecodable");
+                                    tracing::warn!(subject = %msg.subject, %err, "undecodable forecast skipped")
+                                }
                             }
-                            Err(err) => {
-                                tracing::warn!(subject = %msg.subject, %err, "undecodable forecast skipped")
-                            }
-                        },
+                        }
                         Some(Err(err)) => {
                             tracing::warn!(%err, "forecast stream error, resubscribing");
                             break;

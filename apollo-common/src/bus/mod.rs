@@ -26,10 +26,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use streams::{decision_bucket, StreamKind, ALL_STREAMS};
-pub use subjects::{decode_token, encode_token, Subjects};
-pub use trace::{extract_context, inject_trace_context, HeaderExtractor};
+pub use subjects::{decode_token, encode_token, Subjects, SUBJECT_FAMILIES};
+pub use trace::{consume_span, extract_context, inject_trace_context, HeaderExtractor};
 
-use crate::config::{NatsArgs, StreamArgs};
+use crate::{
+    config::{NatsArgs, StreamArgs},
+    shared_metrics::{shared, ConsumerLabels, FamilyLabels},
+};
 
 /// Header naming the payload encoding.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
@@ -180,7 +183,7 @@ impl Bus {
         let client = opts
             .connect(nats.url.as_str())
             .await
-            .map_err(|e| BusError::Config(format!("{}: {e}", nats.url)))?;
+            .map_err(|e| BusError::Config(format!("{}: {e}", nats.display_url())))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(nats.request_timeout)
             .build(client.clone());
@@ -199,7 +202,8 @@ impl Bus {
 
         let stream_cfgs = streams::configs(&nats.stream_prefix, &subjects, streams);
         let decision_cfg = streams::decision_bucket_config(&nats.stream_prefix, streams);
-        let url = nats.url.clone();
+        // Logged, so without credentials.
+        let url = nats.display_url();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut reconnecting = false;
@@ -326,14 +330,27 @@ impl Bus {
             .payload(payload)
             .headers(headers)
             .message_id(&msg_id);
+        let family = FamilyLabels {
+            family: self.inner.subjects.family_of(&subject).to_string(),
+        };
+        let failed = |family: &FamilyLabels| {
+            shared().bus_publish_failures.get_or_create(family).inc();
+        };
         let ack = self
             .inner
             .js
             .send_publish(subject.clone(), publish)
             .await
-            .map_err(|e| classify_publish_error(&subject, e))?;
+            .map_err(|e| {
+                failed(&family);
+                classify_publish_error(&subject, e)
+            })?;
         Ok(async move {
-            let ack = ack.await.map_err(|e| classify_publish_error(&subject, e))?;
+            let ack = ack.await.map_err(|e| {
+                failed(&family);
+                classify_publish_error(&subject, e)
+            })?;
+            shared().bus_published.get_or_create(&family).inc();
             Ok(Stored {
                 stream: ack.stream,
                 sequence: ack.sequence,
@@ -341,6 +358,37 @@ impl Bus {
                 duplicate: ack.duplicate,
             })
         })
+    }
+
+    /// Starts handling a message taken from a JetStream consumer: counts
+    /// it, records the consumer's lag (messages still pending) and returns
+    /// the span to handle it in, which continues the publisher's trace.
+    pub fn consumed(&self, consumer: &'static str, msg: &jetstream::Message) -> tracing::Span {
+        if let Ok(info) = msg.info() {
+            shared()
+                .consumer_pending
+                .get_or_create(&ConsumerLabels { consumer })
+                .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+        }
+        self.consumed_core(&msg.message)
+    }
+
+    /// [`consumed`](Self::consumed) for a core NATS message (no lag to tell).
+    pub fn consumed_core(&self, msg: &async_nats::Message) -> tracing::Span {
+        let family = self.inner.subjects.family_of(&msg.subject);
+        shared()
+            .bus_consumed
+            .get_or_create(&FamilyLabels {
+                family: family.to_string(),
+            })
+            .inc();
+        consume_span(&msg.subject, family, msg.headers.as_ref())
+    }
+
+    /// Counts a consumed message that could not be used, by `reason`
+    /// (e.g. `undecodable`).
+    pub fn rejected(&self, subject: &str, reason: &'static str) {
+        shared().rejected(self.inner.subjects.family_of(subject).to_string(), reason);
     }
 
     /// A durable pull consumer with explicit acks on a stream, filtered to

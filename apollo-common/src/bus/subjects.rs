@@ -61,6 +61,19 @@ pub struct Subjects {
     prefix: String,
 }
 
+/// The subject families metrics are labelled with (see
+/// [`Subjects::family_of`]).
+pub const SUBJECT_FAMILIES: [&str; 8] = [
+    "insight.cluster",
+    "insight.workload",
+    "forecast",
+    "alert",
+    "policy.scheduling",
+    "policy.orchestration",
+    "feedback.scheduling",
+    "feedback.orchestration",
+];
+
 impl Default for Subjects {
     fn default() -> Self {
         Self::new("apollo")
@@ -164,6 +177,27 @@ impl Subjects {
         format!("{}.{}.>", self.prefix, family)
     }
 
+    /// The family of `subject` for metric labels, from a fixed set so a
+    /// stray subject cannot grow the label space: `insight.cluster`,
+    /// `insight.workload`, `forecast`, `alert`, `policy.scheduling`,
+    /// `policy.orchestration`, `feedback.scheduling`,
+    /// `feedback.orchestration`, else `other`.
+    pub fn family_of(&self, subject: &str) -> &'static str {
+        let Some(rest) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return "other";
+        };
+        SUBJECT_FAMILIES
+            .into_iter()
+            .find(|f| {
+                rest.strip_prefix(f)
+                    .is_some_and(|tail| tail.starts_with('.'))
+            })
+            .unwrap_or("other")
+    }
+
     /// The decoded tokens after `family` in `subject`, or `None` when the
     /// subject is not of that family.
     pub fn parse(&self, family: &str, subject: &str) -> Option<Vec<String>> {
@@ -187,6 +221,21 @@ mod tests {
         assert!(encode_token("").is_err());
         assert!(decode_token("%G1").is_err());
         assert!(decode_token("abc%4").is_err());
+    }
+
+    #[test]
+    fn families_come_from_a_fixed_set() {
+        let s = Subjects::new("t1");
+        assert_eq!(s.family_of("t1.insight.workload.ml.p"), "insight.workload");
+        assert_eq!(s.family_of("t1.forecast.n"), "forecast");
+        assert_eq!(s.family_of("t1.alert.overload.n"), "alert");
+        assert_eq!(
+            s.family_of("t1.policy.orchestration.migrate.ns"),
+            "policy.orchestration"
+        );
+        assert_eq!(s.family_of("t1.forecastx.n"), "other");
+        assert_eq!(s.family_of("t2.forecast.n"), "other");
+        assert_eq!(s.family_of("t1.insight.anything.n"), "other");
     }
 
     #[test]

@@ -40,6 +40,26 @@ pub fn inject_trace_context(headers: &mut HeaderMap) {
     }
 }
 
+/// The span to handle one consumed message in: a consumer span whose parent
+/// is the trace the message carries, so the publisher's trace continues in
+/// the consuming service.
+pub fn consume_span(
+    subject: &str,
+    family: &'static str,
+    headers: Option<&HeaderMap>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "bus.consume",
+        otel.name = %format_args!("{family} process"),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = subject,
+    );
+    // Fails only when the span is disabled by the log filter.
+    let _ = span.set_parent(extract_context(headers));
+    span
+}
+
 /// The remote parent context carried by a message, for `span.set_parent`.
 pub fn extract_context(headers: Option<&HeaderMap>) -> opentelemetry::Context {
     match headers {

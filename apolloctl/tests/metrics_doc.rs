@@ -1,0 +1,308 @@
+//! Every metric `docs/metrics.md` lists is on the real `/metrics` endpoint of
+//! the services it names: the four services run in-process against one NATS
+//! server (ingest with its Kubernetes collector on a fake API server), and
+//! each endpoint is scraped over HTTP. A renamed or removed metric, or a row
+//! naming a metric that does not exist, fails here.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use apollo_common::{shutdown::CancellationToken, testing::TestNats, Bus};
+use apollo_proto::{
+    insight_service_client::InsightServiceClient,
+    scheduling_policy_service_client::SchedulingPolicyServiceClient, ClusterInsight, NodeResources,
+    SchedulingPolicyRequest, Timestamp, WorkloadSignature,
+};
+use clap::Parser;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const SERVICES: [&str; 4] = ["ingest", "forecaster", "scheduling", "orchestration"];
+
+/// (metric, services) rows of the table in `docs/metrics.md`.
+fn documented() -> Vec<(String, Vec<&'static str>)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let doc = std::fs::read_to_string(path).expect("docs/metrics.md exists");
+    let mut rows = Vec::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        assert!(cells.len() >= 5, "malformed row: {line}");
+        let name = cells[0].trim_matches('`').to_string();
+        let services: Vec<&'static str> = if cells[3] == "all" {
+            SERVICES.to_vec()
+        } else {
+            SERVICES
+                .iter()
+                .copied()
+                .filter(|s| cells[3].split(',').any(|c| c.trim().starts_with(s)))
+                .collect()
+        };
+        assert!(!services.is_empty(), "row names no known service: {line}");
+        rows.push((name, services));
+    }
+    assert!(rows.len() >= 40, "the table lost rows: {}", rows.len());
+    rows
+}
+
+/// Metric names a query can use on an OpenMetrics text: every family, and
+/// counters also with `_total`.
+fn exported(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            names.insert(name.to_string());
+            if kind == "counter" {
+                names.insert(format!("{name}_total"));
+            }
+        }
+    }
+    names
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// Scrapes `/metrics` once the endpoint answers.
+async fn scrape(addr: SocketAddr) -> String {
+    for _ in 0..400 {
+        if let Some((200, body)) = get(addr, "/metrics").await {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no /metrics on {addr}");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn cpu_insight(node: &str, cpu_percent: f64, ts_ms: i64) -> ClusterInsight {
+    ClusterInsight {
+        node_name: node.into(),
+        node_resources: Some(NodeResources {
+            cpu_used_cores: cpu_percent * 0.32,
+            cpu_allocatable_cores: 32.0,
+            memory_used_bytes: 40 << 30,
+            memory_allocatable_bytes: 100 << 30,
+            ..Default::default()
+        }),
+        collected_at: Some(Timestamp {
+            seconds: ts_ms / 1000,
+            nanos: ((ts_ms % 1000) * 1_000_000) as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A loopback address nothing listens on yet, for services that bind their
+/// metrics address themselves.
+async fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_metric_is_exported_by_its_services() {
+    let rows = documented();
+    let nats = TestNats::start().await;
+    let (n, s) = nats.bus_args();
+    let shutdown = CancellationToken::new();
+
+    let api = apollo_ingest::collector::fake_api::FakeApi::serve(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Duration::from_millis(200),
+        shutdown.clone(),
+    )
+    .unwrap();
+    api.apply(apollo_ingest::collector::fake_api::node(
+        "gpu-1",
+        "64",
+        "512Gi",
+        4,
+        &["worker"],
+    ));
+    let mut ingest_config = apollo_ingest::Config::new(n.clone(), s.clone());
+    ingest_config.collector.collect_kubernetes = true;
+    ingest_config.collector.interval = Duration::from_millis(200);
+    ingest_config.observability.shutdown_grace = Duration::from_millis(300);
+    let ingest_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ingest_metrics = ingest_http.local_addr().unwrap();
+    let ingest_grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut grpc = vec![ingest_grpc.local_addr().unwrap()];
+    let ingest = tokio::spawn(apollo_ingest::serve_with_kubernetes(
+        ingest_config,
+        ingest_grpc,
+        ingest_http,
+        Some(api.client()),
+        shutdown.clone(),
+    ));
+
+    let mut forecaster_config = apollo_forecaster::Config::parse_from([
+        "apollo-forecaster",
+        "--step",
+        "1s",
+        "--horizons",
+        "1",
+        "--refresh-interval",
+        "1h",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "1s",
+    ]);
+    forecaster_config.nats = n.clone();
+    forecaster_config.streams = s.clone();
+    let forecaster_grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    grpc.push(forecaster_grpc.local_addr().unwrap());
+    let forecaster =
+        apollo_forecaster::Forecaster::start(forecaster_config, forecaster_grpc, shutdown.clone())
+            .await
+            .unwrap();
+    let forecaster_metrics = forecaster.metrics_addr();
+
+    let scheduling_metrics = free_addr().await;
+    let mut sched_config = apollo_scheduling::config::Config::with_defaults(n.clone(), s.clone());
+    sched_config.observability.metrics_addr = scheduling_metrics;
+    sched_config.observability.shutdown_grace = Duration::from_secs(1);
+    let sched_grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    grpc.push(sched_grpc.local_addr().unwrap());
+    let scheduling = tokio::spawn(apollo_scheduling::service::serve(
+        sched_config,
+        sched_grpc,
+        shutdown.clone(),
+    ));
+
+    let orchestration_metrics = free_addr().await;
+    let mut orch_config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
+    orch_config.observability.metrics_addr = orchestration_metrics;
+    orch_config.observability.shutdown_grace = Duration::from_millis(300);
+    let orch_grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    grpc.push(orch_grpc.local_addr().unwrap());
+    let orchestration = tokio::spawn(apollo_orchestration::serve(
+        orch_config,
+        orch_grpc,
+        shutdown.clone(),
+    ));
+
+    // Traffic that makes labelled series appear: a health check on every
+    // server (gRPC metrics), and an undecodable insight every consumer
+    // counts as rejected.
+    for addr in &grpc {
+        apollo_common::testing::wait_serving(&format!("http://{addr}")).await;
+    }
+    let bus = Bus::connect("metrics-doc", &n, &s, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    bus.publish(
+        bus.subjects().cluster("poison").unwrap(),
+        &serde_json::json!("not an insight"),
+    )
+    .await
+    .unwrap();
+
+    // An invalid report (ingest rejects it), a policy request without a pod
+    // name (scheduling rejects it) and one with (a decision).
+    let mut insight = InsightServiceClient::connect(format!("http://{}", grpc[0]))
+        .await
+        .unwrap();
+    let refused = insight
+        .report_workload_signature(WorkloadSignature::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let mut policies = SchedulingPolicyServiceClient::connect(format!("http://{}", grpc[2]))
+        .await
+        .unwrap();
+    let refused = policies
+        .get_scheduling_policy(SchedulingPolicyRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    policies
+        .get_scheduling_policy(SchedulingPolicyRequest {
+            pod_name: "probe".into(),
+            pod_namespace: "ml".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Forty one-second samples of a node, then a forecast refresh: the
+    // selected model's backtest accuracy feeds the per-model rolling mean.
+    let end_ms = now_ms() - 500;
+    for i in 0..40 {
+        let t = end_ms - (39 - i) * 1000;
+        bus.publish(
+            bus.subjects().cluster("hot").unwrap(),
+            &cpu_insight("hot", 40.0 + i as f64, t),
+        )
+        .await
+        .unwrap();
+    }
+    let engine = forecaster.engine().clone();
+    for _ in 0..200 {
+        if engine.history_len("hot", apollo_forecaster::history::Resource::Cpu) == Some(40) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    forecaster.refresh_now().await.unwrap();
+
+    let endpoints = [
+        ("ingest", ingest_metrics),
+        ("forecaster", forecaster_metrics),
+        ("scheduling", scheduling_metrics),
+        ("orchestration", orchestration_metrics),
+    ];
+    // Consumers count asynchronously: scrape until complete or 20 s passed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut missing = Vec::new();
+    loop {
+        missing.clear();
+        for (service, addr) in endpoints {
+            let names = exported(&scrape(addr).await);
+            for (metric, services) in &rows {
+                if services.contains(&service) && !names.contains(metric) {
+                    missing.push(format!("{metric} on {service}"));
+                }
+            }
+        }
+        if missing.is_empty() || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "documented in docs/metrics.md but not exported:\n{}",
+        missing.join("\n")
+    );
+
+    shutdown.cancel();
+    for task in [ingest] {
+        let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(20), forecaster.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), scheduling).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), orchestration).await;
+}
