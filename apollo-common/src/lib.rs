@@ -1,6 +1,7 @@
 //! What APOLLO's services share: configuration, telemetry, the NATS bus
 //! (subjects, streams, JSON codec, trace-context headers), the `ClusterView`
-//! rebuilt from the bus, graceful shutdown, health and metrics endpoints.
+//! rebuilt from the bus, graceful shutdown, health and metrics endpoints,
+//! and the [`shell::ServiceShell`] every service serves through.
 //!
 //! Only code that two or more services use lives here.
 
@@ -11,6 +12,7 @@ pub mod grpc;
 pub mod grpc_tls;
 pub mod health;
 pub mod nats_server;
+pub mod shell;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

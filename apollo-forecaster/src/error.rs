@@ -32,9 +32,9 @@ pub enum Error {
     /// Binding or serving failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server error: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Server(#[from] apollo_common::shell::ShellError),
     /// A background task panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),

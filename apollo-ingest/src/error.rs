@@ -52,9 +52,9 @@ pub enum Error {
     /// The Kubernetes client could not be configured.
     #[error("kubernetes client: {0}")]
     Kubernetes(String),
-    /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
-    Server(#[from] tonic::transport::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Server(#[from] apollo_common::shell::ShellError),
 }
 
 impl Error {

@@ -48,7 +48,7 @@ impl Ingest {
         let addr = grpc.local_addr().unwrap();
         let metrics_addr = http.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(apollo_ingest::serve(config, grpc, http, shutdown.clone()));
+        let task = tokio::spawn(apollo_ingest::serve(config, (grpc, http), shutdown.clone()));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()

@@ -17,20 +17,9 @@ pub enum Error {
     /// NATS.
     #[error(transparent)]
     Bus(#[from] BusError),
-    /// Binding or serving a socket.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: &'static str,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The gRPC transport failed.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// Reflection could not be built.
-    #[error("gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Server(apollo_common::shell::ShellError),
 }
 
 impl From<Error> for tonic::Status {
