@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use apollo_common::config::{parse_duration, NatsArgs, ObservabilityArgs, StreamArgs};
 use clap::{Args, Parser};
 
-use crate::models::auto::{FullModel, DEFAULT_FULL_MODELS};
+use crate::models::auto::FullModel;
 use crate::{history::Resource, Error};
 
 /// Overload thresholds per resource, percent of capacity.
@@ -180,27 +180,9 @@ pub struct ForecastArgs {
 }
 
 impl Default for ForecastArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            step: Duration::from_secs(60),
-            history_points: 1440,
-            horizons: vec![5, 15, 30, 60],
-            confidence: 0.95,
-            refresh_interval: Duration::from_secs(60),
-            node_ttl: Duration::from_secs(600),
-            carry_forward: 5,
-            min_history: 30,
-            model: "auto".into(),
-            auto_select_budget: 4000,
-            auto_select_time_budget: Duration::from_secs(3),
-            auto_full_models: FullModels(DEFAULT_FULL_MODELS.to_vec()),
-            overload_threshold: Thresholds::default(),
-            alert_clear_margin: 5.0,
-            alert_clear_after: 3,
-            anomaly_z: 6.0,
-            peer_z: 4.0,
-            peer_min_diff: 20.0,
-        }
+        apollo_common::config::flag_defaults()
     }
 }
 
@@ -311,6 +293,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::auto::DEFAULT_FULL_MODELS;
 
     #[test]
     fn thresholds_and_horizons_parse() {
@@ -331,6 +314,13 @@ mod tests {
         assert_eq!(parse_horizons("60,5,15,5").unwrap(), vec![5, 15, 60]);
         assert!(parse_horizons("0").is_err());
         assert!(parse_horizons("x").is_err());
+    }
+
+    #[test]
+    fn threshold_flag_default_is_the_thresholds_default() {
+        let a = ForecastArgs::default();
+        assert_eq!(a.overload_threshold, Thresholds::default());
+        assert_eq!(a.auto_full_models, FullModels(DEFAULT_FULL_MODELS.to_vec()));
     }
 
     #[test]

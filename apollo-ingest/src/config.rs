@@ -63,20 +63,19 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults (as on the command line) around the given bus settings.
+    /// The flag defaults with both servers on `127.0.0.1:0` and the given
+    /// bus settings: what tests and benchmarks start from.
     pub fn new(nats: NatsArgs, streams: StreamArgs) -> Self {
-        Self {
-            grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("literal address"),
-            max_message_bytes: 4 * 1024 * 1024,
-            max_inflight_acks: 256,
-            max_future_skew: Duration::from_secs(300),
-            publish_deadline: Duration::from_secs(4),
-            nats,
-            streams,
-            grpc_tls: Default::default(),
-            observability: ObservabilityArgs::default(),
-            collector: CollectorArgs::default(),
-        }
+        let mut c: Self = apollo_common::config::parse_flags(&[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("test flags parse");
+        c.nats = nats;
+        c.streams = streams;
+        c
     }
 
     /// Checks values clap cannot.

@@ -198,9 +198,13 @@ impl Config {
     /// Defaults (as `--help` shows them) with the given NATS settings, gRPC on
     /// `127.0.0.1:0`: what tests start from.
     pub fn with_defaults(nats: NatsArgs, streams: StreamArgs) -> Self {
-        let mut c = Self::parse_from(["apollo-orchestration"]);
-        c.grpc_addr = "127.0.0.1:0".parse().expect("literal address");
-        c.observability.metrics_addr = "127.0.0.1:0".parse().expect("literal address");
+        let mut c: Self = apollo_common::config::parse_flags(&[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("test flags parse");
         c.nats = nats;
         c.streams = streams;
         c

@@ -82,17 +82,9 @@ pub struct EngineConfig {
 }
 
 impl Default for EngineConfig {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            top_nodes: 20,
-            stale_after: Duration::from_secs(120),
-            forecast_horizon: Duration::from_secs(30 * 60),
-            overload_threshold: 0.9,
-            assume_ttl: Duration::from_secs(60),
-            failure_penalty_decay: Duration::from_secs(300),
-            failure_penalty_step: 0.5,
-            prefer_gap: 10,
-        }
+        apollo_common::config::flag_defaults()
     }
 }
 
@@ -165,28 +157,26 @@ pub struct ServiceArgs {
 }
 
 impl Default for ServiceArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            publish_queue: 4096,
-            publish_in_flight: 256,
-            feedback_dedup_capacity: 100_000,
-            feedback_dedup_ttl: Duration::from_secs(900),
-        }
+        apollo_common::config::flag_defaults()
     }
 }
 
 impl Config {
-    /// A configuration with defaults, for tests and embedding.
+    /// The flag defaults with both servers on `127.0.0.1:0` and the given
+    /// bus settings: what tests and embedders start from.
     pub fn with_defaults(nats: NatsArgs, streams: StreamArgs) -> Self {
-        Self {
-            grpc_addr: "127.0.0.1:0".parse().expect("literal address"),
-            engine: EngineConfig::default(),
-            service: ServiceArgs::default(),
-            nats,
-            streams,
-            grpc_tls: Default::default(),
-            observability: ObservabilityArgs::default(),
-        }
+        let mut c: Self = apollo_common::config::parse_flags(&[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("test flags parse");
+        c.nats = nats;
+        c.streams = streams;
+        c
     }
 
     /// Checks every group once after parsing.
