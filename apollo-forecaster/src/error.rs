@@ -46,7 +46,7 @@ impl From<Error> for tonic::Status {
         match err {
             Error::InvalidArgument(_) | Error::Config(_) => tonic::Status::invalid_argument(msg),
             Error::NodeNotFound(_) | Error::NoData(_) => tonic::Status::not_found(msg),
-            Error::Bus(BusError::Unavailable(_)) => tonic::Status::unavailable(msg),
+            Error::Bus(err) => err.into(),
             Error::Model(ModelError::InvalidHorizon(_) | ModelError::InvalidLevel(_)) => {
                 tonic::Status::invalid_argument(msg)
             }

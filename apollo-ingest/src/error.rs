@@ -62,10 +62,7 @@ impl Error {
         use tonic::Code;
         match self {
             Self::Invalid(_) => Code::InvalidArgument,
-            Self::Bus(BusError::Unavailable(_) | BusError::Publish { .. }) => Code::Unavailable,
-            Self::Bus(BusError::JetStream { .. }) => Code::Unavailable,
-            Self::Bus(BusError::EmptyToken | BusError::BadToken(_)) => Code::InvalidArgument,
-            Self::Bus(BusError::Config(_) | BusError::Decode(_)) => Code::Internal,
+            Self::Bus(err) => err.grpc_code(),
             Self::Timeout(_) => Code::Unavailable,
             Self::StreamAborted { source, .. } => source.code(),
             Self::Transport(status) => status.code(),

@@ -24,9 +24,9 @@ pub enum Error {
 
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
-        match &err {
-            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m.clone()),
-            Error::Bus(BusError::Unavailable(_)) => tonic::Status::unavailable(err.to_string()),
+        match err {
+            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            Error::Bus(err) => err.into(),
             Error::Config(_) => tonic::Status::failed_precondition(err.to_string()),
             _ => tonic::Status::internal(err.to_string()),
         }
