@@ -157,8 +157,9 @@ pub struct ForecastArgs {
         value_parser = parse_full_models
     )]
     pub auto_full_models: FullModels,
-    /// Overload thresholds, percent of capacity.
-    #[arg(long, env = "APOLLO_OVERLOAD_THRESHOLD", default_value = "cpu=90,memory=90,gpu=95,storage=85,network=90", value_parser = parse_thresholds)]
+    /// Overload thresholds per resource, percent of capacity
+    /// (`cpu=90,memory=90,...`), that forecast upper bounds are alerted at.
+    #[arg(long, env = "APOLLO_FORECAST_OVERLOAD_THRESHOLD", default_value = "cpu=90,memory=90,gpu=95,storage=85,network=90", value_parser = parse_thresholds)]
     pub overload_threshold: Thresholds,
     /// An alert clears only when the upper bound stays this many percentage
     /// points below the threshold...
@@ -259,7 +260,7 @@ impl ForecastArgs {
     about = "APOLLO Node Resource Forecaster"
 )]
 pub struct Config {
-    /// gRPC listen address of `ForecastService`.
+    /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(
         long = "grpc-addr",
         env = "APOLLO_GRPC_ADDR",

@@ -19,7 +19,7 @@ pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "apollo-ingest", version)]
 pub struct Config {
-    /// Address of the gRPC server (InsightService, health, reflection).
+    /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(long = "grpc-addr", env = "APOLLO_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
     /// Largest accepted gRPC message, in bytes; larger ones are refused with

@@ -14,7 +14,7 @@ use crate::error::Error;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "apollo-scheduling", version, about)]
 pub struct Config {
-    /// Address of the gRPC server (`SchedulingPolicyService`, health, reflection).
+    /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(
         long = "grpc-addr",
         env = "APOLLO_GRPC_ADDR",
@@ -47,17 +47,17 @@ pub struct EngineConfig {
     /// Node preferences returned per policy (the scheduler reads them all).
     #[arg(long = "top-nodes", env = "APOLLO_TOP_NODES", default_value_t = 20)]
     pub top_nodes: usize,
-    /// A node whose latest insight is older than this is left out of scoring;
-    /// with no fresh node at all the answer is ALLOW.
+    /// A node whose latest insight is older than this is left out of decisions.
     #[arg(long = "stale-after", env = "APOLLO_STALE_AFTER", default_value = "2m", value_parser = parse_duration)]
     pub stale_after: Duration,
     /// How far ahead forecasts are read (peaks, overload, capacity freeing for DELAY).
-    #[arg(long = "forecast-horizon", env = "APOLLO_FORECAST_HORIZON", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long = "forecast-horizon", env = "APOLLO_SCHED_FORECAST_HORIZON", default_value = "30m", value_parser = parse_duration)]
     pub forecast_horizon: Duration,
-    /// Predicted utilisation (0-1) at or above which a node counts as overloaded.
+    /// Predicted utilisation (a fraction, 0-1) at or above which a node
+    /// counts as overloaded when scoring.
     #[arg(
         long = "overload-threshold",
-        env = "APOLLO_OVERLOAD_THRESHOLD",
+        env = "APOLLO_SCHED_OVERLOAD_THRESHOLD",
         default_value_t = 0.9
     )]
     pub overload_threshold: f64,
