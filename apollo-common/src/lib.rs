@@ -9,6 +9,7 @@ pub mod bus;
 pub mod cluster_view;
 pub mod config;
 pub mod grpc;
+pub mod grpc_limits;
 pub mod grpc_tls;
 pub mod health;
 pub mod nats_server;

@@ -35,6 +35,7 @@ use tonic::{
 
 use crate::{
     config::ObservabilityArgs,
+    grpc_limits::{GrpcLimitArgs, GrpcLimitsLayer, LimitMetrics},
     grpc_tls::{GrpcTlsArgs, ServerTls, TlsError},
     health::{serve_http, Readiness},
 };
@@ -59,6 +60,9 @@ pub enum ShellError {
     /// The gRPC server stopped with an error.
     #[error("gRPC server failed: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// A server limit is out of range.
+    #[error("invalid gRPC limits: {0}")]
+    Limits(String),
     /// The gRPC server task panicked.
     #[error("gRPC server task failed: {0}")]
     Task(String),
@@ -74,6 +78,8 @@ pub struct ShellConfig<'a> {
     pub grpc_services: &'a [&'static str],
     /// TLS of the gRPC server.
     pub tls: &'a GrpcTlsArgs,
+    /// Message sizes, calls in progress, per-client rate.
+    pub limits: &'a GrpcLimitArgs,
     /// Metrics address and shutdown grace.
     pub observability: &'a ObservabilityArgs,
 }
@@ -128,6 +134,31 @@ impl From<(TcpListener, TcpListener)> for Listeners {
     }
 }
 
+/// A generated gRPC server whose message size limits can be set; the shell
+/// sets `--grpc-max-recv-bytes` and `--grpc-max-send-bytes` on every API.
+pub trait MessageLimits {
+    /// The server with these largest request and response messages.
+    fn limit_message_sizes(self, max_recv: usize, max_send: usize) -> Self;
+}
+
+macro_rules! generated_servers {
+    ($($module:ident :: $server:ident : $api:ident),* $(,)?) => {$(
+        impl<T: apollo_proto::$module::$api> MessageLimits for apollo_proto::$module::$server<T> {
+            fn limit_message_sizes(self, max_recv: usize, max_send: usize) -> Self {
+                self.max_decoding_message_size(max_recv)
+                    .max_encoding_message_size(max_send)
+            }
+        }
+    )*};
+}
+
+generated_servers!(
+    insight_service_server::InsightServiceServer: InsightService,
+    forecast_service_server::ForecastServiceServer: ForecastService,
+    scheduling_policy_service_server::SchedulingPolicyServiceServer: SchedulingPolicyService,
+    orchestration_policy_service_server::OrchestrationPolicyServiceServer: OrchestrationPolicyService,
+);
+
 /// A service's gRPC server before it starts: readiness (NOT_SERVING), the
 /// metrics registry and the routes every service serves.
 pub struct ServiceShell {
@@ -136,6 +167,7 @@ pub struct ServiceShell {
     routes: Routes,
     registry: Registry,
     tls: Option<ServerTls>,
+    limits: GrpcLimitArgs,
     metrics_addr: SocketAddr,
     grace: Duration,
 }
@@ -154,6 +186,7 @@ impl ServiceShell {
     /// Loads TLS (a bad file stops the service here), builds health (all
     /// NOT_SERVING) and reflection.
     pub async fn new(config: ShellConfig<'_>) -> Result<Self, ShellError> {
+        config.limits.validate().map_err(ShellError::Limits)?;
         let tls = ServerTls::from_args(config.tls)?;
         let (readiness, health) = Readiness::new(config.grpc_services.to_vec()).await;
         let routes = Routes::new(health).add_service(crate::grpc::reflection_service()?);
@@ -163,6 +196,7 @@ impl ServiceShell {
             routes,
             registry: Registry::default(),
             tls,
+            limits: config.limits.clone(),
             metrics_addr: config.observability.metrics_addr,
             grace: config.observability.shutdown_grace,
         })
@@ -191,6 +225,7 @@ impl ServiceShell {
     ) -> Result<RunningService, ShellError>
     where
         S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + MessageLimits
             + NamedService
             + Clone
             + Send
@@ -198,6 +233,8 @@ impl ServiceShell {
             + 'static,
         S::Future: Send + 'static,
     {
+        let mut registry = self.registry;
+        let limit_metrics = LimitMetrics::register(&mut registry);
         let listeners = listeners.into();
         let io = |what| move |source| ShellError::Io { what, source };
         let metrics_listener = match listeners.metrics {
@@ -219,16 +256,19 @@ impl ServiceShell {
         let http_token = CancellationToken::new();
         let http = tokio::spawn(serve_http(
             metrics_listener,
-            Arc::new(self.registry),
+            Arc::new(registry),
             self.readiness.clone(),
             http_token.clone(),
         ));
         let follower = self.readiness.follow(ready, shutdown.clone());
 
+        let api = api.limit_message_sizes(self.limits.max_recv_bytes, self.limits.max_send_bytes);
         let routes = self.routes.add_service(api);
+        let limits = GrpcLimitsLayer::new(&self.limits, limit_metrics);
         let incoming = crate::grpc_tls::incoming(listeners.grpc, self.tls.as_ref());
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(limits)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
         );

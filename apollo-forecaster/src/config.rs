@@ -279,6 +279,9 @@ pub struct Config {
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
+    /// Message sizes, calls in progress and per-client rate of the gRPC server.
+    #[command(flatten)]
+    pub grpc_limits: apollo_common::grpc_limits::GrpcLimitArgs,
     /// Logs, traces, metrics endpoint, shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,

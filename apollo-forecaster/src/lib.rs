@@ -95,6 +95,7 @@ impl Forecaster {
             name: "apollo-forecaster",
             grpc_services: &[SERVICE_NAME],
             tls: &config.grpc_tls,
+            limits: &config.grpc_limits,
             observability: &config.observability,
         })
         .await?;

@@ -22,14 +22,6 @@ pub struct Config {
     /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(long = "grpc-addr", env = "APOLLO_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
-    /// Largest accepted gRPC message, in bytes; larger ones are refused with
-    /// OUT_OF_RANGE.
-    #[arg(
-        long = "max-message-bytes",
-        env = "APOLLO_MAX_MESSAGE_BYTES",
-        default_value_t = 4 * 1024 * 1024
-    )]
-    pub max_message_bytes: usize,
     /// Publish acknowledgements a client stream may have outstanding; the
     /// stream is read no faster than JetStream acknowledges.
     #[arg(
@@ -54,6 +46,9 @@ pub struct Config {
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
+    /// Message sizes, calls in progress and per-client rate of the gRPC server.
+    #[command(flatten)]
+    pub grpc_limits: apollo_common::grpc_limits::GrpcLimitArgs,
     /// Logs, traces, metrics endpoint and shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -80,12 +75,6 @@ impl Config {
 
     /// Checks values clap cannot.
     pub fn validate(&self) -> Result<()> {
-        if self.max_message_bytes < 1024 {
-            return Err(Error::Config(format!(
-                "--max-message-bytes {} is below 1024",
-                self.max_message_bytes
-            )));
-        }
         if self.max_inflight_acks == 0 {
             return Err(Error::Config(
                 "--max-inflight-acks must be at least 1".into(),

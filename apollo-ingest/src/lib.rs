@@ -77,6 +77,7 @@ pub async fn serve_with_kubernetes(
         name: "apollo-ingest",
         grpc_services: &[SERVICE_NAME],
         tls: &config.grpc_tls,
+        limits: &config.grpc_limits,
         observability: &config.observability,
     })
     .await?;
@@ -111,8 +112,7 @@ pub async fn serve_with_kubernetes(
         Some(c) => all_ready(vec![bus.readiness(), c.readiness()], shutdown.clone()),
         None => bus.readiness(),
     };
-    let insight = InsightServiceServer::new(IngestService::with_publisher(publisher))
-        .max_decoding_message_size(config.max_message_bytes);
+    let insight = InsightServiceServer::new(IngestService::with_publisher(publisher));
     let api = oversized::CountOversized::new(insight, metrics);
     shell
         .start(listeners, api, ready, shutdown)

@@ -181,6 +181,9 @@ pub struct Config {
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
+    /// Message sizes, calls in progress and per-client rate of the gRPC server.
+    #[command(flatten)]
+    pub grpc_limits: apollo_common::grpc_limits::GrpcLimitArgs,
     /// Metrics, logs, shutdown.
     #[command(flatten)]
     pub observability: ObservabilityArgs,

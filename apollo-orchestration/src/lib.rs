@@ -95,6 +95,7 @@ pub async fn serve_with_kubernetes(
         name: "apollo-orchestration",
         grpc_services: &[service::SERVICE_NAME],
         tls: &config.grpc_tls,
+        limits: &config.grpc_limits,
         observability: &config.observability,
     })
     .await?;

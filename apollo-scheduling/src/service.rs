@@ -575,6 +575,7 @@ pub async fn serve_engine(
         name: "apollo-scheduling",
         grpc_services: &[SERVICE_NAME],
         tls: &config.grpc_tls,
+        limits: &config.grpc_limits,
         observability: &config.observability,
     })
     .await
