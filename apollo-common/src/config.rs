@@ -5,7 +5,24 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Args;
+use clap::{Args, Command, FromArgMatches};
+
+/// Parses `flags` as a group of flags alone, ignoring the `APOLLO_*`
+/// environment: what every flag not given defaults to is exactly what
+/// `--help` shows. The `Default` of every settings group comes from here, so
+/// each default is written once, in its `#[arg]`; tests pass their values
+/// as flags.
+pub fn parse_flags<T: Args + FromArgMatches>(flags: &[&str]) -> Result<T, clap::Error> {
+    let command = T::augment_args(Command::new("flags")).mut_args(|a| a.env(None::<&str>));
+    let matches =
+        command.try_get_matches_from(std::iter::once("flags").chain(flags.iter().copied()))?;
+    T::from_arg_matches(&matches)
+}
+
+/// The defaults of a group of flags, as `--help` shows them.
+pub fn flag_defaults<T: Args + FromArgMatches>() -> T {
+    parse_flags(&[]).expect("every flag default parses")
+}
 
 /// Parses durations such as `30s`, `5m`, `24h`, `7d` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -161,21 +178,9 @@ pub fn redact_url_credentials(urls: &str) -> String {
 }
 
 impl Default for NatsArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            url: "nats://127.0.0.1:4222".into(),
-            creds_file: None,
-            user: None,
-            password: None,
-            token: None,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_required: false,
-            subject_prefix: "apollo".into(),
-            stream_prefix: "APOLLO".into(),
-            request_timeout: Duration::from_secs(3),
-        }
+        flag_defaults()
     }
 }
 
@@ -226,17 +231,9 @@ pub struct StreamArgs {
 }
 
 impl Default for StreamArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            insight_max_per_subject: 1440,
-            insight_max_age: Duration::from_secs(24 * 3600),
-            events_max_per_subject: 100,
-            events_max_age: Duration::from_secs(7 * 86_400),
-            duplicate_window: Duration::from_secs(120),
-            storage: "file".into(),
-            replicas: 1,
-            decision_record_ttl: Duration::from_secs(3600),
-        }
+        flag_defaults()
     }
 }
 
@@ -262,13 +259,9 @@ pub struct ObservabilityArgs {
 }
 
 impl Default for ObservabilityArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            metrics_addr: "127.0.0.1:0".parse().expect("literal address"),
-            log_format: "text".into(),
-            log_filter: "info".into(),
-            shutdown_grace: Duration::from_secs(20),
-        }
+        flag_defaults()
     }
 }
 
@@ -310,5 +303,19 @@ mod tests {
         assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_flag_defaults_and_flags_override_them() {
+        let o = ObservabilityArgs::default();
+        assert_eq!(o.metrics_addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(o.shutdown_grace, Duration::from_secs(20));
+        let o: ObservabilityArgs =
+            parse_flags(&["--metrics-addr", "127.0.0.1:0", "--shutdown-grace", "1s"]).unwrap();
+        assert_eq!(o.metrics_addr.port(), 0);
+        assert_eq!(o.shutdown_grace, Duration::from_secs(1));
+        assert_eq!(StreamArgs::default().insight_max_per_subject, 1440);
+        assert_eq!(NatsArgs::default().url, "nats://127.0.0.1:4222");
+        assert!(parse_flags::<NatsArgs>(&["--nats-timeout", "soon"]).is_err());
     }
 }

@@ -18,28 +18,3 @@ pub fn reflection_service(
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
-
-/// Runs a gRPC server future until it ends by itself, or until `grace` after
-/// `shutdown` fired: tonic's graceful shutdown waits for every open stream,
-/// and a client holding a stream (a health watch, a policy subscription) must
-/// not keep a draining pod alive past its grace period.
-pub async fn serve_with_grace<F, E>(
-    server: F,
-    shutdown: tokio_util::sync::CancellationToken,
-    grace: std::time::Duration,
-) -> Result<(), E>
-where
-    F: std::future::Future<Output = Result<(), E>>,
-{
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => r,
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(?grace, "grace period over, closing remaining connections");
-            Ok(())
-        }
-    }
-}

@@ -100,7 +100,11 @@ impl Readiness {
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    changed = source.changed() => if changed.is_err() { break },
+                    changed = source.changed() => if changed.is_err() {
+                        // The source is gone: its last value holds.
+                        shutdown.cancelled().await;
+                        break;
+                    },
                 }
             }
             me.set(false).await;
@@ -111,6 +115,34 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
+}
+
+/// A readiness source that holds while every one of `sources` is ready
+/// (e.g. the bus and the Kubernetes collector), until `shutdown`.
+pub fn all_ready(
+    mut sources: Vec<tokio::sync::watch::Receiver<bool>>,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<bool> {
+    let now = sources.iter().all(|s| *s.borrow());
+    let (tx, rx) = tokio::sync::watch::channel(now);
+    tokio::spawn(async move {
+        loop {
+            let all = sources.iter_mut().all(|s| *s.borrow_and_update());
+            tx.send_if_modified(|v| std::mem::replace(v, all) != all);
+            let changed =
+                futures::future::select_all(sources.iter_mut().map(|s| Box::pin(s.changed())));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                (r, _, _) = changed => if r.is_err() { break },
+            }
+        }
+    });
+    rx
+}
+
+/// A readiness source that never changes (a service without dependencies).
+pub fn always(ready: bool) -> tokio::sync::watch::Receiver<bool> {
+    tokio::sync::watch::channel(ready).1
 }
 
 #[derive(Clone)]

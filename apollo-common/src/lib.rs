@@ -1,6 +1,7 @@
 //! What APOLLO's services share: configuration, telemetry, the NATS bus
 //! (subjects, streams, JSON codec, trace-context headers), the `ClusterView`
-//! rebuilt from the bus, graceful shutdown, health and metrics endpoints.
+//! rebuilt from the bus, graceful shutdown, health and metrics endpoints,
+//! and the [`shell::ServiceShell`] every service serves through.
 //!
 //! Only code that two or more services use lives here.
 
@@ -8,11 +9,13 @@ pub mod bus;
 pub mod cluster_view;
 pub mod config;
 pub mod grpc;
+pub mod grpc_limits;
 pub mod grpc_telemetry;
 pub mod grpc_tls;
 pub mod health;
 pub mod nats_server;
 pub mod shared_metrics;
+pub mod shell;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

@@ -9,7 +9,7 @@
 
 use std::{path::PathBuf, process::Child, time::Duration};
 
-use crate::config::{NatsArgs, StreamArgs};
+use crate::config::{parse_flags, NatsArgs, StreamArgs};
 
 enum Backend {
     External,
@@ -98,17 +98,21 @@ impl TestNats {
     /// Bus settings with unique subject and stream prefixes (memory storage).
     pub fn bus_args(&self) -> (NatsArgs, StreamArgs) {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
-        let nats = NatsArgs {
-            url: self.url.clone(),
-            subject_prefix: format!("t{id}"),
-            stream_prefix: format!("T{}", id.to_ascii_uppercase()),
-            request_timeout: Duration::from_secs(2),
-            ..NatsArgs::default()
-        };
-        let streams = StreamArgs {
-            storage: "memory".into(),
-            ..StreamArgs::default()
-        };
+        let subject_prefix = format!("t{id}");
+        let stream_prefix = format!("T{}", id.to_ascii_uppercase());
+        let nats = parse_flags(&[
+            "--nats-url",
+            &self.url,
+            "--subject-prefix",
+            &subject_prefix,
+            "--stream-prefix",
+            &stream_prefix,
+            "--nats-timeout",
+            "2s",
+        ])
+        .expect("test NATS flags parse");
+        let streams =
+            parse_flags(&["--stream-storage", "memory"]).expect("test stream flags parse");
         (nats, streams)
     }
 

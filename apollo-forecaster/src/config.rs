@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use apollo_common::config::{parse_duration, NatsArgs, ObservabilityArgs, StreamArgs};
 use clap::{Args, Parser};
 
-use crate::models::auto::{FullModel, DEFAULT_FULL_MODELS};
+use crate::models::auto::FullModel;
 use crate::{history::Resource, Error};
 
 /// Overload thresholds per resource, percent of capacity.
@@ -157,8 +157,9 @@ pub struct ForecastArgs {
         value_parser = parse_full_models
     )]
     pub auto_full_models: FullModels,
-    /// Overload thresholds, percent of capacity.
-    #[arg(long, env = "APOLLO_OVERLOAD_THRESHOLD", default_value = "cpu=90,memory=90,gpu=95,storage=85,network=90", value_parser = parse_thresholds)]
+    /// Overload thresholds per resource, percent of capacity
+    /// (`cpu=90,memory=90,...`), that forecast upper bounds are alerted at.
+    #[arg(long, env = "APOLLO_FORECAST_OVERLOAD_THRESHOLD", default_value = "cpu=90,memory=90,gpu=95,storage=85,network=90", value_parser = parse_thresholds)]
     pub overload_threshold: Thresholds,
     /// An alert clears only when the upper bound stays this many percentage
     /// points below the threshold...
@@ -180,27 +181,9 @@ pub struct ForecastArgs {
 }
 
 impl Default for ForecastArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            step: Duration::from_secs(60),
-            history_points: 1440,
-            horizons: vec![5, 15, 30, 60],
-            confidence: 0.95,
-            refresh_interval: Duration::from_secs(60),
-            node_ttl: Duration::from_secs(600),
-            carry_forward: 5,
-            min_history: 30,
-            model: "auto".into(),
-            auto_select_budget: 4000,
-            auto_select_time_budget: Duration::from_secs(3),
-            auto_full_models: FullModels(DEFAULT_FULL_MODELS.to_vec()),
-            overload_threshold: Thresholds::default(),
-            alert_clear_margin: 5.0,
-            alert_clear_after: 3,
-            anomaly_z: 6.0,
-            peer_z: 4.0,
-            peer_min_diff: 20.0,
-        }
+        apollo_common::config::flag_defaults()
     }
 }
 
@@ -277,7 +260,7 @@ impl ForecastArgs {
     about = "APOLLO Node Resource Forecaster"
 )]
 pub struct Config {
-    /// gRPC listen address of `ForecastService`.
+    /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(
         long = "grpc-addr",
         env = "APOLLO_GRPC_ADDR",
@@ -296,6 +279,9 @@ pub struct Config {
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
+    /// Message sizes, calls in progress and per-client rate of the gRPC server.
+    #[command(flatten)]
+    pub grpc_limits: apollo_common::grpc_limits::GrpcLimitArgs,
     /// Logs, traces, metrics endpoint, shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -311,6 +297,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::auto::DEFAULT_FULL_MODELS;
 
     #[test]
     fn thresholds_and_horizons_parse() {
@@ -331,6 +318,13 @@ mod tests {
         assert_eq!(parse_horizons("60,5,15,5").unwrap(), vec![5, 15, 60]);
         assert!(parse_horizons("0").is_err());
         assert!(parse_horizons("x").is_err());
+    }
+
+    #[test]
+    fn threshold_flag_default_is_the_thresholds_default() {
+        let a = ForecastArgs::default();
+        assert_eq!(a.overload_threshold, Thresholds::default());
+        assert_eq!(a.auto_full_models, FullModels(DEFAULT_FULL_MODELS.to_vec()));
     }
 
     #[test]

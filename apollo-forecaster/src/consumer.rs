@@ -19,7 +19,6 @@ use std::{sync::Arc, time::Duration};
 
 use apollo_common::{
     bus::{from_json, StreamKind},
-    health::Readiness,
     shutdown::CancellationToken,
     Bus,
 };
@@ -198,9 +197,14 @@ async fn follow(
 }
 
 /// Rebuilds the histories, then follows new insights until `shutdown`;
-/// reconnects with backoff. Readiness is set once the replay caught up and
-/// follows NATS availability after that.
-pub async fn run(engine: Arc<Engine>, bus: Bus, readiness: Readiness, shutdown: CancellationToken) {
+/// reconnects with backoff. `replayed` turns true once the replay caught up
+/// (the service serves from then on, while NATS is reachable).
+pub async fn run(
+    engine: Arc<Engine>,
+    bus: Bus,
+    replayed_tx: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
     let filter = bus.subjects().all("insight.cluster");
     let mut backoff = Duration::from_millis(200);
     let mut replayed: Option<u64> = None;
@@ -216,9 +220,7 @@ pub async fn run(engine: Arc<Engine>, bus: Bus, readiness: Readiness, shutdown: 
             match replay(&engine, &bus, &filter, &shutdown).await {
                 Ok(last) => {
                     replayed = Some(last);
-                    // Serving only once the history is in place; from then on
-                    // readiness follows NATS availability.
-                    readiness.follow(bus.readiness(), shutdown.clone());
+                    replayed_tx.send_replace(true);
                 }
                 Err(err) => {
                     tracing::warn!(%err, retry_in = ?backoff, "history replay failed");

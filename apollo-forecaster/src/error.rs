@@ -32,9 +32,9 @@ pub enum Error {
     /// Binding or serving failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server error: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Server(#[from] apollo_common::shell::ShellError),
     /// A background task panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),
@@ -46,7 +46,7 @@ impl From<Error> for tonic::Status {
         match err {
             Error::InvalidArgument(_) | Error::Config(_) => tonic::Status::invalid_argument(msg),
             Error::NodeNotFound(_) | Error::NoData(_) => tonic::Status::not_found(msg),
-            Error::Bus(BusError::Unavailable(_)) => tonic::Status::unavailable(msg),
+            Error::Bus(err) => err.into(),
             Error::Model(ModelError::InvalidHorizon(_) | ModelError::InvalidLevel(_)) => {
                 tonic::Status::invalid_argument(msg)
             }

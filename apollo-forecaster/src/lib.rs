@@ -25,24 +25,26 @@ pub mod metrics;
 pub mod models;
 pub mod service;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use apollo_common::{
-    grpc::reflection_service,
-    health::{spawn_http, Readiness},
+    health::all_ready,
+    shell::{Listeners, RunningService, ServiceShell, ShellConfig},
     shutdown::CancellationToken,
     Bus,
 };
 use apollo_proto::forecast_service_server::ForecastServiceServer;
 use futures::{stream::FuturesUnordered, StreamExt};
-use prometheus_client::registry::Registry;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 pub use config::Config;
 pub use error::{Error, Result};
 
 use crate::{consumer::now_ms, engine::Engine, metrics::Metrics};
+
+/// Fully qualified name of the gRPC service, as reported by gRPC health.
+pub const SERVICE_NAME: &str = "apollo.ForecastService";
 
 /// Publishes in flight at once during a refresh.
 const MAX_IN_FLIGHT: usize = 256;
@@ -68,63 +70,55 @@ pub struct RefreshSummary {
 pub struct Forecaster {
     engine: Arc<Engine>,
     bus: Bus,
-    readiness: Readiness,
-    grpc_addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    shutdown: CancellationToken,
-    grace: Duration,
-    grpc: JoinHandle<Result<()>>,
+    running: RunningService,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Forecaster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forecaster")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("metrics_addr", &self.metrics_addr)
+            .field("grpc_addr", &self.running.grpc_addr())
+            .field("metrics_addr", &self.running.metrics_addr())
             .finish()
     }
 }
 
 impl Forecaster {
     /// Starts everything: bus, consumer, refresh loop, metrics endpoint and
-    /// the gRPC server on `listener`. Returns once serving has started.
+    /// the gRPC server on `listeners`. Returns once serving has started.
     pub async fn start(
         config: Config,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
         config.validate()?;
-        let tls = apollo_common::grpc_tls::ServerTls::from_args(&config.grpc_tls)
-            .map_err(|e| Error::Config(e.to_string()))?;
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let mut shell = ServiceShell::new(ShellConfig {
+            name: "apollo-forecaster",
+            grpc_services: &[SERVICE_NAME],
+            tls: &config.grpc_tls,
+            limits: &config.grpc_limits,
+            observability: &config.observability,
+        })
+        .await?;
+        let metrics = Metrics::register(shell.registry());
         let engine = Arc::new(Engine::new(config.forecast.clone(), metrics)?);
-        let (readiness, health) = Readiness::new(vec!["apollo.ForecastService"]).await;
-        readiness.set(false).await;
         // The bus gets its own token so it outlives the drain of the server.
-        let bus_token = CancellationToken::new();
         let bus = Bus::connect(
             "apollo-forecaster",
             &config.nats,
             &config.streams,
-            bus_token.clone(),
+            CancellationToken::new(),
         )
         .await?;
-        let (metrics_addr, _http) = spawn_http(
-            config.observability.metrics_addr,
-            Arc::new(registry),
-            readiness.clone(),
-            shutdown.clone(),
-        )
-        .await?;
-        let grpc_addr = listener.local_addr()?;
 
+        // Serving once the history is replayed, and while NATS is reachable.
+        let (replayed_tx, replayed) = tokio::sync::watch::channel(false);
+        let ready = all_ready(vec![replayed, bus.readiness()], shutdown.clone());
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(consumer::run(
             engine.clone(),
             bus.clone(),
-            readiness.clone(),
+            replayed_tx,
             shutdown.clone(),
         )));
         {
@@ -156,33 +150,12 @@ impl Forecaster {
             }));
         }
 
-        let reflection = reflection_service().map_err(|e| Error::Internal(e.to_string()))?;
-        let api = service::ForecastApi::new(engine.clone());
-        let grpc_shutdown = shutdown.clone();
-        let grpc = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
-                .add_service(health)
-                .add_service(reflection)
-                .add_service(ForecastServiceServer::new(api))
-                .serve_with_incoming_shutdown(
-                    apollo_common::grpc_tls::incoming(listener, tls.as_ref()),
-                    grpc_shutdown.cancelled(),
-                )
-                .await
-                .map_err(Error::from)
-        });
-        tracing::info!(%grpc_addr, %metrics_addr, "forecaster serving");
-        let _ = bus_token;
+        let api = ForecastServiceServer::new(service::ForecastApi::new(engine.clone()));
+        let running = shell.start(listeners, api, ready, shutdown).await?;
         Ok(Self {
             engine,
             bus,
-            readiness,
-            grpc_addr,
-            metrics_addr,
-            shutdown,
-            grace: config.observability.shutdown_grace,
-            grpc,
+            running,
             tasks,
         })
     }
@@ -199,17 +172,17 @@ impl Forecaster {
 
     /// Whether the service reports ready.
     pub fn is_ready(&self) -> bool {
-        self.readiness.is_ready()
+        self.running.readiness().is_ready()
     }
 
     /// Bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        self.running.grpc_addr()
     }
 
     /// Bound metrics address.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics_addr
+        self.running.metrics_addr()
     }
 
     /// Refreshes every forecast now and publishes the results.
@@ -217,29 +190,24 @@ impl Forecaster {
         refresh_and_publish(&self.engine, &self.bus).await
     }
 
-    /// Waits for the shutdown token, then drains within the grace period.
+    /// Waits for the shutdown token, then drains within the grace period:
+    /// in-flight calls, the consumer and refresh loop, then the bus.
     pub async fn wait(self) -> Result<()> {
-        self.shutdown.cancelled().await;
-        self.readiness.set(false).await;
-        let grace = self.grace;
-        let drain = async {
-            let res = match self.grpc.await {
-                Ok(r) => r,
-                Err(e) => Err(Error::Internal(e.to_string())),
-            };
-            for t in self.tasks {
-                let _ = t.await;
-            }
-            self.bus.drain().await;
-            res
-        };
-        match tokio::time::timeout(grace, drain).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(?grace, "drain did not finish within the grace period");
-                Ok(())
-            }
-        }
+        let Self {
+            bus,
+            running,
+            tasks,
+            ..
+        } = self;
+        running
+            .drain(async move {
+                for t in tasks {
+                    let _ = t.await;
+                }
+                bus.drain().await;
+            })
+            .await?;
+        Ok(())
     }
 }
 
@@ -325,20 +293,21 @@ pub async fn refresh_and_publish(engine: &Arc<Engine>, bus: &Bus) -> Result<Refr
     Ok(summary)
 }
 
-/// Serves until `shutdown` (tests pass a listener on `127.0.0.1:0`).
+/// Serves on `listeners` until `shutdown` (tests pass a listener on
+/// `127.0.0.1:0`), then drains within `--shutdown-grace`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    Forecaster::start(config, listener, shutdown)
+    Forecaster::start(config, listeners, shutdown)
         .await?
         .wait()
         .await
 }
 
-/// Binds the configured address and serves until SIGTERM/SIGINT.
-pub async fn run(config: Config) -> Result<()> {
-    let listener = TcpListener::bind(config.grpc_addr).await?;
-    serve(config, listener, apollo_common::shutdown::on_signal()).await
+/// Binds the configured addresses and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let listeners = Listeners::bind(config.grpc_addr, config.observability.metrics_addr).await?;
+    serve(config, listeners, shutdown).await
 }

@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
     config.validate().context("invalid configuration")?;
     let _telemetry = apollo_common::telemetry::init("apollo-forecaster", &config.observability)
         .context("failed to initialise telemetry")?;
-    apollo_forecaster::run(config)
+    apollo_forecaster::run(config, apollo_common::shutdown::on_signal())
         .await
         .context("forecaster failed")
 }

@@ -19,17 +19,9 @@ pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "apollo-ingest", version)]
 pub struct Config {
-    /// Address of the gRPC server (InsightService, health, reflection).
+    /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(long = "grpc-addr", env = "APOLLO_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
-    /// Largest accepted gRPC message, in bytes; larger ones are refused with
-    /// OUT_OF_RANGE.
-    #[arg(
-        long = "max-message-bytes",
-        env = "APOLLO_MAX_MESSAGE_BYTES",
-        default_value_t = 4 * 1024 * 1024
-    )]
-    pub max_message_bytes: usize,
     /// Publish acknowledgements a client stream may have outstanding; the
     /// stream is read no faster than JetStream acknowledges.
     #[arg(
@@ -54,6 +46,9 @@ pub struct Config {
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
+    /// Message sizes, calls in progress and per-client rate of the gRPC server.
+    #[command(flatten)]
+    pub grpc_limits: apollo_common::grpc_limits::GrpcLimitArgs,
     /// Logs, traces, metrics endpoint and shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -63,30 +58,23 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults (as on the command line) around the given bus settings.
+    /// The flag defaults with both servers on `127.0.0.1:0` and the given
+    /// bus settings: what tests and benchmarks start from.
     pub fn new(nats: NatsArgs, streams: StreamArgs) -> Self {
-        Self {
-            grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("literal address"),
-            max_message_bytes: 4 * 1024 * 1024,
-            max_inflight_acks: 256,
-            max_future_skew: Duration::from_secs(300),
-            publish_deadline: Duration::from_secs(4),
-            nats,
-            streams,
-            grpc_tls: Default::default(),
-            observability: ObservabilityArgs::default(),
-            collector: CollectorArgs::default(),
-        }
+        let mut c: Self = apollo_common::config::parse_flags(&[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("test flags parse");
+        c.nats = nats;
+        c.streams = streams;
+        c
     }
 
     /// Checks values clap cannot.
     pub fn validate(&self) -> Result<()> {
-        if self.max_message_bytes < 1024 {
-            return Err(Error::Config(format!(
-                "--max-message-bytes {} is below 1024",
-                self.max_message_bytes
-            )));
-        }
         if self.max_inflight_acks == 0 {
             return Err(Error::Config(
                 "--max-inflight-acks must be at least 1".into(),

@@ -52,9 +52,9 @@ pub enum Error {
     /// The Kubernetes client could not be configured.
     #[error("kubernetes client: {0}")]
     Kubernetes(String),
-    /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
-    Server(#[from] tonic::transport::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Server(#[from] apollo_common::shell::ShellError),
 }
 
 impl Error {
@@ -62,10 +62,7 @@ impl Error {
         use tonic::Code;
         match self {
             Self::Invalid(_) => Code::InvalidArgument,
-            Self::Bus(BusError::Unavailable(_) | BusError::Publish { .. }) => Code::Unavailable,
-            Self::Bus(BusError::JetStream { .. }) => Code::Unavailable,
-            Self::Bus(BusError::EmptyToken | BusError::BadToken(_)) => Code::InvalidArgument,
-            Self::Bus(BusError::Config(_) | BusError::Decode(_)) => Code::Internal,
+            Self::Bus(err) => err.grpc_code(),
             Self::Timeout(_) => Code::Unavailable,
             Self::StreamAborted { source, .. } => source.code(),
             Self::Transport(status) => status.code(),

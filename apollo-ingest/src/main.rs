@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = apollo_common::telemetry::init("apollo-ingest", &config.observability)
         .context("failed to initialise telemetry")?;
-    apollo_ingest::run(config)
+    apollo_ingest::run(config, apollo_common::shutdown::on_signal())
         .await
         .context("apollo-ingest failed")
 }

@@ -1,4 +1,5 @@
-//! Counts unary calls refused for exceeding `--max-message-bytes`.
+//! Counts unary calls refused for exceeding `--grpc-max-recv-bytes` in the
+//! ingest metrics.
 //!
 //! tonic refuses such a request with OUT_OF_RANGE while decoding, before the
 //! handler runs, so the refusal is only visible on the response (the status
@@ -27,6 +28,17 @@ pub(crate) struct CountOversized<S> {
 impl<S> CountOversized<S> {
     pub(crate) fn new(inner: S, metrics: Metrics) -> Self {
         Self { inner, metrics }
+    }
+}
+
+impl<S: apollo_common::shell::MessageLimits> apollo_common::shell::MessageLimits
+    for CountOversized<S>
+{
+    fn limit_message_sizes(self, max_recv: usize, max_send: usize) -> Self {
+        Self {
+            inner: self.inner.limit_message_sizes(max_recv, max_send),
+            metrics: self.metrics,
+        }
     }
 }
 

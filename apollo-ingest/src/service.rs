@@ -35,7 +35,7 @@ use crate::{
 /// How many rejection reasons a `StreamResponse.status` lists.
 const REASONS_SHOWN: usize = 3;
 
-/// Rejection label of messages above `--max-message-bytes`.
+/// Rejection label of messages above `--grpc-max-recv-bytes`.
 pub const TOO_LARGE_REASON: &str = "message:too_large";
 
 /// A message type the service ingests.

@@ -238,8 +238,7 @@ impl Harness {
         let metrics_addr = http.local_addr().unwrap();
         let task = tokio::spawn(apollo_ingest::serve_with_kubernetes(
             config,
-            grpc,
-            http,
+            (grpc, http),
             Some(api.client()),
             shutdown.clone(),
         ));

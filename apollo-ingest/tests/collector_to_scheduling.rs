@@ -91,8 +91,10 @@ async fn policies_follow_requests_and_gpu_allocation_seen_in_the_cluster() {
     ingest_config.collector.stale_after = Duration::from_secs(30);
     let ingest = tokio::spawn(apollo_ingest::serve_with_kubernetes(
         ingest_config,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ),
         Some(api.client()),
         shutdown.clone(),
     ));

@@ -48,7 +48,7 @@ impl Ingest {
         let addr = grpc.local_addr().unwrap();
         let metrics_addr = http.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(apollo_ingest::serve(config, grpc, http, shutdown.clone()));
+        let task = tokio::spawn(apollo_ingest::serve(config, (grpc, http), shutdown.clone()));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -495,7 +495,7 @@ async fn cluster_insight_stream_stores_every_item() {
 #[tokio::test]
 async fn oversized_messages_are_refused_and_counted() {
     let nats = TestNats::start().await;
-    let ingest = Ingest::start(&nats, |c| c.max_message_bytes = 16 * 1024).await;
+    let ingest = Ingest::start(&nats, |c| c.grpc_limits.max_recv_bytes = 16 * 1024).await;
     let mut big = signature("big", 1.0);
     big.framework = "x".repeat(64 * 1024);
 
@@ -505,9 +505,11 @@ async fn oversized_messages_are_refused_and_counted() {
         .report_workload_signature(big.clone())
         .await
         .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
-        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{err:?}"
+        err.message().contains("limit of 16384 bytes"),
+        "{}",
+        err.message()
     );
 
     let err = ingest
@@ -516,14 +518,20 @@ async fn oversized_messages_are_refused_and_counted() {
         .stream_workload_signatures(futures::stream::iter(vec![signature("ok", 1.0), big]))
         .await
         .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
-        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{err:?}"
+        err.message().contains("limit of 16384 bytes"),
+        "{}",
+        err.message()
     );
     assert!(err.message().contains("1 of 2"), "{}", err.message());
     assert_eq!(ingest.stored_count().await, 1);
 
     let metrics = ingest.metrics().await;
+    assert!(
+        metrics.contains(r#"apollo_grpc_rejected_total{reason="request_too_large"} 2"#),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(
             r#"apollo_ingest_rejected_total{kind="workload",reason="message:too_large"} 2"#

@@ -83,8 +83,10 @@ async fn a_reported_signature_and_the_policy_that_used_it_share_its_trace() {
     let ingest_addr = ingest_listener.local_addr().unwrap();
     let ingest = tokio::spawn(apollo_ingest::serve(
         apollo_ingest::Config::new(n.clone(), s.clone()),
-        ingest_listener,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        (
+            ingest_listener,
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ),
         shutdown.clone(),
     ));
     let mut sched_config = apollo_scheduling::config::Config::with_defaults(n.clone(), s);

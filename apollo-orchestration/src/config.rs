@@ -126,7 +126,7 @@ pub struct KubeArgs {
     about = "APOLLO Orchestration Policy Engine"
 )]
 pub struct Config {
-    /// Address of the gRPC server.
+    /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(long, env = "APOLLO_GRPC_ADDR", default_value = "0.0.0.0:50053")]
     pub grpc_addr: SocketAddr,
     /// Time between planning cycles (a cycle also runs at once on an alert).
@@ -136,9 +136,9 @@ pub struct Config {
     #[arg(long, env = "APOLLO_ORCH_PLAN_MIN_GAP", default_value = "1s", value_parser = parse_duration)]
     pub plan_min_gap: Duration,
     /// How far ahead forecasts are read.
-    #[arg(long, env = "APOLLO_FORECAST_HORIZON", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, env = "APOLLO_ORCH_FORECAST_HORIZON", default_value = "30m", value_parser = parse_duration)]
     pub forecast_horizon: Duration,
-    /// A node whose latest insight is older than this is left out of planning.
+    /// A node whose latest insight is older than this is left out of decisions.
     #[arg(long, env = "APOLLO_STALE_AFTER", default_value = "2m", value_parser = parse_duration)]
     pub stale_after: Duration,
     /// Planner thresholds.
@@ -181,6 +181,9 @@ pub struct Config {
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
+    /// Message sizes, calls in progress and per-client rate of the gRPC server.
+    #[command(flatten)]
+    pub grpc_limits: apollo_common::grpc_limits::GrpcLimitArgs,
     /// Metrics, logs, shutdown.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -198,9 +201,13 @@ impl Config {
     /// Defaults (as `--help` shows them) with the given NATS settings, gRPC on
     /// `127.0.0.1:0`: what tests start from.
     pub fn with_defaults(nats: NatsArgs, streams: StreamArgs) -> Self {
-        let mut c = Self::parse_from(["apollo-orchestration"]);
-        c.grpc_addr = "127.0.0.1:0".parse().expect("literal address");
-        c.observability.metrics_addr = "127.0.0.1:0".parse().expect("literal address");
+        let mut c: Self = apollo_common::config::parse_flags(&[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("test flags parse");
         c.nats = nats;
         c.streams = streams;
         c

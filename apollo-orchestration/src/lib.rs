@@ -27,12 +27,12 @@ pub mod rails;
 pub mod service;
 pub mod view;
 
-use std::{sync::Arc, time::Duration};
-
-use apollo_common::{grpc, grpc_tls, health, shutdown::CancellationToken, Bus, ClusterView};
+use apollo_common::{
+    shell::{Listeners, ServiceShell, ShellConfig},
+    shutdown::CancellationToken,
+    Bus, ClusterView,
+};
 use apollo_proto::orchestration_policy_service_server::OrchestrationPolicyServiceServer;
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 pub use config::Config;
 
@@ -42,35 +42,31 @@ pub enum Error {
     /// A setting is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Binding or serving failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
     /// The bus could not be set up.
     #[error(transparent)]
     Bus(#[from] apollo_common::BusError),
-    /// The gRPC server failed.
-    #[error("grpc server: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// No Kubernetes client configuration (in-cluster or KUBECONFIG).
     #[error("kubernetes client: {0}")]
     Kube(String),
-    /// Reflection could not be built.
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Server(#[from] apollo_common::shell::ShellError),
 }
 
 /// Binds the configured addresses and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.grpc_addr).await?;
-    serve(config, listener, shutdown).await
+    let listeners = Listeners::bind(config.grpc_addr, config.observability.metrics_addr).await?;
+    serve(config, listeners, shutdown).await
 }
 
-/// Serves on an already bound gRPC listener (tests bind `127.0.0.1:0`).
+/// Serves on already bound listeners (tests bind `127.0.0.1:0`; a gRPC
+/// listener alone binds `--metrics-addr`), then drains within
+/// `--shutdown-grace`.
 /// With `--kubernetes` the client comes from the in-cluster config, else
 /// KUBECONFIG.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
@@ -83,33 +79,37 @@ pub async fn serve(
     } else {
         None
     };
-    serve_with_kubernetes(config, listener, kube, shutdown).await
+    serve_with_kubernetes(config, listeners, kube, shutdown).await
 }
 
 /// [`serve`] with a given Kubernetes client (tests pass one for a local API
 /// server); `None` runs without Kubernetes whatever `--kubernetes` says.
 pub async fn serve_with_kubernetes(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     kube: Option<kube::Client>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
-    let tls = apollo_common::grpc_tls::ServerTls::from_args(&config.grpc_tls)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let bus_token = CancellationToken::new();
+    let mut shell = ServiceShell::new(ShellConfig {
+        name: "apollo-orchestration",
+        grpc_services: &[service::SERVICE_NAME],
+        tls: &config.grpc_tls,
+        limits: &config.grpc_limits,
+        observability: &config.observability,
+    })
+    .await?;
     let bus = Bus::connect(
         "apollo-orchestration",
         &config.nats,
         &config.streams,
-        bus_token.clone(),
+        CancellationToken::new(),
     )
     .await?;
     let view = ClusterView::new();
-    let mut registry = Registry::default();
-    view.register_metrics(&mut registry);
+    view.register_metrics(shell.registry());
     let metrics = metrics::Metrics::default();
-    metrics.register(&mut registry);
+    metrics.register(shell.registry());
     let _follow = view.follow(bus.clone(), shutdown.clone());
 
     let engine = engine::Engine::new(config.engine(), view.clone(), metrics.clone());
@@ -182,32 +182,14 @@ pub async fn serve_with_kubernetes(
         "planning"
     );
 
-    let (readiness, health_service) = health::Readiness::new(vec![service::SERVICE_NAME]).await;
-    let (metrics_addr, _http) = health::spawn_http(
-        config.observability.metrics_addr,
-        Arc::new(registry),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(grpc = %listener.local_addr()?, metrics = %metrics_addr, "apollo-orchestration listening");
-
-    let ready_task = readiness.follow(bus.readiness(), shutdown.clone());
-
-    let grace = config.observability.shutdown_grace;
-    let drain = shutdown.clone();
-    let server = tonic::transport::Server::builder()
-        .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
-        .add_service(health_service)
-        .add_service(grpc::reflection_service()?)
-        .add_service(OrchestrationPolicyServiceServer::new(service))
-        .serve_with_incoming_shutdown(grpc_tls::incoming(listener, tls.as_ref()), async move {
-            drain.cancelled().await;
-        });
-    grpc::serve_with_grace(server, shutdown.clone(), grace).await?;
-    work.cancel();
-    let _ = tokio::time::timeout(grace.min(Duration::from_secs(5)), ready_task).await;
-    bus.drain().await;
-    bus_token.cancel();
+    let api = OrchestrationPolicyServiceServer::new(service);
+    shell
+        .start(listeners, api, bus.readiness(), shutdown)
+        .await?
+        .drain(async move {
+            work.cancel();
+            bus.drain().await;
+        })
+        .await?;
     Ok(())
 }

@@ -91,7 +91,7 @@ pub fn consumer_name(subscriber_id: &str) -> Result<String, Status> {
             "subscriber_id must be at most 128 characters",
         ));
     }
-    let token = encode_token(id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let token = encode_token(id).map_err(Status::from)?;
     Ok(format!("orch-sub-{}", token.replace('%', "_")))
 }
 
@@ -186,7 +186,7 @@ impl PolicyService {
                 .bus
                 .subjects()
                 .orchestration_feedback(&action_token(reported.action), &reported.namespace)
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(Status::from)?;
             if let Err(err) = self.bus.publish(subject, r).await {
                 self.engine.metrics().publish_failures.inc();
                 tracing::warn!(%err, request_id = %r.request_id, "execution result not stored");
@@ -200,7 +200,7 @@ impl PolicyService {
             .bus
             .get_stream(StreamKind::Policy)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(Status::from)?;
         let filter = format!("{}.policy.orchestration.>", self.bus.subjects().prefix());
         let config = consumer::pull::Config {
             durable_name: Some(name.to_string()),

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use apollo_common::{config::ObservabilityArgs, shutdown::CancellationToken, testing::TestNats};
+use apollo_common::{
+    config::{parse_flags, ObservabilityArgs},
+    shutdown::CancellationToken,
+    testing::TestNats,
+};
 use clap::Parser as _;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -15,10 +19,13 @@ async fn serves_health_once_nats_is_ready() {
     let mut config = apollo_orchestration::Config::parse_from(["apollo-orchestration"]);
     config.nats = n;
     config.streams = s;
-    config.observability = ObservabilityArgs {
-        shutdown_grace: Duration::from_millis(500),
-        ..ObservabilityArgs::default()
-    };
+    config.observability = parse_flags::<ObservabilityArgs>(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "500ms",
+    ])
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();

@@ -689,7 +689,7 @@ mod two_replicas {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ingest_addr = grpc.local_addr().unwrap();
-        tokio::spawn(apollo_ingest::serve(ingest, grpc, http, all.clone()));
+        tokio::spawn(apollo_ingest::serve(ingest, (grpc, http), all.clone()));
 
         let mut replicas = HashMap::new();
         let mut addrs = Vec::new();

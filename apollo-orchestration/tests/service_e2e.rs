@@ -53,7 +53,7 @@ async fn start(tune: impl FnOnce(&mut apollo_orchestration::Config)) -> Stack {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingest_addr = grpc.local_addr().unwrap();
-    tokio::spawn(apollo_ingest::serve(ingest, grpc, http, shutdown.clone()));
+    tokio::spawn(apollo_ingest::serve(ingest, (grpc, http), shutdown.clone()));
 
     let mut config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
     config.plan_min_gap = Duration::from_millis(50);

@@ -14,7 +14,7 @@ use crate::error::Error;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "apollo-scheduling", version, about)]
 pub struct Config {
-    /// Address of the gRPC server (`SchedulingPolicyService`, health, reflection).
+    /// Address of the gRPC server (this service's API, health and reflection).
     #[arg(
         long = "grpc-addr",
         env = "APOLLO_GRPC_ADDR",
@@ -36,6 +36,9 @@ pub struct Config {
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
+    /// Message sizes, calls in progress and per-client rate of the gRPC server.
+    #[command(flatten)]
+    pub grpc_limits: apollo_common::grpc_limits::GrpcLimitArgs,
     /// Logs, traces, metrics endpoint, shutdown grace.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -47,17 +50,17 @@ pub struct EngineConfig {
     /// Node preferences returned per policy (the scheduler reads them all).
     #[arg(long = "top-nodes", env = "APOLLO_TOP_NODES", default_value_t = 20)]
     pub top_nodes: usize,
-    /// A node whose latest insight is older than this is left out of scoring;
-    /// with no fresh node at all the answer is ALLOW.
+    /// A node whose latest insight is older than this is left out of decisions.
     #[arg(long = "stale-after", env = "APOLLO_STALE_AFTER", default_value = "2m", value_parser = parse_duration)]
     pub stale_after: Duration,
     /// How far ahead forecasts are read (peaks, overload, capacity freeing for DELAY).
-    #[arg(long = "forecast-horizon", env = "APOLLO_FORECAST_HORIZON", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long = "forecast-horizon", env = "APOLLO_SCHED_FORECAST_HORIZON", default_value = "30m", value_parser = parse_duration)]
     pub forecast_horizon: Duration,
-    /// Predicted utilisation (0-1) at or above which a node counts as overloaded.
+    /// Predicted utilisation (a fraction, 0-1) at or above which a node
+    /// counts as overloaded when scoring.
     #[arg(
         long = "overload-threshold",
-        env = "APOLLO_OVERLOAD_THRESHOLD",
+        env = "APOLLO_SCHED_OVERLOAD_THRESHOLD",
         default_value_t = 0.9
     )]
     pub overload_threshold: f64,
@@ -82,17 +85,9 @@ pub struct EngineConfig {
 }
 
 impl Default for EngineConfig {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            top_nodes: 20,
-            stale_after: Duration::from_secs(120),
-            forecast_horizon: Duration::from_secs(30 * 60),
-            overload_threshold: 0.9,
-            assume_ttl: Duration::from_secs(60),
-            failure_penalty_decay: Duration::from_secs(300),
-            failure_penalty_step: 0.5,
-            prefer_gap: 10,
-        }
+        apollo_common::config::flag_defaults()
     }
 }
 
@@ -165,28 +160,26 @@ pub struct ServiceArgs {
 }
 
 impl Default for ServiceArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        Self {
-            publish_queue: 4096,
-            publish_in_flight: 256,
-            feedback_dedup_capacity: 100_000,
-            feedback_dedup_ttl: Duration::from_secs(900),
-        }
+        apollo_common::config::flag_defaults()
     }
 }
 
 impl Config {
-    /// A configuration with defaults, for tests and embedding.
+    /// The flag defaults with both servers on `127.0.0.1:0` and the given
+    /// bus settings: what tests and embedders start from.
     pub fn with_defaults(nats: NatsArgs, streams: StreamArgs) -> Self {
-        Self {
-            grpc_addr: "127.0.0.1:0".parse().expect("literal address"),
-            engine: EngineConfig::default(),
-            service: ServiceArgs::default(),
-            nats,
-            streams,
-            grpc_tls: Default::default(),
-            observability: ObservabilityArgs::default(),
-        }
+        let mut c: Self = apollo_common::config::parse_flags(&[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("test flags parse");
+        c.nats = nats;
+        c.streams = streams;
+        c
     }
 
     /// Checks every group once after parsing.

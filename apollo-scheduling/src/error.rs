@@ -17,27 +17,16 @@ pub enum Error {
     /// NATS.
     #[error(transparent)]
     Bus(#[from] BusError),
-    /// Binding or serving a socket.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: &'static str,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The gRPC transport failed.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// Reflection could not be built.
-    #[error("gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Server(apollo_common::shell::ShellError),
 }
 
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
-        match &err {
-            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m.clone()),
-            Error::Bus(BusError::Unavailable(_)) => tonic::Status::unavailable(err.to_string()),
+        match err {
+            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            Error::Bus(err) => err.into(),
             Error::Config(_) => tonic::Status::failed_precondition(err.to_string()),
             _ => tonic::Status::internal(err.to_string()),
         }

@@ -1,4 +1,4 @@
-//! `apollo-scheduling`: the Scheduling Policy Engine service.
+//! `apollo-scheduling`: parse the configuration, start telemetry, serve.
 
 use anyhow::Context as _;
 use apollo_scheduling::config::Config;
@@ -9,12 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = apollo_common::telemetry::init("apollo-scheduling", &config.observability)
         .context("failed to initialise telemetry")?;
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+    apollo_scheduling::service::run(config, apollo_common::shutdown::on_signal())
         .await
-        .with_context(|| format!("failed to bind {}", config.grpc_addr))?;
-    tracing::info!(addr = %config.grpc_addr, "serving SchedulingPolicyService");
-    let shutdown = apollo_common::shutdown::on_signal();
-    apollo_scheduling::service::serve(config, listener, shutdown)
-        .await
-        .context("scheduling service failed")
+        .context("apollo-scheduling failed")
 }

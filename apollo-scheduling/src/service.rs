@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apollo_common::bus::Subjects;
-use apollo_common::health::{spawn_http, Readiness};
+use apollo_common::health::always;
+use apollo_common::shell::{Listeners, ServiceShell, ShellConfig};
 use apollo_common::shutdown::CancellationToken;
 use apollo_common::{Bus, ClusterView};
 use apollo_proto::scheduling_policy_service_server::{
@@ -42,7 +43,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::{instrument, Instrument as _};
@@ -533,19 +533,19 @@ fn count_ack(
 }
 
 /// Runs the service until `shutdown`: connects NATS, follows the view and
-/// forecasts, serves gRPC on `listener` and metrics on the configured address.
+/// forecasts, serves gRPC on `listeners` (a gRPC listener alone binds
+/// `--metrics-addr` for metrics), then drains within `--shutdown-grace`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     config.validate()?;
-    let bus_token = CancellationToken::new();
     let bus = Bus::connect(
         "apollo-scheduling",
         &config.nats,
         &config.streams,
-        bus_token.clone(),
+        CancellationToken::new(),
     )
     .await?;
     let mut registry = Registry::default();
@@ -556,35 +556,41 @@ pub async fn serve(
     view.follow(bus.clone(), shutdown.clone());
     state.spawn_forecast_follower(bus.clone(), shutdown.clone());
     let engine = Arc::new(Engine::new(state));
-    let result = serve_engine(
-        engine,
-        Some(bus.clone()),
-        &config,
-        registry,
-        listener,
-        shutdown,
-    )
-    .await;
-    bus.drain().await;
-    bus_token.cancel();
-    result
+    serve_engine(engine, Some(bus), &config, registry, listeners, shutdown).await
+}
+
+/// Binds the configured addresses and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let listeners = Listeners::bind(config.grpc_addr, config.observability.metrics_addr)
+        .await
+        .map_err(Error::Server)?;
+    serve(config, listeners, shutdown).await
 }
 
 /// Serves an engine over gRPC (health, reflection, metrics, publisher and
 /// sweeper included). Without a bus the service reports SERVING at once and
-/// publishing counts failures; benchmarks use this.
+/// publishing counts failures; benchmarks use this. On shutdown the queued
+/// policies are flushed and the bus drained within the grace period.
 pub async fn serve_engine(
     engine: Arc<Engine>,
     bus: Option<Bus>,
     config: &Config,
-    mut registry: Registry,
-    listener: TcpListener,
+    registry: Registry,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let tls = apollo_common::grpc_tls::ServerTls::from_args(&config.grpc_tls)
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let mut shell = ServiceShell::new(ShellConfig {
+        name: "apollo-scheduling",
+        grpc_services: &[SERVICE_NAME],
+        tls: &config.grpc_tls,
+        limits: &config.grpc_limits,
+        observability: &config.observability,
+    })
+    .await
+    .map_err(Error::Server)?;
+    *shell.registry() = registry;
     let metrics = Metrics::default();
-    metrics.register(&mut registry);
+    metrics.register(shell.registry());
     let state = Arc::clone(engine.state());
     let sweep_every = (config.engine.stale_after / 4)
         .min(config.engine.assume_ttl / 4)
@@ -604,32 +610,17 @@ pub async fn serve_engine(
         });
     }
 
-    let (readiness, health) = Readiness::new(vec![SERVICE_NAME]).await;
-    let (_, http) = spawn_http(
-        config.observability.metrics_addr,
-        Arc::new(registry),
-        readiness.clone(),
-        tasks.clone(),
-    )
-    .await
-    .map_err(|source| Error::Io {
-        context: "binding the metrics address",
-        source,
-    })?;
-    match &bus {
-        None => readiness.set(true).await,
-        Some(bus) => {
-            readiness.follow(bus.readiness(), shutdown.clone());
-        }
-    }
-
+    let ready = match &bus {
+        None => always(true),
+        Some(bus) => bus.readiness(),
+    };
     let subjects = bus
         .as_ref()
         .map(|b| b.subjects().clone())
         .unwrap_or_else(|| Subjects::new(config.nats.subject_prefix.clone()));
     let (tx, rx) = mpsc::channel(config.service.publish_queue);
     let publisher = tokio::spawn(run_publisher(
-        bus,
+        bus.clone(),
         subjects,
         rx,
         metrics.clone(),
@@ -646,38 +637,24 @@ pub async fn serve_engine(
             ),
         }),
     };
-
-    let grace = config.observability.shutdown_grace;
-    let drain_signal = {
-        let (sd, r) = (shutdown.clone(), readiness.clone());
-        async move {
-            sd.cancelled().await;
-            r.set(false).await;
-            tracing::info!("draining gRPC requests");
-        }
-    };
-    let incoming = apollo_common::grpc_tls::incoming(listener, tls.as_ref());
-    let mut server = Box::pin(
-        tonic::transport::Server::builder()
-            .layer(apollo_common::grpc_telemetry::GrpcTelemetryLayer)
-            .add_service(health)
-            .add_service(apollo_common::grpc::reflection_service()?)
-            .add_service(SchedulingPolicyServiceServer::new(service))
-            .serve_with_incoming_shutdown(incoming, drain_signal),
-    );
-    let outcome = tokio::select! {
-        r = &mut server => r.map_err(Error::from),
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "grace period over, in-flight requests abandoned");
-            Ok(())
-        }
-    };
-    // The server (and the queue's last sender) is gone: flush what is queued.
-    drop(server);
-    if tokio::time::timeout(grace, publisher).await.is_err() {
-        tracing::warn!("publisher did not drain within the grace period");
-    }
-    tasks.cancel();
-    let _ = http.await;
-    outcome
+    shell
+        .start(
+            listeners,
+            SchedulingPolicyServiceServer::new(service),
+            ready,
+            shutdown,
+        )
+        .await
+        .map_err(Error::Server)?
+        // The server (and with it the queue's last sender) is gone by the
+        // time the clean-up runs: flush what is queued, then the bus.
+        .drain(async move {
+            let _ = publisher.await;
+            tasks.cancel();
+            if let Some(bus) = bus {
+                bus.drain().await;
+            }
+        })
+        .await
+        .map_err(Error::Server)
 }

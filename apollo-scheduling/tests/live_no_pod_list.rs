@@ -161,8 +161,7 @@ async fn an_agent_without_pod_lists_gets_each_placement_counted_once() {
     let ingest_addr = grpc.local_addr().unwrap();
     let ingest_task = tokio::spawn(apollo_ingest::serve(
         apollo_ingest::Config::new(n.clone(), s.clone()),
-        grpc,
-        http,
+        (grpc, http),
         shutdown.clone(),
     ));
 

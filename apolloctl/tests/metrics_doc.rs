@@ -111,16 +111,6 @@ fn cpu_insight(node: &str, cpu_percent: f64, ts_ms: i64) -> ClusterInsight {
     }
 }
 
-/// A loopback address nothing listens on yet, for services that bind their
-/// metrics address themselves.
-async fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_metric_is_exported_by_its_services() {
     let rows = documented();
@@ -151,8 +141,7 @@ async fn every_documented_metric_is_exported_by_its_services() {
     let mut grpc = vec![ingest_grpc.local_addr().unwrap()];
     let ingest = tokio::spawn(apollo_ingest::serve_with_kubernetes(
         ingest_config,
-        ingest_grpc,
-        ingest_http,
+        (ingest_grpc, ingest_http),
         Some(api.client()),
         shutdown.clone(),
     ));
@@ -180,27 +169,27 @@ async fn every_documented_metric_is_exported_by_its_services() {
             .unwrap();
     let forecaster_metrics = forecaster.metrics_addr();
 
-    let scheduling_metrics = free_addr().await;
+    let sched_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduling_metrics = sched_http.local_addr().unwrap();
     let mut sched_config = apollo_scheduling::config::Config::with_defaults(n.clone(), s.clone());
-    sched_config.observability.metrics_addr = scheduling_metrics;
     sched_config.observability.shutdown_grace = Duration::from_secs(1);
     let sched_grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     grpc.push(sched_grpc.local_addr().unwrap());
     let scheduling = tokio::spawn(apollo_scheduling::service::serve(
         sched_config,
-        sched_grpc,
+        (sched_grpc, sched_http),
         shutdown.clone(),
     ));
 
-    let orchestration_metrics = free_addr().await;
+    let orch_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orchestration_metrics = orch_http.local_addr().unwrap();
     let mut orch_config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
-    orch_config.observability.metrics_addr = orchestration_metrics;
     orch_config.observability.shutdown_grace = Duration::from_millis(300);
     let orch_grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     grpc.push(orch_grpc.local_addr().unwrap());
     let orchestration = tokio::spawn(apollo_orchestration::serve(
         orch_config,
-        orch_grpc,
+        (orch_grpc, orch_http),
         shutdown.clone(),
     ));
 

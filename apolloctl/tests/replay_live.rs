@@ -52,8 +52,7 @@ async fn replay_json_matches_the_simulation_with_requests_only_insights() {
     let ingest_addr = grpc.local_addr().unwrap();
     let ingest = tokio::spawn(apollo_ingest::serve(
         apollo_ingest::Config::new(n.clone(), s.clone()),
-        grpc,
-        http,
+        (grpc, http),
         shutdown.clone(),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

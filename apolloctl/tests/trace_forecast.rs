@@ -42,8 +42,7 @@ async fn a_forecast_continues_the_trace_of_the_insight_it_was_made_from() {
     let ingest_addr = ingest_grpc.local_addr().unwrap();
     let ingest = tokio::spawn(apollo_ingest::serve(
         apollo_ingest::Config::new(n.clone(), s.clone()),
-        ingest_grpc,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        (ingest_grpc, TcpListener::bind("127.0.0.1:0").await.unwrap()),
         shutdown.clone(),
     ));
     let mut forecaster_config = apollo_forecaster::Config::parse_from([

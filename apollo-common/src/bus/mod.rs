@@ -73,6 +73,32 @@ pub enum BusError {
     Decode(#[from] serde_json::Error),
 }
 
+impl BusError {
+    /// The gRPC code of this error, the same in every service: what a
+    /// client should do about it. NATS or JetStream not answering, or
+    /// refusing a publish, is UNAVAILABLE (retry: publishes carry a
+    /// `Nats-Msg-Id`, so a retry is stored once); a name from the request
+    /// that cannot be a subject token is INVALID_ARGUMENT; bad connection
+    /// settings and undecodable stored payloads are INTERNAL (retrying does
+    /// not help).
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::EmptyToken | Self::BadToken(_) => Code::InvalidArgument,
+            Self::Unavailable(_) | Self::Publish { .. } | Self::JetStream { .. } => {
+                Code::Unavailable
+            }
+            Self::Config(_) | Self::Decode(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<BusError> for tonic::Status {
+    fn from(err: BusError) -> Self {
+        tonic::Status::new(err.grpc_code(), err.to_string())
+    }
+}
+
 /// Acknowledgement of a stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -567,5 +593,43 @@ fn classify_publish_error(subject: &str, err: jetstream::context::PublishError) 
             subject: subject.to_string(),
             reason: err.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod grpc_code_tests {
+    use super::*;
+
+    #[test]
+    fn every_bus_error_has_one_grpc_code() {
+        use tonic::Code;
+        let decode = serde_json::from_str::<u8>("x").unwrap_err();
+        let cases = [
+            (BusError::EmptyToken, Code::InvalidArgument),
+            (BusError::BadToken("a.b".into()), Code::InvalidArgument),
+            (BusError::Unavailable("down".into()), Code::Unavailable),
+            (BusError::Config("bad creds".into()), Code::Internal),
+            (
+                BusError::Publish {
+                    subject: "apollo.x".into(),
+                    reason: "no ack".into(),
+                },
+                Code::Unavailable,
+            ),
+            (
+                BusError::JetStream {
+                    what: "get stream".into(),
+                    reason: "timeout".into(),
+                },
+                Code::Unavailable,
+            ),
+            (BusError::Decode(decode), Code::Internal),
+        ];
+        for (err, code) in cases {
+            let text = err.to_string();
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), code, "{text}");
+            assert_eq!(status.message(), text);
+        }
     }
 }

@@ -276,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
     let http = TcpListener::bind("127.0.0.1:0").await?;
     let addr = grpc.local_addr()?;
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(apollo_ingest::serve(config, grpc, http, shutdown.clone()));
+    let server = tokio::spawn(apollo_ingest::serve(config, (grpc, http), shutdown.clone()));
     let mut client = InsightServiceClient::connect(format!("http://{addr}")).await?;
 
     // Raw JetStream, its own streams.

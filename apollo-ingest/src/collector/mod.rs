@@ -114,14 +114,9 @@ pub struct CollectorArgs {
 }
 
 impl Default for CollectorArgs {
+    /// The flag defaults.
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: CollectorArgs,
-        }
-        Wrapper::parse_from(["collector"]).args
+        apollo_common::config::flag_defaults()
     }
 }
 
