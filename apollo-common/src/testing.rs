@@ -189,3 +189,70 @@ pub async fn subscribe_ready(
         .expect("barrier subscription closed");
     sub
 }
+
+/// A certificate authority made for one test, issuing leaf certificates for
+/// TLS servers and clients (gRPC and NATS).
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// A self-signed CA with common name `name`.
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().expect("generate CA key");
+        let issuer = CertifiedIssuer::self_signed(params, key).expect("self-sign CA");
+        Self { issuer }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate for the DNS name or IP address `name`, as
+    /// (certificate PEM, key PEM).
+    pub fn leaf(&self, name: &str) -> (String, String) {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().expect("generate leaf key");
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("leaf parameters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes the CA certificate and a leaf for `name` into `dir` as
+    /// `<prefix>-ca.pem`, `<prefix>.pem` and `<prefix>.key`; returns the
+    /// three paths in that order.
+    pub fn write_leaf(
+        &self,
+        dir: &std::path::Path,
+        prefix: &str,
+        name: &str,
+    ) -> (PathBuf, PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(name);
+        let write = |file: String, body: &str| {
+            let path = dir.join(file);
+            std::fs::write(&path, body).expect("write test certificate");
+            path
+        };
+        (
+            write(format!("{prefix}-ca.pem"), &self.pem()),
+            write(format!("{prefix}.pem"), &cert),
+            write(format!("{prefix}.key"), &key),
+        )
+    }
+}
