@@ -36,7 +36,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// How to reach NATS. Credentials and TLS follow the NATS CLI's conventions.
-#[derive(Debug, Clone, Args)]
+///
+/// `Debug` prints secrets (password, token) as `<redacted>`, so a config
+/// logged at start-up or in a panic message never leaks them; file paths
+/// (credentials, keys) are shown since they are not secret themselves.
+#[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated.
     #[arg(
@@ -102,6 +106,72 @@ pub struct NatsArgs {
     /// Timeout for a JetStream publish acknowledgement and API requests.
     #[arg(long = "nats-timeout", env = "APOLLO_NATS_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+}
+
+/// The server URL(s) with any `user:password@` / `token@` part replaced by
+/// `<redacted>@`: what logs and error messages show.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let (scheme, rest) = match url.find("://") {
+                Some(i) => url.split_at(i + 3),
+                None => ("", url),
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}<redacted>{}", &rest[at..]),
+                None => url.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl NatsArgs {
+    /// The server URL(s) safe to log: credentials in them are redacted.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Shows whether a secret is set without showing it.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be added without deciding here
+        // whether it is secret.
+        let Self {
+            url,
+            creds_file,
+            user,
+            password,
+            token,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_required,
+            subject_prefix,
+            stream_prefix,
+            request_timeout,
+        } = self;
+        f.debug_struct("NatsArgs")
+            .field("url", &redact_url(url))
+            .field("creds_file", creds_file)
+            .field("user", user)
+            .field("password", &redacted(password))
+            .field("token", &redacted(token))
+            .field("tls_ca", tls_ca)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_required", tls_required)
+            .field("subject_prefix", subject_prefix)
+            .field("stream_prefix", stream_prefix)
+            .field("request_timeout", request_timeout)
+            .finish()
+    }
 }
 
 impl Default for NatsArgs {
@@ -230,5 +300,37 @@ mod tests {
         assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn debug_output_redacts_nats_secrets() {
+        let args = NatsArgs {
+            user: Some("ingest".into()),
+            password: Some("hunter2-pass".into()),
+            token: Some("s3cr3t-token".into()),
+            ..NatsArgs::default()
+        };
+        for shown in [format!("{args:?}"), format!("{args:#?}")] {
+            assert!(!shown.contains("hunter2-pass"), "{shown}");
+            assert!(!shown.contains("s3cr3t-token"), "{shown}");
+            assert!(shown.contains("ingest"), "{shown}");
+            assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
+        }
+        let in_url = NatsArgs {
+            url: "nats://ingest:hunter2-pass@10.0.0.1:4222,nats://tok3n@n2:4222,nats://n3:4222"
+                .into(),
+            ..NatsArgs::default()
+        };
+        let shown = format!("{in_url:?}");
+        assert!(!shown.contains("hunter2-pass"), "{shown}");
+        assert!(!shown.contains("tok3n"), "{shown}");
+        assert_eq!(
+            in_url.display_url(),
+            "nats://<redacted>@10.0.0.1:4222,nats://<redacted>@n2:4222,nats://n3:4222"
+        );
+        // Unset secrets show as unset, not as redacted.
+        let shown = format!("{:?}", NatsArgs::default());
+        assert!(!shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("password: None"), "{shown}");
     }
 }

@@ -180,7 +180,7 @@ impl Bus {
         let client = opts
             .connect(nats.url.as_str())
             .await
-            .map_err(|e| BusError::Config(format!("{}: {e}", nats.url)))?;
+            .map_err(|e| BusError::Config(format!("{}: {e}", nats.display_url())))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(nats.request_timeout)
             .build(client.clone());
@@ -199,7 +199,7 @@ impl Bus {
 
         let stream_cfgs = streams::configs(&nats.stream_prefix, &subjects, streams);
         let decision_cfg = streams::decision_bucket_config(&nats.stream_prefix, streams);
-        let url = nats.url.clone();
+        let url = nats.display_url();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut reconnecting = false;
