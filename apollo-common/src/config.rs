@@ -65,6 +65,10 @@ pub struct NatsArgs {
     /// NATS token.
     #[arg(long = "nats-token", env = "APOLLO_NATS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the NKey seed (`SU...`) of a user the server knows by
+    /// its public NKey (`nkey:` in the server's authorization block).
+    #[arg(long = "nats-nkey", env = "APOLLO_NATS_NKEY")]
+    pub nkey_file: Option<PathBuf>,
     /// CA certificate (PEM) used to verify the NATS server; enables TLS.
     #[arg(long = "nats-tls-ca", env = "APOLLO_NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -149,6 +153,7 @@ impl std::fmt::Debug for NatsArgs {
             user,
             password,
             token,
+            nkey_file,
             tls_ca,
             tls_cert,
             tls_key,
@@ -163,6 +168,7 @@ impl std::fmt::Debug for NatsArgs {
             .field("user", user)
             .field("password", &redacted(password))
             .field("token", &redacted(token))
+            .field("nkey_file", nkey_file)
             .field("tls_ca", tls_ca)
             .field("tls_cert", tls_cert)
             .field("tls_key", tls_key)
@@ -182,6 +188,7 @@ impl Default for NatsArgs {
             user: None,
             password: None,
             token: None,
+            nkey_file: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,

@@ -110,6 +110,7 @@ impl Forecaster {
             bus_token.clone(),
         )
         .await?;
+        bus.register_metrics(&mut registry);
         let (metrics_addr, _http) = spawn_http(
             config.observability.metrics_addr,
             Arc::new(registry),

@@ -66,6 +66,10 @@ impl Error {
             Self::Bus(BusError::JetStream { .. }) => Code::Unavailable,
             Self::Bus(BusError::EmptyToken | BusError::BadToken(_)) => Code::InvalidArgument,
             Self::Bus(BusError::Config(_) | BusError::Decode(_)) => Code::Internal,
+            // The service's NATS user lacks a permission: the deployment is
+            // wrong, not the request, and a retry cannot help.
+            Self::Bus(BusError::PermissionDenied { .. }) => Code::Internal,
+            Self::Bus(BusError::Refused { .. }) => Code::Unavailable,
             Self::Timeout(_) => Code::Unavailable,
             Self::StreamAborted { source, .. } => source.code(),
             Self::Transport(status) => status.code(),

@@ -117,6 +117,7 @@ pub async fn serve_with_kubernetes(
     let bus = Bus::connect("apollo-ingest", &config.nats, &config.streams, bus_token).await?;
 
     let mut registry = Registry::default();
+    bus.register_metrics(&mut registry);
     let metrics = metrics::Metrics::register(&mut registry);
     let (readiness, health) = Readiness::new(vec![SERVICE_NAME]).await;
     // tonic-health reports the overall service SERVING until told otherwise.

@@ -107,6 +107,7 @@ pub async fn serve_with_kubernetes(
     .await?;
     let view = ClusterView::new();
     let mut registry = Registry::default();
+    bus.register_metrics(&mut registry);
     view.register_metrics(&mut registry);
     let metrics = metrics::Metrics::default();
     metrics.register(&mut registry);

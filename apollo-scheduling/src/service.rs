@@ -541,6 +541,7 @@ pub async fn serve(
     )
     .await?;
     let mut registry = Registry::default();
+    bus.register_metrics(&mut registry);
     let view = ClusterView::new();
     view.register_metrics(&mut registry);
     let state = Arc::new(ClusterState::new(view.clone(), config.engine.clone()));
