@@ -261,6 +261,56 @@ impl Default for StreamArgs {
     }
 }
 
+/// Bounds of the cluster view (latest insight per node, signature per pod)
+/// that the engines keep in memory: pod and node names come from reports, so
+/// without a bound a stream of made-up names would grow it without end.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ViewArgs {
+    /// Most nodes kept in the view; past it the nodes reported least
+    /// recently are evicted (counted in `apollo_view_evicted_total`).
+    #[arg(
+        long = "view-max-nodes",
+        env = "APOLLO_VIEW_MAX_NODES",
+        default_value_t = 20_000
+    )]
+    pub max_nodes: usize,
+    /// Most pods (workload signatures) kept in the view; past it the pods
+    /// reported least recently are evicted.
+    #[arg(
+        long = "view-max-pods",
+        env = "APOLLO_VIEW_MAX_PODS",
+        default_value_t = 200_000
+    )]
+    pub max_pods: usize,
+    /// Nodes and pods not reported for this long leave the view (a deleted
+    /// pod, a removed node); the insight stream's default retention.
+    #[arg(long = "view-entry-ttl", env = "APOLLO_VIEW_ENTRY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub entry_ttl: Duration,
+}
+
+impl Default for ViewArgs {
+    fn default() -> Self {
+        Self {
+            max_nodes: 20_000,
+            max_pods: 200_000,
+            entry_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ViewArgs {
+    /// Checks the bounds once after parsing.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_nodes == 0 || self.max_pods == 0 {
+            return Err("--view-max-nodes and --view-max-pods must be at least 1".into());
+        }
+        if self.entry_ttl.is_zero() {
+            return Err("--view-entry-ttl must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 /// Telemetry and the HTTP endpoint for Prometheus and probes.
 #[derive(Debug, Clone, Args)]
 pub struct ObservabilityArgs {
@@ -307,6 +357,16 @@ mod tests {
         assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn view_bounds_must_be_positive() {
+        assert!(ViewArgs::default().validate().is_ok());
+        let zero = ViewArgs {
+            max_pods: 0,
+            ..ViewArgs::default()
+        };
+        assert!(zero.validate().is_err());
     }
 
     #[test]

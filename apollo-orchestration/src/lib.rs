@@ -105,7 +105,7 @@ pub async fn serve_with_kubernetes(
         bus_token.clone(),
     )
     .await?;
-    let view = ClusterView::new();
+    let view = ClusterView::with_limits(config.view.clone());
     let mut registry = Registry::default();
     bus.register_metrics(&mut registry);
     view.register_metrics(&mut registry);

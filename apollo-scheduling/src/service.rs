@@ -542,7 +542,7 @@ pub async fn serve(
     .await?;
     let mut registry = Registry::default();
     bus.register_metrics(&mut registry);
-    let view = ClusterView::new();
+    let view = ClusterView::with_limits(config.view.clone());
     view.register_metrics(&mut registry);
     let state = Arc::new(ClusterState::new(view.clone(), config.engine.clone()));
     state.spawn_view_follower(shutdown.clone());
