@@ -16,14 +16,17 @@ use std::{
 use apollo_proto::{ClusterInsight, WorkloadSignature};
 use futures::StreamExt;
 use opentelemetry::trace::SpanContext;
-use prometheus_client::{metrics::counter::Counter, metrics::gauge::Gauge, registry::Registry};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    bus::{from_json, Bus, StreamKind},
-    telemetry::current_span_context,
-};
+use crate::bus::{from_json, Bus, StreamKind};
+use crate::config::ViewArgs;
+use crate::telemetry::current_span_context;
 
 /// One entry of the view.
 #[derive(Debug, Clone)]
@@ -73,6 +76,15 @@ struct State {
     pods: HashMap<(String, String), Entry<WorkloadSignature>>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictionLabels {
+    /// `node` or `pod`.
+    kind: &'static str,
+    /// `capacity` (the bound was reached) or `expired` (not reported for
+    /// the entry TTL).
+    reason: &'static str,
+}
+
 #[derive(Clone, Default)]
 struct ViewMetrics {
     applied: Counter,
@@ -80,6 +92,61 @@ struct ViewMetrics {
     nodes: Gauge,
     pods: Gauge,
     last_stored: Gauge<f64, std::sync::atomic::AtomicU64>,
+    evicted: Family<EvictionLabels, Counter>,
+}
+
+impl ViewMetrics {
+    fn evicted(&self, kind: &'static str, reason: &'static str, n: usize) {
+        if n > 0 {
+            self.evicted
+                .get_or_create(&EvictionLabels { kind, reason })
+                .inc_by(n as u64);
+        }
+    }
+}
+
+/// Removes the entries reported least recently until `map` holds at most
+/// `max`; returns the removed keys. Evicts a further 1% at once so a full
+/// map does not pay a scan on every insert.
+fn evict_oldest<K: Clone + Eq + std::hash::Hash, T>(
+    map: &mut HashMap<K, Entry<T>>,
+    max: usize,
+) -> Vec<K> {
+    if map.len() <= max {
+        return Vec::new();
+    }
+    let target = max.saturating_sub(max / 100);
+    let excess = map.len() - target;
+    let mut by_age: Vec<(SystemTime, u64, K)> = map
+        .iter()
+        .map(|(k, e)| (e.stored_at, e.sequence, k.clone()))
+        .collect();
+    by_age.select_nth_unstable_by(excess - 1, |a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    by_age.truncate(excess);
+    by_age
+        .into_iter()
+        .map(|(_, _, k)| {
+            map.remove(&k);
+            k
+        })
+        .collect()
+}
+
+/// Removes the entries older than `ttl` at `now`; returns their keys.
+fn evict_expired<K: Clone + Eq + std::hash::Hash, T>(
+    map: &mut HashMap<K, Entry<T>>,
+    ttl: Duration,
+    now: SystemTime,
+) -> Vec<K> {
+    let expired: Vec<K> = map
+        .iter()
+        .filter(|(_, e)| now.duration_since(e.stored_at).unwrap_or_default() > ttl)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &expired {
+        map.remove(k);
+    }
+    expired
 }
 
 /// Shared, cheaply cloneable view of the cluster.
@@ -89,6 +156,7 @@ pub struct ClusterView {
     changes: broadcast::Sender<ViewChange>,
     synced: Arc<watch::Sender<bool>>,
     metrics: ViewMetrics,
+    limits: Arc<ViewArgs>,
 }
 
 impl std::fmt::Debug for ClusterView {
@@ -108,8 +176,15 @@ impl Default for ClusterView {
 }
 
 impl ClusterView {
-    /// An empty view (not yet synced).
+    /// An empty view (not yet synced) with the default bounds.
     pub fn new() -> Self {
+        Self::with_limits(ViewArgs::default())
+    }
+
+    /// An empty view holding at most `limits.max_nodes` nodes and
+    /// `limits.max_pods` pods, each for at most `limits.entry_ttl` after its
+    /// last report.
+    pub fn with_limits(limits: ViewArgs) -> Self {
         let (changes, _) = broadcast::channel(4096);
         let (synced, _) = watch::channel(false);
         Self {
@@ -117,6 +192,7 @@ impl ClusterView {
             changes,
             synced: Arc::new(synced),
             metrics: ViewMetrics::default(),
+            limits: Arc::new(limits),
         }
     }
 
@@ -148,6 +224,11 @@ impl ClusterView {
              time() minus this is the view's staleness",
             self.metrics.last_stored.clone(),
         );
+        registry.register(
+            "apollo_view_evicted",
+            "Nodes and pods dropped from the cluster view, by kind and reason (capacity, expired)",
+            self.metrics.evicted.clone(),
+        );
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -172,26 +253,35 @@ impl ClusterView {
             return false;
         }
         let name = insight.node_name.clone();
-        {
+        let entry = Entry {
+            value: Arc::new(insight),
+            stored_at,
+            sequence,
+            trace: current_span_context(),
+        };
+        if entry.is_stale(self.limits.entry_ttl) {
+            // Replayed from the stream but already past the TTL.
+            self.metrics.evicted("node", "expired", 1);
+            return false;
+        }
+        let evicted = {
             let mut state = self.write();
             if let Some(old) = state.nodes.get(&name) {
                 if sequence != 0 && old.sequence > sequence {
                     return false;
                 }
             }
-            state.nodes.insert(
-                name.clone(),
-                Entry {
-                    value: Arc::new(insight),
-                    stored_at,
-                    sequence,
-                    trace: current_span_context(),
-                },
-            );
+            state.nodes.insert(name.clone(), entry);
+            let evicted = evict_oldest(&mut state.nodes, self.limits.max_nodes);
             self.metrics.nodes.set(state.nodes.len() as i64);
-        }
+            evicted
+        };
         self.applied(stored_at);
+        self.metrics.evicted("node", "capacity", evicted.len());
         let _ = self.changes.send(ViewChange::Node(name));
+        for node in evicted {
+            let _ = self.changes.send(ViewChange::Node(node));
+        }
         true
     }
 
@@ -209,29 +299,33 @@ impl ClusterView {
             return false;
         }
         let key = (signature.pod_namespace.clone(), signature.pod_name.clone());
-        {
+        let entry = Entry {
+            value: Arc::new(signature),
+            stored_at,
+            sequence,
+            trace: current_span_context(),
+        };
+        if entry.is_stale(self.limits.entry_ttl) {
+            self.metrics.evicted("pod", "expired", 1);
+            return false;
+        }
+        let evicted = {
             let mut state = self.write();
             if let Some(old) = state.pods.get(&key) {
                 if sequence != 0 && old.sequence > sequence {
                     return false;
                 }
             }
-            state.pods.insert(
-                key.clone(),
-                Entry {
-                    value: Arc::new(signature),
-                    stored_at,
-                    sequence,
-                    trace: current_span_context(),
-                },
-            );
+            state.pods.insert(key.clone(), entry);
+            let evicted = evict_oldest(&mut state.pods, self.limits.max_pods);
             self.metrics.pods.set(state.pods.len() as i64);
-        }
+            evicted
+        };
         self.applied(stored_at);
-        let _ = self.changes.send(ViewChange::Pod {
-            namespace: key.0,
-            name: key.1,
-        });
+        self.metrics.evicted("pod", "capacity", evicted.len());
+        for (namespace, name) in std::iter::once(key).chain(evicted) {
+            let _ = self.changes.send(ViewChange::Pod { namespace, name });
+        }
         true
     }
 
@@ -243,6 +337,34 @@ impl ClusterView {
         if at > self.metrics.last_stored.get() {
             self.metrics.last_stored.set(at);
         }
+    }
+
+    /// Drops the nodes and pods not reported for the entry TTL; returns how
+    /// many. [`follow`](Self::follow) calls it periodically.
+    pub fn expire_stale(&self) -> usize {
+        self.expire_stale_at(SystemTime::now())
+    }
+
+    fn expire_stale_at(&self, now: SystemTime) -> usize {
+        let ttl = self.limits.entry_ttl;
+        let (nodes, pods) = {
+            let mut state = self.write();
+            let nodes = evict_expired(&mut state.nodes, ttl, now);
+            let pods = evict_expired(&mut state.pods, ttl, now);
+            self.metrics.nodes.set(state.nodes.len() as i64);
+            self.metrics.pods.set(state.pods.len() as i64);
+            (nodes, pods)
+        };
+        self.metrics.evicted("node", "expired", nodes.len());
+        self.metrics.evicted("pod", "expired", pods.len());
+        let n = nodes.len() + pods.len();
+        for node in nodes {
+            let _ = self.changes.send(ViewChange::Node(node));
+        }
+        for (namespace, name) in pods {
+            let _ = self.changes.send(ViewChange::Pod { namespace, name });
+        }
+        n
     }
 
     /// Drops a node (e.g. deleted from the cluster).
@@ -350,6 +472,11 @@ impl ClusterView {
             // One filter over the whole family (nats-server 2.9 has no multi-filter).
             let filters = vec![bus.subjects().all("insight")];
             let mut ready = bus.readiness();
+            // A tenth of the TTL, between 1 s and 1 min.
+            let sweep_every =
+                (view.limits.entry_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            let mut sweep = tokio::time::interval(sweep_every);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -374,6 +501,13 @@ impl ClusterView {
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        _ = sweep.tick() => {
+                            let n = view.expire_stale();
+                            if n > 0 {
+                                tracing::debug!(expired = n, "stale nodes and pods left the cluster view");
+                            }
+                            continue;
+                        }
                         m = messages.next() => m,
                     };
                     match next {
@@ -461,6 +595,114 @@ mod tests {
         assert!(rx.try_recv().is_err());
         assert!(!view.upsert_node(insight("", 1.0), t, 6));
         assert_eq!(view.len(), (1, 0));
+    }
+
+    fn signature(ns: &str, pod: &str) -> WorkloadSignature {
+        WorkloadSignature {
+            pod_namespace: ns.into(),
+            pod_name: pod.into(),
+            ..Default::default()
+        }
+    }
+
+    fn evicted(registry: &Registry, kind: &str, reason: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        let series = format!("apollo_view_evicted_total{{kind=\"{kind}\",reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    #[test]
+    fn pods_past_the_bound_evict_the_least_recently_reported() {
+        let view = ClusterView::with_limits(ViewArgs {
+            max_pods: 100,
+            ..ViewArgs::default()
+        });
+        let mut registry = Registry::default();
+        view.register_metrics(&mut registry);
+        let t0 = SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..1000u64 {
+            assert!(view.upsert_pod(
+                signature("flood", &format!("pod-{i}")),
+                t0 + Duration::from_secs(i),
+                i + 1
+            ));
+            assert!(view.len().1 <= 100, "{} pods after {i}", view.len().1);
+        }
+        // The newest pod is kept, the first ones are gone.
+        assert!(view.pod("flood", "pod-999").is_some());
+        assert!(view.pod("flood", "pod-0").is_none());
+        let kept = view.len().1;
+        assert!((99..=100).contains(&kept), "{kept}");
+        assert_eq!(evicted(&registry, "pod", "capacity"), 1000 - kept as u64);
+        // Every kept pod is newer than every evicted one.
+        let oldest_kept = view.pods().iter().map(|e| e.stored_at).min().unwrap();
+        assert!(oldest_kept >= t0 + Duration::from_secs(1000 - kept as u64));
+    }
+
+    #[test]
+    fn nodes_past_the_bound_evict_and_announce_the_least_recently_reported() {
+        let view = ClusterView::with_limits(ViewArgs {
+            max_nodes: 3,
+            ..ViewArgs::default()
+        });
+        let mut registry = Registry::default();
+        view.register_metrics(&mut registry);
+        let t = SystemTime::now();
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            view.upsert_node(insight(n, 1.0), t + Duration::from_secs(i as u64), 0);
+        }
+        let mut rx = view.subscribe();
+        // "a" is refreshed, so "b" is now the least recently reported.
+        view.upsert_node(insight("a", 2.0), t + Duration::from_secs(10), 0);
+        view.upsert_node(insight("d", 1.0), t + Duration::from_secs(11), 0);
+        assert_eq!(view.len().0, 3);
+        assert!(view.node("b").is_none());
+        for n in ["a", "c", "d"] {
+            assert!(view.node(n).is_some(), "{n}");
+        }
+        assert_eq!(evicted(&registry, "node", "capacity"), 1);
+        let changes: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert!(
+            changes.contains(&ViewChange::Node("b".into())),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn entries_not_reported_for_the_ttl_expire() {
+        let view = ClusterView::with_limits(ViewArgs {
+            entry_ttl: Duration::from_secs(600),
+            ..ViewArgs::default()
+        });
+        let mut registry = Registry::default();
+        view.register_metrics(&mut registry);
+        let now = SystemTime::now();
+        view.upsert_node(insight("fresh", 1.0), now, 0);
+        view.upsert_pod(signature("ns", "fresh"), now, 0);
+        view.upsert_node(insight("quiet", 1.0), now - Duration::from_secs(500), 0);
+        view.upsert_pod(signature("ns", "quiet"), now - Duration::from_secs(500), 0);
+        // Already past the TTL when it arrives (a replay of old messages).
+        assert!(!view.upsert_pod(
+            signature("ns", "ancient"),
+            now - Duration::from_secs(7200),
+            0
+        ));
+        assert_eq!(view.len(), (2, 2));
+        assert_eq!(evicted(&registry, "pod", "expired"), 1);
+
+        // Nothing is past the TTL yet.
+        assert_eq!(view.expire_stale(), 0);
+        // 200 s later the quiet node and pod are 700 s old.
+        assert_eq!(view.expire_stale_at(now + Duration::from_secs(200)), 2);
+        assert!(view.node("quiet").is_none());
+        assert!(view.pod("ns", "quiet").is_none());
+        assert!(view.node("fresh").is_some());
+        assert!(view.pod("ns", "fresh").is_some());
+        assert_eq!(evicted(&registry, "node", "expired"), 1);
+        assert_eq!(evicted(&registry, "pod", "expired"), 2);
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// How to reach NATS. Credentials and TLS follow the NATS CLI's conventions.
-/// `Debug` leaves out the password, the token and any password in the URL.
+///
+/// `Debug` prints secrets (password, token) as `<redacted>`, so a config
+/// logged at start-up or in a panic message never leaks them; file paths
+/// (credentials, keys) are shown since they are not secret themselves.
 #[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated.
@@ -79,6 +82,10 @@ pub struct NatsArgs {
     /// NATS token.
     #[arg(long = "nats-token", env = "APOLLO_NATS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the NKey seed (`SU...`) of a user the server knows by
+    /// its public NKey (`nkey:` in the server's authorization block).
+    #[arg(long = "nats-nkey", env = "APOLLO_NATS_NKEY")]
+    pub nkey_file: Option<PathBuf>,
     /// CA certificate (PEM) used to verify the NATS server; enables TLS.
     #[arg(long = "nats-tls-ca", env = "APOLLO_NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -122,59 +129,72 @@ pub struct NatsArgs {
     pub request_timeout: Duration,
 }
 
-impl std::fmt::Debug for NatsArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hidden = |set: bool| if set { Some("<redacted>") } else { None };
-        f.debug_struct("NatsArgs")
-            .field("url", &self.display_url())
-            .field("creds_file", &self.creds_file)
-            .field("user", &self.user)
-            .field("password", &hidden(self.password.is_some()))
-            .field("token", &hidden(self.token.is_some()))
-            .field("tls_ca", &self.tls_ca)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("tls_required", &self.tls_required)
-            .field("subject_prefix", &self.subject_prefix)
-            .field("stream_prefix", &self.stream_prefix)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
-    }
-}
-
-impl NatsArgs {
-    /// The server URL(s) fit for logs and error messages: a password or
-    /// token written into a URL (`nats://user:secret@host`) is replaced.
-    pub fn display_url(&self) -> String {
-        redact_url_credentials(&self.url)
-    }
-}
-
-/// Replaces the secret part of the user information in each comma-separated
-/// URL: `nats://user:pw@h` becomes `nats://user:<redacted>@h`, and a lone
-/// token (`nats://tok@h`) becomes `nats://<redacted>@h`.
-pub fn redact_url_credentials(urls: &str) -> String {
+/// The server URL(s) with any `user:password@` / `token@` part replaced by
+/// `<redacted>@`: what logs and error messages show.
+pub fn redact_url(urls: &str) -> String {
     urls.split(',')
         .map(|url| {
             let (scheme, rest) = match url.find("://") {
-                Some(i) => (&url[..i + 3], &url[i + 3..]),
+                Some(i) => url.split_at(i + 3),
                 None => ("", url),
             };
             let authority_end = rest.find('/').unwrap_or(rest.len());
             match rest[..authority_end].rfind('@') {
-                Some(at) => {
-                    let userinfo = &rest[..at];
-                    let shown = match userinfo.split_once(':') {
-                        Some((user, _)) => format!("{user}:<redacted>"),
-                        None => "<redacted>".to_string(),
-                    };
-                    format!("{scheme}{shown}{}", &rest[at..])
-                }
+                Some(at) => format!("{scheme}<redacted>{}", &rest[at..]),
                 None => url.to_string(),
             }
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+impl NatsArgs {
+    /// The server URL(s) safe to log: credentials in them are redacted.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Shows whether a secret is set without showing it.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be added without deciding here
+        // whether it is secret.
+        let Self {
+            url,
+            creds_file,
+            user,
+            password,
+            token,
+            nkey_file,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_required,
+            subject_prefix,
+            stream_prefix,
+            request_timeout,
+        } = self;
+        f.debug_struct("NatsArgs")
+            .field("url", &redact_url(url))
+            .field("creds_file", creds_file)
+            .field("user", user)
+            .field("password", &redacted(password))
+            .field("token", &redacted(token))
+            .field("nkey_file", nkey_file)
+            .field("tls_ca", tls_ca)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_required", tls_required)
+            .field("subject_prefix", subject_prefix)
+            .field("stream_prefix", stream_prefix)
+            .field("request_timeout", request_timeout)
+            .finish()
+    }
 }
 
 impl Default for NatsArgs {
@@ -237,6 +257,53 @@ impl Default for StreamArgs {
     }
 }
 
+/// Bounds of the cluster view (latest insight per node, signature per pod)
+/// that the engines keep in memory: pod and node names come from reports, so
+/// without a bound a stream of made-up names would grow it without end.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ViewArgs {
+    /// Most nodes kept in the view; past it the nodes reported least
+    /// recently are evicted (counted in `apollo_view_evicted_total`).
+    #[arg(
+        long = "view-max-nodes",
+        env = "APOLLO_VIEW_MAX_NODES",
+        default_value_t = 20_000
+    )]
+    pub max_nodes: usize,
+    /// Most pods (workload signatures) kept in the view; past it the pods
+    /// reported least recently are evicted.
+    #[arg(
+        long = "view-max-pods",
+        env = "APOLLO_VIEW_MAX_PODS",
+        default_value_t = 200_000
+    )]
+    pub max_pods: usize,
+    /// Nodes and pods not reported for this long leave the view (a deleted
+    /// pod, a removed node); the insight stream's default retention.
+    #[arg(long = "view-entry-ttl", env = "APOLLO_VIEW_ENTRY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub entry_ttl: Duration,
+}
+
+impl Default for ViewArgs {
+    /// The flag defaults.
+    fn default() -> Self {
+        flag_defaults()
+    }
+}
+
+impl ViewArgs {
+    /// Checks the bounds once after parsing.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_nodes == 0 || self.max_pods == 0 {
+            return Err("--view-max-nodes and --view-max-pods must be at least 1".into());
+        }
+        if self.entry_ttl.is_zero() {
+            return Err("--view-entry-ttl must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 /// Telemetry and the HTTP endpoint for Prometheus and probes.
 #[derive(Debug, Clone, Args)]
 pub struct ObservabilityArgs {
@@ -270,30 +337,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_stay_out_of_debug_output() {
-        let args = NatsArgs {
-            url: "nats://svc:pw-in-url@nats-0:4222,nats://tok-in-url@nats-1:4222".into(),
-            user: Some("svc".into()),
-            password: Some("s3cret-password".into()),
-            token: Some("s3cret-token".into()),
-            ..Default::default()
-        };
-        let shown = format!("{args:?}");
-        for secret in ["s3cret-password", "s3cret-token", "pw-in-url", "tok-in-url"] {
-            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
-        }
-        assert!(
-            shown.contains("nats://svc:<redacted>@nats-0:4222"),
-            "{shown}"
-        );
-        assert!(shown.contains("nats://<redacted>@nats-1:4222"), "{shown}");
-        assert_eq!(
-            redact_url_credentials("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
-    }
-
-    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
@@ -317,5 +360,48 @@ mod tests {
         assert_eq!(StreamArgs::default().insight_max_per_subject, 1440);
         assert_eq!(NatsArgs::default().url, "nats://127.0.0.1:4222");
         assert!(parse_flags::<NatsArgs>(&["--nats-timeout", "soon"]).is_err());
+        assert_eq!(ViewArgs::default().max_pods, 200_000);
+    }
+
+    #[test]
+    fn view_bounds_must_be_positive() {
+        assert!(ViewArgs::default().validate().is_ok());
+        let zero = ViewArgs {
+            max_pods: 0,
+            ..ViewArgs::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn debug_output_redacts_nats_secrets() {
+        let args = NatsArgs {
+            user: Some("ingest".into()),
+            password: Some("hunter2-pass".into()),
+            token: Some("s3cr3t-token".into()),
+            ..NatsArgs::default()
+        };
+        for shown in [format!("{args:?}"), format!("{args:#?}")] {
+            assert!(!shown.contains("hunter2-pass"), "{shown}");
+            assert!(!shown.contains("s3cr3t-token"), "{shown}");
+            assert!(shown.contains("ingest"), "{shown}");
+            assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
+        }
+        let in_url = NatsArgs {
+            url: "nats://ingest:hunter2-pass@10.0.0.1:4222,nats://tok3n@n2:4222,nats://n3:4222"
+                .into(),
+            ..NatsArgs::default()
+        };
+        let shown = format!("{in_url:?}");
+        assert!(!shown.contains("hunter2-pass"), "{shown}");
+        assert!(!shown.contains("tok3n"), "{shown}");
+        assert_eq!(
+            in_url.display_url(),
+            "nats://<redacted>@10.0.0.1:4222,nats://<redacted>@n2:4222,nats://n3:4222"
+        );
+        // Unset secrets show as unset, not as redacted.
+        let shown = format!("{:?}", NatsArgs::default());
+        assert!(!shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("password: None"), "{shown}");
     }
 }

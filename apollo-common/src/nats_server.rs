@@ -38,11 +38,26 @@ fn wait_listening(port: u16, timeout: Duration) -> bool {
 /// talks to another server. The server reports the port it bound in a ports
 /// file, which doubles as the readiness check.
 pub fn spawn(binary: &Path, port: Option<u16>, store: &Path) -> std::io::Result<(Child, u16)> {
+    spawn_with_config(binary, port, store, None)
+}
+
+/// [`spawn`] with a server configuration file (authorization, TLS, ...);
+/// the command-line address, port and JetStream store override the file's.
+pub fn spawn_with_config(
+    binary: &Path,
+    port: Option<u16>,
+    store: &Path,
+    config: Option<&Path>,
+) -> std::io::Result<(Child, u16)> {
     let ports_dir = store.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir)?;
     let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some(config) = config {
+        command.arg("-c").arg(config);
+    }
+    let mut child = command
         .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
         .arg(store.join("jetstream"))
         .arg("--ports_file_dir")

@@ -18,6 +18,7 @@ enum Backend {
         port: u16,
         store: tempfile::TempDir,
         binary: PathBuf,
+        config: Option<PathBuf>,
     },
     Container(
         #[allow(dead_code)] Box<testcontainers::ContainerAsync<testcontainers_modules::nats::Nats>>,
@@ -62,6 +63,7 @@ impl TestNats {
                     port,
                     store,
                     binary,
+                    config: None,
                 },
             };
         }
@@ -88,6 +90,48 @@ impl TestNats {
             "these tests need a NATS server with JetStream: set NATS_URL, or install the binary \
              (`apt-get install -y nats-server`), or run a Docker engine for testcontainers"
         );
+    }
+
+    /// Starts a `nats-server` from the binary with the configuration
+    /// `config` (authorization, TLS, ...) on a free loopback port with
+    /// JetStream in a temporary directory (`$STORE` in `config`). Needs the
+    /// binary: a server from `NATS_URL` or a container cannot take the file.
+    pub fn start_with_config(config: &str) -> Self {
+        Self::start_with_files(config, &[])
+    }
+
+    /// [`start_with_config`](Self::start_with_config) with extra files
+    /// (name, contents) written into the store directory first, e.g.
+    /// certificates the configuration names as `$STORE/<name>`.
+    pub fn start_with_files(config: &str, files: &[(&str, &str)]) -> Self {
+        let binary = crate::nats_server::find_binary().unwrap_or_else(|| {
+            panic!(
+                "this test configures its own nats-server and needs the binary \
+                 (scripts/ensure-nats.sh, or `apt-get install -y nats-server`)"
+            )
+        });
+        let store = tempfile::tempdir().expect("create temp dir for the JetStream store");
+        for (name, body) in files {
+            std::fs::write(store.path().join(name), body).expect("write server file");
+        }
+        let config_path = store.path().join("nats-server.conf");
+        let text = config.replace("$STORE", &store.path().display().to_string());
+        std::fs::write(&config_path, text).expect("write nats-server.conf");
+        let (child, port) =
+            crate::nats_server::spawn_with_config(&binary, None, store.path(), Some(&config_path))
+                .unwrap_or_else(|e| {
+                    panic!("failed to start {} with {config:?}: {e}", binary.display())
+                });
+        Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            backend: Backend::Binary {
+                child: Some(child),
+                port,
+                store,
+                binary,
+                config: Some(config_path),
+            },
+        }
     }
 
     /// URL of the server.
@@ -142,12 +186,18 @@ impl TestNats {
             port,
             store,
             binary,
+            config,
         } = &mut self.backend
         {
             if child.is_some() {
                 return true;
             }
-            let Ok((c, _)) = crate::nats_server::spawn(binary, Some(*port), store.path()) else {
+            let Ok((c, _)) = crate::nats_server::spawn_with_config(
+                binary,
+                Some(*port),
+                store.path(),
+                config.as_deref(),
+            ) else {
                 return false;
             };
             *child = Some(c);
@@ -317,4 +367,71 @@ pub async fn wait_serving(endpoint: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{endpoint} never reported SERVING: {last}");
+}
+
+/// A certificate authority made for one test, issuing leaf certificates for
+/// TLS servers and clients (gRPC and NATS).
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// A self-signed CA with common name `name`.
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().expect("generate CA key");
+        let issuer = CertifiedIssuer::self_signed(params, key).expect("self-sign CA");
+        Self { issuer }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate for the DNS name or IP address `name`, as
+    /// (certificate PEM, key PEM).
+    pub fn leaf(&self, name: &str) -> (String, String) {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().expect("generate leaf key");
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("leaf parameters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes the CA certificate and a leaf for `name` into `dir` as
+    /// `<prefix>-ca.pem`, `<prefix>.pem` and `<prefix>.key`; returns the
+    /// three paths in that order.
+    pub fn write_leaf(
+        &self,
+        dir: &std::path::Path,
+        prefix: &str,
+        name: &str,
+    ) -> (PathBuf, PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(name);
+        let write = |file: String, body: &str| {
+            let path = dir.join(file);
+            std::fs::write(&path, body).expect("write test certificate");
+            path
+        };
+        (
+            write(format!("{prefix}-ca.pem"), &self.pem()),
+            write(format!("{prefix}.pem"), &cert),
+            write(format!("{prefix}.key"), &key),
+        )
+    }
 }

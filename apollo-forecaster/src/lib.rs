@@ -110,6 +110,7 @@ impl Forecaster {
             CancellationToken::new(),
         )
         .await?;
+        bus.register_metrics(shell.registry());
 
         // Serving once the history is replayed, and while NATS is reachable.
         let (replayed_tx, replayed) = tokio::sync::watch::channel(false);

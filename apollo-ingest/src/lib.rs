@@ -89,6 +89,7 @@ pub async fn serve_with_kubernetes(
         CancellationToken::new(),
     )
     .await?;
+    bus.register_metrics(shell.registry());
     let metrics = metrics::Metrics::register(shell.registry());
     let settings = IngestSettings {
         max_future_skew: config.max_future_skew,

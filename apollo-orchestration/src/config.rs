@@ -178,6 +178,9 @@ pub struct Config {
     /// Stream retention.
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// Bounds of the in-memory cluster view.
+    #[command(flatten)]
+    pub view: apollo_common::config::ViewArgs,
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
@@ -230,6 +233,7 @@ impl Config {
         if self.subscriber_buffer == 0 {
             return Err("--subscriber-buffer must be at least 1".into());
         }
+        self.view.validate()?;
         if self.kube.lease_renew.is_zero() || self.kube.lease_renew >= self.kube.lease_duration {
             return Err(format!(
                 "--lease-renew ({:?}) must be positive and below --lease-duration ({:?})",

@@ -106,7 +106,8 @@ pub async fn serve_with_kubernetes(
         CancellationToken::new(),
     )
     .await?;
-    let view = ClusterView::new();
+    let view = ClusterView::with_limits(config.view.clone());
+    bus.register_metrics(shell.registry());
     view.register_metrics(shell.registry());
     let metrics = metrics::Metrics::default();
     metrics.register(shell.registry());

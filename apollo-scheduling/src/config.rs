@@ -33,6 +33,9 @@ pub struct Config {
     /// JetStream retention.
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// Bounds of the in-memory cluster view.
+    #[command(flatten)]
+    pub view: apollo_common::config::ViewArgs,
     /// TLS of the gRPC server (plaintext h2c when unset).
     #[command(flatten)]
     pub grpc_tls: apollo_common::grpc_tls::GrpcTlsArgs,
@@ -185,6 +188,7 @@ impl Config {
     /// Checks every group once after parsing.
     pub fn validate(&self) -> Result<(), Error> {
         self.engine.validate()?;
+        self.view.validate().map_err(Error::Config)?;
         if self.service.publish_queue == 0 || self.service.publish_in_flight == 0 {
             return Err(Error::Config(
                 "--publish-queue and --publish-in-flight must be positive".into(),

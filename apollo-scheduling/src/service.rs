@@ -549,7 +549,8 @@ pub async fn serve(
     )
     .await?;
     let mut registry = Registry::default();
-    let view = ClusterView::new();
+    bus.register_metrics(&mut registry);
+    let view = ClusterView::with_limits(config.view.clone());
     view.register_metrics(&mut registry);
     let state = Arc::new(ClusterState::new(view.clone(), config.engine.clone()));
     state.spawn_view_follower(shutdown.clone());

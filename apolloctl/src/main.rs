@@ -32,6 +32,8 @@ mod up;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: client::ClientTlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +100,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    client::configure_tls(&cli.tls)?;
     match cli.command {
         Command::Up(args) => runtime()?.block_on(up::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use apollo_common::testing::TestCa;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -38,6 +39,10 @@ fn run(args: &[&str]) -> Output {
     Command::new(apolloctl())
         .args(args)
         .env_remove("APOLLO_NATS_URL")
+        .env_remove("APOLLO_TLS_CA")
+        .env_remove("APOLLO_TLS_CLIENT_CERT")
+        .env_remove("APOLLO_TLS_CLIENT_KEY")
+        .env_remove("APOLLO_TLS_SERVER_NAME")
         .stdin(Stdio::null())
         .output()
         .expect("run apolloctl")
@@ -81,10 +86,16 @@ struct Up {
 
 impl Up {
     fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// The stack with extra environment for `up` and the services it starts.
+    fn start_with_env(env: &[(&str, &Path)]) -> Self {
         require_service_binaries();
         let mut child = Command::new(apolloctl())
             .args(["up", "--free-ports", "-o", "json", "--service-log", "warn"])
             .env_remove("APOLLO_NATS_URL")
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -433,4 +444,187 @@ fn completions_are_generated_for_each_shell() {
         assert!(text.contains("apolloctl"), "{shell}");
         assert!(text.contains("demo"), "{shell}: subcommands completed");
     }
+}
+
+/// `apolloctl policy get` against the stack's scheduling engine with extra
+/// arguments and environment; apolloctl's own TLS variables are cleared
+/// first so the caller's environment cannot leak in.
+fn policy_get(up: &Up, extra: &[&str], env: &[(&str, &Path)]) -> Output {
+    let url = up.grpc("apollo-scheduling");
+    let mut args = vec![
+        "policy",
+        "get",
+        "tls/probe-0",
+        "--scheduling",
+        &url,
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    Command::new(apolloctl())
+        .args(&args)
+        .env_remove("APOLLO_TLS_CA")
+        .env_remove("APOLLO_TLS_CLIENT_CERT")
+        .env_remove("APOLLO_TLS_CLIENT_KEY")
+        .env_remove("APOLLO_TLS_SERVER_NAME")
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run apolloctl")
+}
+
+fn assert_policy(o: &Output) {
+    assert!(o.status.success(), "{:?}", stderr_lines(o));
+    let policy: serde_json::Value = serde_json::from_slice(&o.stdout).expect("policy JSON");
+    assert!(policy["decision"].is_string(), "{policy}");
+}
+
+fn assert_one_line_failure(o: &Output, what: &str) {
+    assert_eq!(o.status.code(), Some(1), "{what}: {:?}", stderr_lines(o));
+    let lines = stderr_lines(o);
+    assert_eq!(lines.len(), 1, "{what}: {lines:?}");
+    assert!(lines[0].starts_with("apolloctl: "), "{what}: {lines:?}");
+    assert!(o.stdout.is_empty(), "{what}: printed a result");
+}
+
+#[test]
+fn grpc_commands_reach_a_tls_server_only_with_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("server CA");
+    // The certificate names localhost; the endpoint is 127.0.0.1, so the
+    // name to verify is given with --tls-server-name.
+    let (ca_pem, cert, key) = ca.write_leaf(dir.path(), "server", "localhost");
+    let up = Up::start_with_env(&[("APOLLO_TLS_CERT", &cert), ("APOLLO_TLS_KEY", &key)]);
+
+    assert_one_line_failure(&policy_get(&up, &[], &[]), "plaintext client");
+    let ca_arg = ca_pem.to_str().unwrap();
+    // Right CA, but the certificate does not name 127.0.0.1.
+    assert_one_line_failure(
+        &policy_get(&up, &["--tls-ca", ca_arg], &[]),
+        "name mismatch",
+    );
+    let other = TestCa::new("other CA");
+    let (other_ca, _, _) = other.write_leaf(dir.path(), "other", "localhost");
+    assert_one_line_failure(
+        &policy_get(
+            &up,
+            &[
+                "--tls-ca",
+                other_ca.to_str().unwrap(),
+                "--tls-server-name",
+                "localhost",
+            ],
+            &[],
+        ),
+        "untrusted CA",
+    );
+
+    assert_policy(&policy_get(
+        &up,
+        &["--tls-ca", ca_arg, "--tls-server-name", "localhost"],
+        &[],
+    ));
+    // The same through the environment.
+    assert_policy(&policy_get(
+        &up,
+        &[],
+        &[
+            ("APOLLO_TLS_CA", &ca_pem),
+            ("APOLLO_TLS_SERVER_NAME", Path::new("localhost")),
+        ],
+    ));
+}
+
+#[test]
+fn grpc_commands_reach_a_mutual_tls_server_only_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new("server CA");
+    let client_ca = TestCa::new("client CA");
+    let (ca_pem, cert, key) = server_ca.write_leaf(dir.path(), "server", "127.0.0.1");
+    let (clients_ca, client_cert, client_key) =
+        client_ca.write_leaf(dir.path(), "client", "apolloctl");
+    let up = Up::start_with_env(&[
+        ("APOLLO_TLS_CERT", &cert),
+        ("APOLLO_TLS_KEY", &key),
+        ("APOLLO_TLS_CLIENT_CA", &clients_ca),
+    ]);
+    let ca_arg = ca_pem.to_str().unwrap();
+
+    assert_one_line_failure(&policy_get(&up, &[], &[]), "plaintext client");
+    assert_one_line_failure(
+        &policy_get(&up, &["--tls-ca", ca_arg], &[]),
+        "no client certificate",
+    );
+    let stranger = TestCa::new("stranger CA");
+    let (_, s_cert, s_key) = stranger.write_leaf(dir.path(), "stranger", "apolloctl");
+    assert_one_line_failure(
+        &policy_get(
+            &up,
+            &[
+                "--tls-ca",
+                ca_arg,
+                "--tls-client-cert",
+                s_cert.to_str().unwrap(),
+                "--tls-client-key",
+                s_key.to_str().unwrap(),
+            ],
+            &[],
+        ),
+        "client certificate from another CA",
+    );
+
+    assert_policy(&policy_get(
+        &up,
+        &[
+            "--tls-ca",
+            ca_arg,
+            "--tls-client-cert",
+            client_cert.to_str().unwrap(),
+            "--tls-client-key",
+            client_key.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_policy(&policy_get(
+        &up,
+        &[],
+        &[
+            ("APOLLO_TLS_CA", &ca_pem),
+            ("APOLLO_TLS_CLIENT_CERT", &client_cert),
+            ("APOLLO_TLS_CLIENT_KEY", &client_key),
+        ],
+    ));
+}
+
+#[test]
+fn unusable_tls_settings_fail_before_dialling() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let o = run(&["forecast", "n1", "--tls-ca", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let lines = stderr_lines(&o);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&format!("cannot read TLS CA {}", missing.display())),
+        "{lines:?}"
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let o = run(&["forecast", "n1", "--tls-ca", garbage.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_lines(&o)[0].contains("no PEM block"),
+        "{:?}",
+        stderr_lines(&o)
+    );
+    // A client certificate without a CA to verify the server is a usage error.
+    let o = run(&[
+        "forecast",
+        "n1",
+        "--tls-client-cert",
+        garbage.to_str().unwrap(),
+        "--tls-client-key",
+        garbage.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", stderr_lines(&o));
 }

@@ -17,9 +17,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::{
     jetstream::{self, consumer, message::PublishMessage, stream},
-    ConnectOptions, Event, HeaderMap,
+    ClientError, ConnectOptions, Event, HeaderMap, ServerError,
 };
 use bytes::Bytes;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -52,6 +57,24 @@ pub enum BusError {
     /// Connection options were invalid (e.g. unreadable credentials).
     #[error("invalid NATS connection settings: {0}")]
     Config(String),
+    /// The server refused this client: wrong credentials, or a TLS
+    /// handshake that failed. Retrying with the same settings cannot help.
+    #[error("NATS at {url} refused the connection: {reason}")]
+    Refused {
+        /// The server URL(s), credentials redacted.
+        url: String,
+        /// What the server or the TLS layer said, and what to check.
+        reason: String,
+    },
+    /// The server's permissions for this service's user forbid an
+    /// operation on a subject.
+    #[error("NATS denied {operation} permission on {subject:?} to this service's user; grant it in the server's authorization settings")]
+    PermissionDenied {
+        /// `publish` or `subscribe`.
+        operation: String,
+        /// The subject refused.
+        subject: String,
+    },
     /// The publish was not acknowledged by JetStream.
     #[error("JetStream publish to {subject} failed: {reason}")]
     Publish {
@@ -85,10 +108,14 @@ impl BusError {
         use tonic::Code;
         match self {
             Self::EmptyToken | Self::BadToken(_) => Code::InvalidArgument,
-            Self::Unavailable(_) | Self::Publish { .. } | Self::JetStream { .. } => {
-                Code::Unavailable
-            }
+            Self::Unavailable(_)
+            | Self::Publish { .. }
+            | Self::JetStream { .. }
+            | Self::Refused { .. } => Code::Unavailable,
             Self::Config(_) | Self::Decode(_) => Code::Internal,
+            // The service's own NATS user lacks a permission: the deployment
+            // is wrong, not the request, and a retry cannot help.
+            Self::PermissionDenied { .. } => Code::Internal,
         }
     }
 }
@@ -134,8 +161,89 @@ pub fn content_id(subject: &str, payload: &[u8]) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A permission the NATS server refused this connection's user, parsed from
+/// its `Permissions Violation for Publish to "subject"` error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionViolation {
+    /// `publish` or `subscribe`.
+    pub operation: String,
+    /// The subject refused.
+    pub subject: String,
+}
+
+impl PermissionViolation {
+    /// Parses the server's error text; `None` for any other error.
+    pub fn parse(server_error: &str) -> Option<Self> {
+        let text = server_error.trim().trim_matches('\'');
+        const PREFIX: &str = "permissions violation for ";
+        let rest = text
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .map(|_| &text[PREFIX.len()..])?;
+        let (op, rest) = rest.split_once(' ')?;
+        let operation = match op.to_ascii_lowercase().as_str() {
+            "publish" => "publish",
+            "subscription" => "subscribe",
+            _ => return None,
+        };
+        let subject = rest.strip_prefix("to ")?.trim();
+        // The subject is quoted; a queue group may follow it.
+        let subject = subject
+            .strip_prefix('"')
+            .and_then(|s| s.split_once('"'))
+            .map_or(subject, |(s, _)| s);
+        Some(Self {
+            operation: operation.to_string(),
+            subject: subject.to_string(),
+        })
+    }
+
+    fn into_error(self) -> BusError {
+        BusError::PermissionDenied {
+            operation: self.operation,
+            subject: self.subject,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// What the NATS server refused, for `/metrics`.
+#[derive(Clone, Default)]
+struct BusMetrics {
+    permission_denied: Family<OperationLabel, Counter>,
+    refused: Family<ReasonLabel, Counter>,
+}
+
+/// Why a connection attempt failed, when it is the server or TLS refusing
+/// us (rather than the server being unreachable).
+fn refusal(kind: &str) -> Option<(&'static str, &'static str)> {
+    match kind {
+        "authorization violation" => Some((
+            "auth",
+            "authorization violation: check --nats-user/--nats-password, --nats-token, --nats-nkey or --nats-creds",
+        )),
+        "failed signing nonce" => Some((
+            "auth",
+            "cannot sign the server's nonce: check the NKey seed or credentials file",
+        )),
+        "TLS error" => Some(("tls", tls_hint())),
+        _ => None,
+    }
+}
+
 struct Inner {
     client: async_nats::Client,
+    violations: tokio::sync::broadcast::Sender<PermissionViolation>,
+    metrics: BusMetrics,
     js: jetstream::Context,
     subjects: Subjects,
     stream_prefix: String,
@@ -168,48 +276,41 @@ impl Bus {
         streams: &StreamArgs,
         shutdown: CancellationToken,
     ) -> Result<Self, BusError> {
+        // One plain attempt first: refused credentials or TLS are a
+        // configuration error worth stopping for, with the reason; an
+        // unreachable server is not (the bus keeps retrying in the
+        // background, as it does after any outage).
+        match connect_options(name, nats)
+            .await?
+            .connect(nats.url.as_str())
+            .await
+        {
+            Ok(probe) => drop(probe),
+            Err(err) => {
+                if let Some((_, reason)) = classify_connect_error(&err) {
+                    return Err(BusError::Refused {
+                        url: nats.display_url(),
+                        reason,
+                    });
+                }
+                tracing::warn!(url = %nats.display_url(), %err, "NATS not reachable yet, retrying in the background");
+            }
+        }
         let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-        let mut opts = ConnectOptions::new()
-            .name(name)
+        let client = connect_options(name, nats)
+            .await?
             .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(2))
-            .request_timeout(Some(nats.request_timeout))
-            .reconnect_delay_callback(|attempts| {
-                // 100 ms doubling to a 5 s ceiling.
-                let exp = attempts.min(6) as u32;
-                Duration::from_millis(100 * 2u64.pow(exp)).min(Duration::from_secs(5))
-            })
             .event_callback(move |event| {
                 let tx = event_tx.clone();
                 async move {
                     let _ = tx.send(event);
                 }
-            });
-        if let Some(path) = &nats.creds_file {
-            opts = opts.credentials_file(path).await.map_err(|e| {
-                BusError::Config(format!("credentials file {}: {e}", path.display()))
-            })?;
-        }
-        if let (Some(user), Some(pass)) = (&nats.user, &nats.password) {
-            opts = opts.user_and_password(user.clone(), pass.clone());
-        }
-        if let Some(token) = &nats.token {
-            opts = opts.token(token.clone());
-        }
-        if let Some(ca) = &nats.tls_ca {
-            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let (Some(cert), Some(key)) = (&nats.tls_cert, &nats.tls_key) {
-            opts = opts.add_client_certificate(cert.clone(), key.clone());
-        }
-        if nats.tls_required {
-            opts = opts.require_tls(true);
-        }
-        let client = opts
+            })
             .connect(nats.url.as_str())
             .await
             .map_err(|e| BusError::Config(format!("{}: {e}", nats.display_url())))?;
+        let (violations, _) = tokio::sync::broadcast::channel(64);
+        let metrics = BusMetrics::default();
         let js = jetstream::ContextBuilder::new()
             .timeout(nats.request_timeout)
             .build(client.clone());
@@ -218,6 +319,8 @@ impl Bus {
         let subjects = Subjects::new(nats.subject_prefix.clone());
         let inner = Arc::new(Inner {
             client: client.clone(),
+            violations: violations.clone(),
+            metrics: metrics.clone(),
             js: js.clone(),
             subjects: subjects.clone(),
             stream_prefix: nats.stream_prefix.clone(),
@@ -273,6 +376,44 @@ impl Bus {
                                 let _ = ready_tx.send(false);
                             }
                         }
+                        Some(Event::ServerError(ServerError::Other(text))) => {
+                            match PermissionViolation::parse(&text) {
+                                Some(v) => {
+                                    tracing::error!(
+                                        operation = %v.operation,
+                                        subject = %v.subject,
+                                        "nats denied permission to this service's user"
+                                    );
+                                    metrics
+                                        .permission_denied
+                                        .get_or_create(&OperationLabel {
+                                            operation: v.operation.clone(),
+                                        })
+                                        .inc();
+                                    let _ = violations.send(v);
+                                }
+                                None => tracing::warn!(error = %text, "nats server error"),
+                            }
+                        }
+                        Some(Event::ClientError(ClientError::Other(kind))) => {
+                            match refusal(&kind) {
+                                Some((label, reason)) => {
+                                    tracing::error!(url = %url, reason, "nats refused the connection");
+                                    metrics
+                                        .refused
+                                        .get_or_create(&ReasonLabel { reason: label.into() })
+                                        .inc();
+                                }
+                                None => tracing::debug!(url = %url, error = %kind, "nats connection attempt failed"),
+                            }
+                        }
+                        Some(Event::ServerError(ServerError::AuthorizationViolation)) => {
+                            tracing::error!(url = %url, "nats refused the connection: authorization violation");
+                            metrics
+                                .refused
+                                .get_or_create(&ReasonLabel { reason: "auth".into() })
+                                .inc();
+                        }
                         Some(other) => tracing::debug!(event = %other, "nats event"),
                         None => {}
                     },
@@ -288,6 +429,28 @@ impl Bus {
             }
         });
         Ok(Self { inner })
+    }
+
+    /// Registers the bus's counters: `apollo_nats_permission_denied_total`
+    /// (by `operation`) and `apollo_nats_connection_refused_total` (by
+    /// `reason`: `auth` or `tls`).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "apollo_nats_permission_denied",
+            "Operations the NATS server refused this service's user, by operation",
+            self.inner.metrics.permission_denied.clone(),
+        );
+        registry.register(
+            "apollo_nats_connection_refused",
+            "Connection attempts the NATS server or TLS refused, by reason",
+            self.inner.metrics.refused.clone(),
+        );
+    }
+
+    /// Permission violations the server reports from now on, so a caller
+    /// waiting on a reply can fail at once instead of timing out.
+    pub fn permission_violations(&self) -> tokio::sync::broadcast::Receiver<PermissionViolation> {
+        self.inner.violations.subscribe()
     }
 
     /// Subject builder for this bus's prefix.
@@ -362,6 +525,9 @@ impl Bus {
         let failed = |family: &FamilyLabels| {
             shared().bus_publish_failures.get_or_create(family).inc();
         };
+        // Subscribed before sending: a refused publish gets no ack, only a
+        // server error on the connection, which must end the wait at once.
+        let mut violations = self.permission_violations();
         let ack = self
             .inner
             .js
@@ -372,10 +538,27 @@ impl Bus {
                 classify_publish_error(&subject, e)
             })?;
         Ok(async move {
-            let ack = ack.await.map_err(|e| {
-                failed(&family);
-                classify_publish_error(&subject, e)
-            })?;
+            let denied = async {
+                loop {
+                    match violations.recv().await {
+                        Ok(v) if v.operation == "publish" && v.subject == subject => return v,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            let ack = tokio::select! {
+                ack = ack => ack.map_err(|e| {
+                    failed(&family);
+                    classify_publish_error(&subject, e)
+                })?,
+                v = denied => {
+                    failed(&family);
+                    return Err(v.into_error());
+                }
+            };
             shared().bus_published.get_or_create(&family).inc();
             Ok(Stored {
                 stream: ack.stream,
@@ -549,6 +732,90 @@ impl Bus {
             tracing::debug!(%err, "nats drain");
         }
     }
+}
+
+/// The connection options every attempt uses: name, timeouts, reconnect
+/// backoff, credentials and TLS from `nats`.
+async fn connect_options(name: &str, nats: &NatsArgs) -> Result<ConnectOptions, BusError> {
+    let mut opts = ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(nats.request_timeout))
+        .reconnect_delay_callback(|attempts| {
+            // 100 ms doubling to a 5 s ceiling.
+            let exp = attempts.min(6) as u32;
+            Duration::from_millis(100 * 2u64.pow(exp)).min(Duration::from_secs(5))
+        });
+    if let Some(path) = &nats.creds_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| BusError::Config(format!("credentials file {}: {e}", path.display())))?;
+    }
+    if let (Some(user), Some(pass)) = (&nats.user, &nats.password) {
+        opts = opts.user_and_password(user.clone(), pass.clone());
+    }
+    if let Some(token) = &nats.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(path) = &nats.nkey_file {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| BusError::Config(format!("NKey seed file {}: {e}", path.display())))?;
+        let seed = seed
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("SU"))
+            .ok_or_else(|| {
+                BusError::Config(format!(
+                    "NKey seed file {}: no user seed (a line starting with SU)",
+                    path.display()
+                ))
+            })?;
+        opts = opts.nkey(seed.to_string());
+    }
+    if let Some(ca) = &nats.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&nats.tls_cert, &nats.tls_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if nats.tls_required {
+        opts = opts.require_tls(true);
+    }
+    Ok(opts)
+}
+
+/// `Some((metric label, reason))` when a failed connection attempt was the
+/// server or TLS refusing us rather than the server being unreachable.
+fn classify_connect_error(err: &async_nats::ConnectError) -> Option<(&'static str, String)> {
+    use async_nats::ConnectErrorKind as K;
+    match err.kind() {
+        K::AuthorizationViolation | K::Authentication => {
+            return refusal(&err.kind().to_string()).map(|(l, r)| (l, r.to_string()))
+        }
+        K::Tls => return Some(("tls", format!("{} ({err})", tls_hint()))),
+        _ => {}
+    }
+    // A failed handshake or a certificate the server rejects surfaces as an
+    // I/O error carrying the rustls error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return Some(("tls", format!("{} ({tls})", tls_hint())));
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn tls_hint() -> &'static str {
+    "TLS handshake failed: check --nats-tls-ca (does it sign the server's certificate for this host name?) and --nats-tls-cert/--nats-tls-key"
 }
 
 /// A request id as a key-value key: ids are uuids or `[A-Za-z0-9_-]` words.
