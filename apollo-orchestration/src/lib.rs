@@ -192,7 +192,10 @@ pub async fn serve_with_kubernetes(
     .await?;
     tracing::info!(grpc = %listener.local_addr()?, metrics = %metrics_addr, "apollo-orchestration listening");
 
-    let ready_task = readiness.follow(bus.readiness(), shutdown.clone());
+    let ready_task = readiness.follow(
+        view.serving_readiness(&bus, shutdown.clone()),
+        shutdown.clone(),
+    );
 
     let grace = config.observability.shutdown_grace;
     let drain = shutdown.clone();

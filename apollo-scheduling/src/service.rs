@@ -611,7 +611,8 @@ pub async fn serve_engine(
     match &bus {
         None => readiness.set(true).await,
         Some(bus) => {
-            readiness.follow(bus.readiness(), shutdown.clone());
+            let source = state.view().serving_readiness(bus, shutdown.clone());
+            readiness.follow(source, shutdown.clone());
         }
     }
 
