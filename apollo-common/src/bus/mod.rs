@@ -177,8 +177,16 @@ impl Bus {
         if nats.tls_required {
             opts = opts.require_tls(true);
         }
+        // `--nats-url` takes a comma-separated list (every server of a
+        // cluster); the client fails over between them.
+        let servers: Vec<&str> = nats
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = opts
-            .connect(nats.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| BusError::Config(format!("{}: {e}", nats.url)))?;
         let js = jetstream::ContextBuilder::new()

@@ -181,7 +181,9 @@ async fn orchestration_killed_and_restarted_answers_as_before() {
     };
     let before = ask_all(orchestration.url()).await;
     assert!(
-        before[0]["reason"].as_str().is_some_and(|r| r.contains("hot-1")),
+        before[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("hot-1")),
         "an answer about the hot node: {}",
         before[0]
     );

@@ -6,5 +6,6 @@
 mod procs;
 mod scenario;
 
+mod cluster;
 mod engine_restart;
 mod nats_restart;
