@@ -433,6 +433,33 @@ impl ClusterView {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Readiness of a service that answers from this view: NATS ready *and*
+    /// the retained stream replayed. A restarted engine thus reports SERVING
+    /// only once its answers are the ones it gave before for the same state,
+    /// never from a half-rebuilt view.
+    pub fn serving_readiness(
+        &self,
+        bus: &Bus,
+        shutdown: CancellationToken,
+    ) -> watch::Receiver<bool> {
+        let mut bus_ready = bus.readiness();
+        let mut synced = self.synced.subscribe();
+        let ready = *bus_ready.borrow_and_update() && *synced.borrow_and_update();
+        let (tx, rx) = watch::channel(ready);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = bus_ready.changed() => if r.is_err() { return },
+                    r = synced.changed() => if r.is_err() { return },
+                }
+                let ready = *bus_ready.borrow_and_update() && *synced.borrow_and_update();
+                tx.send_replace(ready);
+            }
+        });
+        rx
+    }
+
     /// Applies one message from the insight stream by its subject.
     pub fn apply_message(
         &self,
@@ -507,6 +534,13 @@ impl ClusterView {
                                 tracing::debug!(expired = n, "stale nodes and pods left the cluster view");
                             }
                             continue;
+                        }
+                        // Connection lost: follow anew once it is back rather
+                        // than wait for the consumer's missed heartbeats.
+                        r = ready.wait_for(|r| !*r) => {
+                            if r.is_err() { return }
+                            tracing::info!("NATS gone; following the insight stream anew when back");
+                            break;
                         }
                         m = messages.next() => m,
                     };

@@ -94,3 +94,59 @@ pub fn spawn_with_config(
         "nats-server did not report a listening port",
     ))
 }
+
+/// Starts one server of a JetStream cluster: client port `port`, route
+/// listener `cluster_port`, routes to the other servers' route ports, store
+/// under `store`. Returns once the client port accepts connections.
+pub fn spawn_cluster_node(
+    binary: &Path,
+    name: &str,
+    port: u16,
+    cluster_port: u16,
+    routes: &[u16],
+    store: &Path,
+) -> std::io::Result<Child> {
+    std::fs::create_dir_all(store)?;
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let mut child = Command::new(binary)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-n",
+            name,
+        ])
+        .arg("-sd")
+        .arg(store)
+        .args(["--cluster_name", "apollo-test"])
+        .arg("--cluster")
+        .arg(format!("nats://127.0.0.1:{cluster_port}"))
+        .arg("--routes")
+        .arg(routes.join(","))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(std::io::Error::other(format!(
+                "nats-server {name} exited: {status}"
+            )));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(std::io::Error::other(format!(
+        "nats-server {name} did not listen on {port}"
+    )))
+}

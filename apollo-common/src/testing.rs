@@ -5,7 +5,8 @@
 //! testcontainers `nats` container when a Docker engine is present; else a
 //! clear failure naming the install command. Each [`TestNats::bus_args`] call
 //! returns unique subject and stream prefixes, so tests share a server and
-//! still run in parallel.
+//! still run in parallel. [`TestNatsCluster`] starts a JetStream cluster of
+//! servers that can each be killed and restarted.
 
 use std::{path::PathBuf, process::Child, time::Duration};
 
@@ -210,6 +211,128 @@ impl TestNats {
 impl Drop for TestNats {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One server of a [`TestNatsCluster`].
+struct ClusterServer {
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+/// A JetStream cluster of nats-server processes on loopback (each with its
+/// own store directory), for fault tests: any server can be killed and
+/// started again on the same ports and store. Stopped on drop.
+pub struct TestNatsCluster {
+    binary: PathBuf,
+    servers: Vec<ClusterServer>,
+    _root: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for TestNatsCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNatsCluster")
+            .field("url", &self.url())
+            .finish()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+impl TestNatsCluster {
+    /// Starts `size` clustered servers from the `nats-server` binary; `None`
+    /// when there is no binary to start (e.g. only `NATS_URL` is given).
+    pub fn start(size: usize) -> Option<Self> {
+        let binary = crate::nats_server::find_binary()?;
+        let root = tempfile::tempdir().expect("create temp dir for the cluster stores");
+        let servers: Vec<ClusterServer> = (0..size)
+            .map(|i| ClusterServer {
+                name: format!("n{i}"),
+                port: free_port(),
+                cluster_port: free_port(),
+                store: root.path().join(format!("n{i}")),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Self {
+            binary,
+            servers,
+            _root: root,
+        };
+        for i in 0..size {
+            assert!(cluster.restart(i), "cluster server {i} did not start");
+        }
+        Some(cluster)
+    }
+
+    /// Client URLs of every server, comma separated (what services take).
+    pub fn url(&self) -> String {
+        (0..self.servers.len())
+            .map(|i| self.server_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client URL of server `i`.
+    pub fn server_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].port)
+    }
+
+    /// Kills server `i` (SIGKILL: nothing flushed, like a crash).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts server `i` again on its ports and store; false if it did not
+    /// come up.
+    pub fn restart(&mut self, i: usize) -> bool {
+        if self.servers[i].child.is_some() {
+            return true;
+        }
+        let routes: Vec<u16> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| s.cluster_port)
+            .collect();
+        let s = &self.servers[i];
+        match crate::nats_server::spawn_cluster_node(
+            &self.binary,
+            &s.name,
+            s.port,
+            s.cluster_port,
+            &routes,
+            &s.store,
+        ) {
+            Ok(child) => {
+                self.servers[i].child = Some(child);
+                true
+            }
+            Err(err) => {
+                eprintln!("cluster server {i}: {err}");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for TestNatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.stop(i);
+        }
     }
 }
 

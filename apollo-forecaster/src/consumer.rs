@@ -8,8 +8,10 @@
 //!    default), feeding the histories; the service reports ready once the
 //!    replay has caught up, so the first answers already have full history;
 //! 2. the durable consumer `apollo-forecaster` (explicit acks) then follows.
-//!    Messages it delivers that the replay already applied (stream sequence
-//!    at or below the replay's last) are acked and skipped.
+//!    Messages it delivers that were already applied (stream sequence at or
+//!    below the highest applied, by the replay or by the consumer itself) are
+//!    acked and skipped: a server that restarts after losing acks it had not
+//!    yet written to disk redelivers them, and a sample must count once.
 //!
 //! Poison messages (not JSON for a `ClusterInsight`, or without node and
 //! time) are terminated (`Term`) and counted; insights whose values are
@@ -151,13 +153,33 @@ fn js_err(what: &str, e: impl std::fmt::Display) -> Error {
     })
 }
 
+/// Follows the durable consumer; `applied` is the highest stream sequence
+/// applied so far and moves with every message handled. Delivery is in
+/// stream order and every delivered message is handled before the next, so
+/// a sequence at or below `applied` is a redelivery.
 async fn follow(
     engine: &Engine,
     bus: &Bus,
     filter: &str,
-    replayed: u64,
+    applied: &mut u64,
     shutdown: &CancellationToken,
 ) -> Result<()> {
+    // A stream that holds fewer messages than were applied was created anew
+    // (memory storage, or deleted): its sequences start over.
+    let last = bus
+        .get_stream(StreamKind::Insight)
+        .await?
+        .cached_info()
+        .state
+        .last_sequence;
+    if last < *applied {
+        tracing::warn!(
+            last,
+            applied = *applied,
+            "insight stream was recreated; following it from the start"
+        );
+        *applied = 0;
+    }
     let consumer = bus
         .durable_consumer(
             StreamKind::Insight,
@@ -181,9 +203,14 @@ async fn follow(
             None => return Err(js_err("durable consumer", "stream ended")),
         };
         let seq = msg.info().map_or(u64::MAX, |i| i.stream_sequence);
-        let verdict = if seq <= replayed {
+        let verdict = if seq <= *applied {
+            engine.metrics().redeliveries_skipped.inc();
+            tracing::debug!(seq, applied = *applied, "redelivered insight skipped");
             Verdict::Ack
         } else {
+            if seq != u64::MAX {
+                *applied = seq;
+            }
             handle(engine, bus, &msg)
         };
         let res = match verdict {
@@ -207,7 +234,8 @@ pub async fn run(
 ) {
     let filter = bus.subjects().all("insight.cluster");
     let mut backoff = Duration::from_millis(200);
-    let mut replayed: Option<u64> = None;
+    // Highest stream sequence applied; None until the replay finished.
+    let mut applied_up_to: Option<u64> = None;
     while !shutdown.is_cancelled() {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -216,10 +244,10 @@ pub async fn run(
         if !bus.is_ready() {
             continue;
         }
-        if replayed.is_none() {
+        if applied_up_to.is_none() {
             match replay(&engine, &bus, &filter, &shutdown).await {
                 Ok(last) => {
-                    replayed = Some(last);
+                    applied_up_to = Some(last);
                     replayed_tx.send_replace(true);
                 }
                 Err(err) => {
@@ -230,7 +258,10 @@ pub async fn run(
                 }
             }
         }
-        match follow(&engine, &bus, &filter, replayed.unwrap_or(0), &shutdown).await {
+        let mut applied = applied_up_to.unwrap_or(0);
+        let result = follow(&engine, &bus, &filter, &mut applied, &shutdown).await;
+        applied_up_to = Some(applied);
+        match result {
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(%err, retry_in = ?backoff, "insight consumer failed");

@@ -15,6 +15,9 @@ type Labels = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     /// Insights taken from the stream (replay included).
     pub insights_consumed: Counter,
+    /// Redelivered insights (stream sequence already applied) acked and
+    /// skipped: JetStream redelivers after a server restart that lost acks.
+    pub redeliveries_skipped: Counter,
     /// Insights not stored, by reason.
     pub insights_rejected: Family<Labels, Counter>,
     /// Single values not stored, by reason.
@@ -75,6 +78,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             insights_consumed: Counter::default(),
+            redeliveries_skipped: Counter::default(),
             insights_rejected: Family::default(),
             values_rejected: Family::default(),
             nodes: Gauge::default(),
@@ -94,6 +98,11 @@ impl Metrics {
             "insights_consumed",
             "Cluster insights consumed",
             m.insights_consumed.clone(),
+        );
+        r.register(
+            "redeliveries_skipped",
+            "Redelivered insights already applied, acked and skipped",
+            m.redeliveries_skipped.clone(),
         );
         r.register(
             "insights_rejected",

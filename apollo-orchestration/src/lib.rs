@@ -185,7 +185,12 @@ pub async fn serve_with_kubernetes(
 
     let api = OrchestrationPolicyServiceServer::new(service);
     shell
-        .start(listeners, api, bus.readiness(), shutdown)
+        .start(
+            listeners,
+            api,
+            view.serving_readiness(&bus, shutdown.clone()),
+            shutdown,
+        )
         .await?
         .drain(async move {
             work.cancel();

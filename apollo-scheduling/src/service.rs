@@ -613,7 +613,7 @@ pub async fn serve_engine(
 
     let ready = match &bus {
         None => always(true),
-        Some(bus) => bus.readiness(),
+        Some(bus) => state.view().serving_readiness(bus, shutdown.clone()),
     };
     let subjects = bus
         .as_ref()

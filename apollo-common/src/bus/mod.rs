@@ -280,9 +280,18 @@ impl Bus {
         // configuration error worth stopping for, with the reason; an
         // unreachable server is not (the bus keeps retrying in the
         // background, as it does after any outage).
+        // `--nats-url` takes a comma-separated list (every server of a
+        // cluster); the client fails over between them.
+        let servers: Vec<String> = nats
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
         match connect_options(name, nats)
             .await?
-            .connect(nats.url.as_str())
+            .connect(servers.clone())
             .await
         {
             Ok(probe) => drop(probe),
@@ -306,7 +315,7 @@ impl Bus {
                     let _ = tx.send(event);
                 }
             })
-            .connect(nats.url.as_str())
+            .connect(servers.clone())
             .await
             .map_err(|e| BusError::Config(format!("{}: {e}", nats.display_url())))?;
         let (violations, _) = tokio::sync::broadcast::channel(64);
