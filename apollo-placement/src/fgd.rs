@@ -92,6 +92,11 @@ pub struct ShapeDistribution {
     terms: Vec<GpuTerm>,
     version: u64,
     observed_since_refresh: u64,
+    /// GPU requested (milli-GPU) by the observed GPU pods, by their allowed
+    /// models (sorted; empty = any model).
+    model_demand: HashMap<Vec<String>, f64>,
+    /// GPU requested (milli-GPU) by all observed GPU pods.
+    gpu_demand: f64,
 }
 
 impl Default for ShapeDistribution {
@@ -118,6 +123,8 @@ impl ShapeDistribution {
             terms: Vec::new(),
             version: 0,
             observed_since_refresh: 0,
+            model_demand: HashMap::new(),
+            gpu_demand: 0.0,
         }
     }
 
@@ -155,6 +162,32 @@ impl ShapeDistribution {
         *self.counts.entry(PodShape::of(pod)).or_insert(0.0) += 1.0;
         self.total += 1.0;
         self.observed_since_refresh += 1;
+        let gpu = pod.gpu_milli_total() as f64;
+        if gpu > 0.0 {
+            let mut models: Vec<String> = pod
+                .gpu_models
+                .iter()
+                .map(|m| m.trim())
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect();
+            models.sort_unstable();
+            models.dedup();
+            *self.model_demand.entry(models).or_insert(0.0) += gpu;
+            self.gpu_demand += gpu;
+        }
+    }
+
+    /// GPU requested by the observed GPU pods (milli-GPU), per list of
+    /// allowed models (sorted; empty = any model): what the workload asks
+    /// of each GPU model, which the fragmentation shapes leave out.
+    pub fn model_demand(&self) -> impl Iterator<Item = (&[String], f64)> + '_ {
+        self.model_demand.iter().map(|(m, d)| (m.as_slice(), *d))
+    }
+
+    /// GPU requested by all observed GPU pods (milli-GPU).
+    pub fn gpu_demand(&self) -> f64 {
+        self.gpu_demand
     }
 
     /// Pods observed since the last refresh.
