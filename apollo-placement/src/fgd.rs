@@ -12,7 +12,7 @@
 //! A placement is scored by how much it increases `F`; FGD picks the node (and,
 //! for a GPU-sharing pod, the GPU) with the smallest increase.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::demand::PodDemand;
@@ -93,9 +93,13 @@ pub struct ShapeDistribution {
     version: u64,
     observed_since_refresh: u64,
     /// GPU requested (milli-GPU) by the observed GPU pods, by their allowed
-    /// models (sorted; empty = any model).
-    model_demand: HashMap<Vec<String>, f64>,
-    /// GPU requested (milli-GPU) by all observed GPU pods.
+    /// models (sorted; empty = any model); counted by `observe`.
+    /// Ordered, so sums over it are the same in every process.
+    model_counts: BTreeMap<Vec<String>, f64>,
+    /// `model_counts` as of the last `refresh` (what the scorer sees, so it
+    /// changes only when the typical shapes do).
+    model_demand: BTreeMap<Vec<String>, f64>,
+    /// GPU requested (milli-GPU) by all GPU pods in `model_demand`.
     gpu_demand: f64,
 }
 
@@ -123,7 +127,8 @@ impl ShapeDistribution {
             terms: Vec::new(),
             version: 0,
             observed_since_refresh: 0,
-            model_demand: HashMap::new(),
+            model_counts: BTreeMap::new(),
+            model_demand: BTreeMap::new(),
             gpu_demand: 0.0,
         }
     }
@@ -173,19 +178,19 @@ impl ShapeDistribution {
                 .collect();
             models.sort_unstable();
             models.dedup();
-            *self.model_demand.entry(models).or_insert(0.0) += gpu;
-            self.gpu_demand += gpu;
+            *self.model_counts.entry(models).or_insert(0.0) += gpu;
         }
     }
 
-    /// GPU requested by the observed GPU pods (milli-GPU), per list of
-    /// allowed models (sorted; empty = any model): what the workload asks
-    /// of each GPU model, which the fragmentation shapes leave out.
+    /// GPU requested by the GPU pods observed up to the last refresh
+    /// (milli-GPU), per list of allowed models (sorted; empty = any model):
+    /// what the workload asks of each GPU model, which the fragmentation
+    /// shapes leave out.
     pub fn model_demand(&self) -> impl Iterator<Item = (&[String], f64)> + '_ {
         self.model_demand.iter().map(|(m, d)| (m.as_slice(), *d))
     }
 
-    /// GPU requested by all observed GPU pods (milli-GPU).
+    /// GPU requested by the GPU pods observed up to the last refresh (milli-GPU).
     pub fn gpu_demand(&self) -> f64 {
         self.gpu_demand
     }
@@ -252,6 +257,8 @@ impl ShapeDistribution {
                 weight: t.weight,
             })
             .collect();
+        self.model_demand.clone_from(&self.model_counts);
+        self.gpu_demand = self.model_demand.values().sum();
         self.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
         self.observed_since_refresh = 0;
     }

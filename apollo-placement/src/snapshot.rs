@@ -591,6 +591,8 @@ impl ClusterSnapshot {
 
     /// Inserts or replaces a node.
     pub fn upsert_node(&mut self, node: NodeState) {
+        let models_before = self.models.len();
+        let capacity_before = self.model_capacity.clone();
         let idx = match self.index.get(&node.name) {
             Some(&i) => {
                 self.remove_totals(i);
@@ -616,10 +618,9 @@ impl ClusterSnapshot {
                 self.nodes.len() - 1
             }
         };
-        let models_before = self.models.len();
-        let capacity_before = self.gpu_capacity_milli;
         self.recache(idx);
-        if self.models.len() != models_before || self.gpu_capacity_milli != capacity_before {
+        // Only a change of capacity per model moves the pressure.
+        if self.models.len() != models_before || self.model_capacity != capacity_before {
             self.recompute_model_pressure();
         }
     }
