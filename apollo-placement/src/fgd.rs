@@ -12,7 +12,7 @@
 //! A placement is scored by how much it increases `F`; FGD picks the node (and,
 //! for a GPU-sharing pod, the GPU) with the smallest increase.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::demand::PodDemand;
@@ -92,6 +92,15 @@ pub struct ShapeDistribution {
     terms: Vec<GpuTerm>,
     version: u64,
     observed_since_refresh: u64,
+    /// GPU requested (milli-GPU) by the observed GPU pods, by their allowed
+    /// models (sorted; empty = any model); counted by `observe`.
+    /// Ordered, so sums over it are the same in every process.
+    model_counts: BTreeMap<Vec<String>, f64>,
+    /// `model_counts` as of the last `refresh` (what the scorer sees, so it
+    /// changes only when the typical shapes do).
+    model_demand: BTreeMap<Vec<String>, f64>,
+    /// GPU requested (milli-GPU) by all GPU pods in `model_demand`.
+    gpu_demand: f64,
 }
 
 impl Default for ShapeDistribution {
@@ -118,6 +127,9 @@ impl ShapeDistribution {
             terms: Vec::new(),
             version: 0,
             observed_since_refresh: 0,
+            model_counts: BTreeMap::new(),
+            model_demand: BTreeMap::new(),
+            gpu_demand: 0.0,
         }
     }
 
@@ -155,6 +167,32 @@ impl ShapeDistribution {
         *self.counts.entry(PodShape::of(pod)).or_insert(0.0) += 1.0;
         self.total += 1.0;
         self.observed_since_refresh += 1;
+        let gpu = pod.gpu_milli_total() as f64;
+        if gpu > 0.0 {
+            let mut models: Vec<String> = pod
+                .gpu_models
+                .iter()
+                .map(|m| m.trim())
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect();
+            models.sort_unstable();
+            models.dedup();
+            *self.model_counts.entry(models).or_insert(0.0) += gpu;
+        }
+    }
+
+    /// GPU requested by the GPU pods observed up to the last refresh
+    /// (milli-GPU), per list of allowed models (sorted; empty = any model):
+    /// what the workload asks of each GPU model, which the fragmentation
+    /// shapes leave out.
+    pub fn model_demand(&self) -> impl Iterator<Item = (&[String], f64)> + '_ {
+        self.model_demand.iter().map(|(m, d)| (m.as_slice(), *d))
+    }
+
+    /// GPU requested by the GPU pods observed up to the last refresh (milli-GPU).
+    pub fn gpu_demand(&self) -> f64 {
+        self.gpu_demand
     }
 
     /// Pods observed since the last refresh.
@@ -219,6 +257,8 @@ impl ShapeDistribution {
                 weight: t.weight,
             })
             .collect();
+        self.model_demand.clone_from(&self.model_counts);
+        self.gpu_demand = self.model_demand.values().sum();
         self.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
         self.observed_since_refresh = 0;
     }

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | packing | always | share of the node's GPU capacity allocated after the placement (CPU share on GPU-less nodes) |
 //! | balance | always | `1 - abs(free GPU share - free CPU share)` after the placement (0.5 on GPU-less nodes) |
+//! | model reserve | GPU pod, and some observed pod restricts its GPU models | `1 / (1 + pressure)` of the node's GPU model (see [`ClusterSnapshot::model_pressure`]): keeps the models that restricted pods need for them |
 //! | fragmentation (FGD) | always | `1 / (1 + exp(dF / 1000))`, `dF` = increase of the node's GPU fragmentation in milli-GPU (see [`crate::fgd`]) rounded to `frag_resolution`; 0.5 = no change |
 //! | headroom | node has measured usage or a forecast | `1 - max_r(max(usage_r, forecast_peak_r) + demand_r / capacity_r)` over CPU and memory (and GPU for GPU pods), clamped to 0..=1 |
 //! | storage | pod has I/O hints | best device: `tier_fit * min(1, headroom / need) * (1 - utilisation / 2)` |
@@ -52,6 +53,17 @@ pub struct ScoreWeights {
     /// one that leaves neither resource stranded by the other. Default 0.01
     /// (tuned on the openb traces with seeds 1-10, reported on 42-51).
     pub balance: f64,
+    /// GPU-model reserve: steers GPU pods away from the GPU models that pods
+    /// restricted to some models will need (high
+    /// [`ClusterSnapshot::model_pressure`]) towards models with room to
+    /// spare. Scored only once some observed pod restricts its models.
+    /// Default 0.05.
+    pub model_reserve: f64,
+    /// How the model reserve measures a model's room: 0 = its share of the
+    /// cluster's GPU capacity, 1 = its share of the free GPU (a model that
+    /// fills faster than the rest is guarded harder, one left behind is
+    /// opened up), in between a blend. Default 1.
+    pub model_reserve_by_free: f64,
     /// Resolution (milli-GPU) at which fragmentation increases are told apart:
     /// increases are rounded to a multiple of it, so placements that fragment
     /// almost equally are decided by packing and then by node name (which
@@ -78,6 +90,8 @@ impl Default for ScoreWeights {
             locality: 0.20,
             packing: 0.01,
             balance: 0.01,
+            model_reserve: 0.05,
+            model_reserve_by_free: 1.0,
             frag_resolution: 40.0,
             failure_penalty: 0.5,
             exclude_predicted_overload: true,
@@ -243,6 +257,12 @@ impl NodeScorer {
         let locality = LocalityIdx::new(snapshot, demand);
         let w = &self.weights;
         let mut scratch = Vec::with_capacity(16);
+        let pressures =
+            if w.model_reserve > 0.0 && demand.num_gpu > 0 && snapshot.has_model_pressure() {
+                snapshot.model_pressures(w.model_reserve_by_free)
+            } else {
+                Vec::new()
+            };
         // The best `top_n` so far, best first (or every candidate when many
         // are asked for).
         let bounded = top_n <= INSERT_TOP_MAX;
@@ -290,6 +310,10 @@ impl NodeScorer {
                     + w.packing * packing
                     + w.balance * balance;
                 let mut den = w.fragmentation + w.packing + w.balance;
+                if !pressures.is_empty() {
+                    num += w.model_reserve / (1.0 + snapshot.node_model_pressure(idx, &pressures));
+                    den += w.model_reserve;
+                }
                 let mut headroom = -1.0f32;
                 if hot.observed {
                     let h = headroom_value(node, demand);
@@ -622,4 +646,84 @@ fn reason(node: &NodeState, demand: &PodDemand, c: &Candidate) -> String {
         s.push_str(", overload predicted");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fgd::ShapeDistribution;
+
+    const GIB: u64 = 1 << 30;
+
+    /// Two T4 GPUs and eight G2 GPUs; a quarter of the GPU demand may run
+    /// only on T4, the rest anywhere.
+    fn cluster() -> ClusterSnapshot {
+        let any = PodDemand::new(1000, GIB).with_gpu(1, 1000);
+        let t4_only = any.clone().with_gpu_models(["T4"]);
+        let seen: Vec<PodDemand> = std::iter::repeat_n(any, 6)
+            .chain(std::iter::repeat_n(t4_only, 2))
+            .collect();
+        let mut s = ClusterSnapshot::new(ShapeDistribution::from_pods(seen.iter(), 1.0));
+        s.upsert_node(NodeState::new("a-t4", 32_000, 128 * GIB).with_gpus(2, "T4"));
+        s.upsert_node(NodeState::new("b-g2", 32_000, 128 * GIB).with_gpus(8, "G2"));
+        s
+    }
+
+    /// Places `pod` on the scorer's top node; false when nothing fits.
+    fn place(scorer: &NodeScorer, s: &mut ClusterSnapshot, pod: &PodDemand) -> Option<String> {
+        let top = scorer.rank(s, pod, 1).top.first()?.node.clone();
+        s.assume(&top, pod).ok()?;
+        Some(top)
+    }
+
+    #[test]
+    fn model_pressure_reflects_restricted_demand() {
+        let s = cluster();
+        assert!(s.has_model_pressure());
+        // A quarter of the demand on a fifth of the capacity.
+        assert!((s.model_pressure("T4", 0.0) - 1.25).abs() < 1e-9);
+        assert_eq!(s.model_pressure("G2", 0.0), 0.0);
+        assert_eq!(s.model_pressure("A100", 1.0), 0.0);
+        // Nothing restricted observed: no pressure anywhere.
+        let mut plain = ClusterSnapshot::new(ShapeDistribution::from_pods(
+            [PodDemand::new(1000, GIB).with_gpu(1, 1000)].iter(),
+            1.0,
+        ));
+        plain.upsert_node(NodeState::new("a-t4", 32_000, 128 * GIB).with_gpus(2, "T4"));
+        assert!(!plain.has_model_pressure());
+        assert_eq!(plain.model_pressure("T4", 1.0), 0.0);
+    }
+
+    #[test]
+    fn unrestricted_pods_leave_the_scarce_model_to_the_pods_that_need_it() {
+        let any = PodDemand::new(1000, GIB).with_gpu(1, 1000);
+        let t4_only = any.clone().with_gpu_models(["T4"]);
+
+        // Without the reserve the small T4 node wins on packing (fragmentation
+        // is equal), two unrestricted pods fill it, and the T4 pods that come
+        // next fit nowhere although six G2 GPUs are idle.
+        let blind = NodeScorer::new(ScoreWeights {
+            model_reserve: 0.0,
+            ..ScoreWeights::default()
+        });
+        let mut s = cluster();
+        assert_eq!(place(&blind, &mut s, &any).as_deref(), Some("a-t4"));
+        assert_eq!(place(&blind, &mut s, &any).as_deref(), Some("a-t4"));
+        assert_eq!(place(&blind, &mut s, &t4_only), None);
+
+        // With it (the default) they go to G2 and both T4 pods find room.
+        let scorer = NodeScorer::default();
+        let mut s = cluster();
+        assert_eq!(place(&scorer, &mut s, &any).as_deref(), Some("b-g2"));
+        assert_eq!(place(&scorer, &mut s, &any).as_deref(), Some("b-g2"));
+        assert_eq!(place(&scorer, &mut s, &t4_only).as_deref(), Some("a-t4"));
+        assert_eq!(place(&scorer, &mut s, &t4_only).as_deref(), Some("a-t4"));
+        // A T4 pod is never sent elsewhere, pressure or not.
+        assert_eq!(place(&scorer, &mut s, &t4_only), None);
+        // Once G2 is the only model left, unrestricted pods still use it all.
+        for _ in 0..6 {
+            assert_eq!(place(&scorer, &mut s, &any).as_deref(), Some("b-g2"));
+        }
+        assert_eq!(place(&scorer, &mut s, &any), None);
+    }
 }

@@ -495,6 +495,16 @@ pub struct ClusterSnapshot {
     shape_refresh_every: u64,
     gpu_capacity_milli: u64,
     gpu_allocated_milli: u64,
+    /// Available GPU capacity (milli-GPU) per interned model id.
+    model_capacity: Vec<u64>,
+    /// Free milli-GPU of available GPUs per interned model id.
+    model_free: Vec<u64>,
+    /// Share of the observed GPU demand that pods restricted to some models
+    /// put on each model (see [`ClusterSnapshot::model_pressure`]), per
+    /// interned model id.
+    model_want: Vec<f64>,
+    /// True when some observed GPU pod restricts its GPU models.
+    constrained_demand: bool,
 }
 
 impl ClusterSnapshot {
@@ -551,6 +561,7 @@ impl ClusterSnapshot {
     pub fn set_shapes(&mut self, shapes: ShapeDistribution) {
         self.shapes = shapes;
         self.recompute_all_frag();
+        self.recompute_model_pressure();
     }
 
     /// How many observed pods trigger a refresh of the typical shapes (0 = only
@@ -575,10 +586,13 @@ impl ClusterSnapshot {
     pub fn refresh_shapes(&mut self) {
         self.shapes.refresh();
         self.recompute_all_frag();
+        self.recompute_model_pressure();
     }
 
     /// Inserts or replaces a node.
     pub fn upsert_node(&mut self, node: NodeState) {
+        let models_before = self.models.len();
+        let capacity_before = self.model_capacity.clone();
         let idx = match self.index.get(&node.name) {
             Some(&i) => {
                 self.remove_totals(i);
@@ -605,6 +619,10 @@ impl ClusterSnapshot {
             }
         };
         self.recache(idx);
+        // Only a change of capacity per model moves the pressure.
+        if self.models.len() != models_before || self.model_capacity != capacity_before {
+            self.recompute_model_pressure();
+        }
     }
 
     /// Applies a node agent's insight, keeping the forecast and bind penalty
@@ -635,6 +653,7 @@ impl ClusterSnapshot {
             let moved = self.nodes[idx].state.name.clone();
             self.index.insert(moved, idx);
         }
+        self.recompute_model_pressure();
         Some(entry.state)
     }
 
@@ -1033,6 +1052,17 @@ impl ClusterSnapshot {
     }
 
     fn remove_totals(&mut self, idx: usize) {
+        let e = &self.nodes[idx];
+        for (g, &m) in e.state.gpus.iter().zip(&e.cache.gpu_model) {
+            if g.available {
+                if let Some(k) = self.model_capacity.get_mut(usize::from(m)) {
+                    *k = k.saturating_sub(u64::from(MILLI_PER_GPU));
+                }
+                if let Some(f) = self.model_free.get_mut(usize::from(m)) {
+                    *f = f.saturating_sub(u64::from(g.free_milli()));
+                }
+            }
+        }
         let c = &self.nodes[idx].cache;
         self.gpu_capacity_milli = self.gpu_capacity_milli.saturating_sub(c.gpu_capacity);
         self.gpu_allocated_milli = self
@@ -1108,6 +1138,125 @@ impl ClusterSnapshot {
         };
         self.gpu_capacity_milli += c.gpu_capacity;
         self.gpu_allocated_milli += c.gpu_capacity - c.gpu_free_total.min(c.gpu_capacity);
+        let e = &self.nodes[idx];
+        for (g, &m) in e.state.gpus.iter().zip(&e.cache.gpu_model) {
+            if g.available {
+                let m = usize::from(m);
+                if self.model_capacity.len() <= m {
+                    self.model_capacity.resize(m + 1, 0);
+                    self.model_free.resize(m + 1, 0);
+                }
+                self.model_capacity[m] += u64::from(MILLI_PER_GPU);
+                self.model_free[m] += u64::from(g.free_milli());
+            }
+        }
+    }
+
+    /// Recomputes each model's share of the restricted demand from the
+    /// observed demand and the capacity per model. Each allowed-model list's
+    /// demand is spread over its models in proportion to their capacity (the
+    /// way the pods would spread if placed freely among them).
+    fn recompute_model_pressure(&mut self) {
+        let models = self.models.len();
+        self.model_want.clear();
+        self.model_want.resize(models, 0.0);
+        self.constrained_demand = false;
+        let total_demand = self.shapes.gpu_demand();
+        if total_demand <= 0.0 {
+            return;
+        }
+        let capacity = |id: u16| {
+            self.model_capacity
+                .get(usize::from(id))
+                .copied()
+                .unwrap_or(0)
+        };
+        let mut ids: Vec<u16> = Vec::new();
+        for (allowed, demand) in self.shapes.model_demand() {
+            if allowed.is_empty() {
+                continue;
+            }
+            ids.clear();
+            ids.extend(
+                allowed
+                    .iter()
+                    .filter_map(|m| self.model_index.get(m).copied()),
+            );
+            let room: u64 = ids.iter().map(|&id| capacity(id)).sum();
+            if room == 0 {
+                continue;
+            }
+            self.constrained_demand = true;
+            for &id in &ids {
+                self.model_want[usize::from(id)] +=
+                    demand / total_demand * capacity(id) as f64 / room as f64;
+            }
+        }
+    }
+
+    /// Pressure of each interned model (see [`ClusterSnapshot::model_pressure`]).
+    pub(crate) fn model_pressures(&self, by_free: f64) -> Vec<f64> {
+        let a = by_free.clamp(0.0, 1.0);
+        let total_capacity = self.gpu_capacity_milli.max(1) as f64;
+        let total_free = self
+            .gpu_capacity_milli
+            .saturating_sub(self.gpu_allocated_milli)
+            .max(1) as f64;
+        self.model_want
+            .iter()
+            .enumerate()
+            .map(|(id, &want)| {
+                if want <= 0.0 {
+                    return 0.0;
+                }
+                let cap = self.model_capacity.get(id).copied().unwrap_or(0) as f64;
+                let free = self.model_free.get(id).copied().unwrap_or(0) as f64;
+                let room = (1.0 - a) * cap / total_capacity + a * free / total_free;
+                if room > 0.0 {
+                    want / room
+                } else {
+                    f64::INFINITY
+                }
+            })
+            .collect()
+    }
+
+    /// How much of a GPU model the pods restricted to some models will want:
+    /// the share of the observed GPU demand that such pods put on the model
+    /// (each pod's demand spread over its allowed models by capacity),
+    /// divided by the model's share of the cluster's GPU capacity
+    /// (`by_free` = 0) or of its free GPU (`by_free` = 1), or a blend of the
+    /// two. 0 for a model no restricted pod asks for; 1 when, as the
+    /// workload fills the cluster, restricted pods alone would take the
+    /// whole model. Unknown models have pressure 0.
+    pub fn model_pressure(&self, model: &str, by_free: f64) -> f64 {
+        self.model_index
+            .get(model.trim())
+            .and_then(|&id| self.model_pressures(by_free).get(usize::from(id)).copied())
+            .unwrap_or(0.0)
+    }
+
+    /// True when some observed GPU pod restricts its GPU models to ones the
+    /// cluster has (model pressure is then scored).
+    pub fn has_model_pressure(&self) -> bool {
+        self.constrained_demand
+    }
+
+    /// Model pressure of a node's GPUs from [`Self::model_pressures`] (mean
+    /// over its GPUs; 0 without GPUs).
+    pub(crate) fn node_model_pressure(&self, idx: usize, pressures: &[f64]) -> f64 {
+        let h = &self.hot[idx];
+        if h.model != NO_MODEL {
+            return pressures.get(usize::from(h.model)).copied().unwrap_or(0.0);
+        }
+        let ids = &self.nodes[idx].cache.gpu_model;
+        if ids.is_empty() {
+            return 0.0;
+        }
+        ids.iter()
+            .map(|&m| pressures.get(usize::from(m)).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            / ids.len() as f64
     }
 
     fn recompute_all_frag(&mut self) {

@@ -44,6 +44,7 @@ use crate::config::EngineConfig;
 use crate::demand::{PodDemand, MILLI_PER_GPU};
 use crate::engine::Engine;
 use crate::fgd::{ShapeDistribution, DEFAULT_COVERAGE};
+use crate::scorer::ScoreWeights;
 use crate::snapshot::{ClusterSnapshot, NodeState, SnapshotError};
 use crate::state::ClusterState;
 use crate::workload::ANNOTATION_PREFIX;
@@ -449,6 +450,9 @@ pub struct SimConfig {
     pub inflation: f64,
     /// Shape source of the `apollo` policy.
     pub shapes: ShapeSource,
+    /// Scorer weights of the `apollo` policy (the service's defaults unless
+    /// a tuning run changes them).
+    pub weights: ScoreWeights,
 }
 
 /// Result of one run. Ratios are percentages.
@@ -467,10 +471,95 @@ pub struct SimRun {
     pub failed_pods: u64,
     /// Pods that arrived.
     pub arrived_pods: u64,
+    /// Failed pods by kind (constrained or not, CPU-only, GPU-sharing or
+    /// whole GPUs), with the GPU they asked for and when they failed: which
+    /// pods a policy loses, and how early.
+    pub failures: Vec<FailureCount>,
+    /// GPU allocation per GPU model when the arrived request reached 100 %
+    /// of capacity (the end of the run when it never did), models by name.
+    pub alloc_by_model_at_100: Vec<ModelAllocation>,
+    /// GPU allocation per GPU model at the end of the run.
+    pub alloc_by_model_at_end: Vec<ModelAllocation>,
     /// Allocation ratio at 1 %, 2 %, ... arrived.
     pub curve: Vec<f64>,
     /// Wall time of the run in seconds.
     pub wall_s: f64,
+}
+
+/// What kind of pod failed, for [`SimRun::failures`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodKind {
+    /// No GPU.
+    CpuOnly,
+    /// A share of one GPU, any model.
+    Sharing,
+    /// A share of one GPU of the allowed models.
+    SharingConstrained,
+    /// Whole GPUs, any model.
+    Whole,
+    /// Whole GPUs of the allowed models.
+    WholeConstrained,
+}
+
+impl PodKind {
+    /// The kind of a trace pod.
+    pub fn of(pod: &TracePod) -> Self {
+        let constrained = !pod.gpu_spec.is_empty();
+        match (pod.num_gpu, pod.gpu_milli < MILLI_PER_GPU, constrained) {
+            (0, _, _) => Self::CpuOnly,
+            (1, true, false) => Self::Sharing,
+            (1, true, true) => Self::SharingConstrained,
+            (_, _, false) => Self::Whole,
+            (_, _, true) => Self::WholeConstrained,
+        }
+    }
+}
+
+/// Failed pods of one kind in a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureCount {
+    /// Kind of pod.
+    pub kind: PodKind,
+    /// Pods of this kind that fit nowhere.
+    pub pods: u64,
+    /// Of those, the pods that failed before the arrived request reached
+    /// 100 % of capacity.
+    pub pods_before_100: u64,
+    /// GPU (milli-GPU) those pods asked for, over the whole run.
+    pub gpu_milli: u64,
+    /// Arrived request (% of capacity) at the first failure of this kind.
+    pub first_at_pct: f64,
+}
+
+/// GPU allocation of one GPU model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelAllocation {
+    /// GPU model.
+    pub model: String,
+    /// GPU capacity of the model (milli-GPU).
+    pub capacity_milli: u64,
+    /// Allocated milli-GPU.
+    pub allocated_milli: u64,
+}
+
+/// Per-model GPU allocation of a snapshot, models by name.
+fn alloc_by_model(snap: &ClusterSnapshot) -> Vec<ModelAllocation> {
+    let mut by: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+    for n in snap.nodes() {
+        for g in n.gpus.iter().filter(|g| g.available) {
+            let e = by.entry(g.model.as_str()).or_default();
+            e.0 += u64::from(MILLI_PER_GPU);
+            e.1 += u64::from(g.allocated_milli);
+        }
+    }
+    by.into_iter()
+        .map(|(m, (c, a))| ModelAllocation {
+            model: m.to_string(),
+            capacity_milli: c,
+            allocated_milli: a,
+        })
+        .collect()
 }
 
 /// The workload order: indices into `pods` (sorted by name, shuffled with the
@@ -617,6 +706,16 @@ impl ApolloSim {
     /// The empty cluster of the node list; `pods` gives the typical shapes
     /// when `shapes` is [`ShapeSource::Trace`].
     pub fn new(nodes: &[TraceNode], pods: &[TracePod], shapes: ShapeSource) -> Self {
+        Self::with_weights(nodes, pods, shapes, ScoreWeights::default())
+    }
+
+    /// [`ApolloSim::new`] with explicit scorer weights.
+    pub fn with_weights(
+        nodes: &[TraceNode],
+        pods: &[TracePod],
+        shapes: ShapeSource,
+        weights: ScoreWeights,
+    ) -> Self {
         let view = ClusterView::new();
         let now = SystemTime::now();
         for n in nodes {
@@ -639,8 +738,8 @@ impl ApolloSim {
         }
         Self {
             view,
-            engine: Engine::new(Arc::clone(&state)),
-            preview: Engine::new(Arc::clone(&state)).without_assume(),
+            engine: Engine::with_weights(Arc::clone(&state), weights.clone()),
+            preview: Engine::with_weights(Arc::clone(&state), weights).without_assume(),
             state,
             running: std::collections::HashMap::new(),
             shapes,
@@ -788,7 +887,12 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let order = build_workload(pods, capacity, cfg.inflation, &mut rng);
     let mut placer = match cfg.policy {
-        Policy::Apollo => Placer::Apollo(Box::new(ApolloSim::new(nodes, pods, cfg.shapes))),
+        Policy::Apollo => Placer::Apollo(Box::new(ApolloSim::with_weights(
+            nodes,
+            pods,
+            cfg.shapes,
+            cfg.weights.clone(),
+        ))),
         Policy::Baseline(b) => {
             let shapes = if b == Baseline::Fgd {
                 ShapeDistribution::from_pods(demands.iter(), DEFAULT_COVERAGE)
@@ -807,6 +911,9 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
     let mut next_pct: u64 = 1;
     let mut curve = Vec::with_capacity((cfg.inflation * 100.0) as usize + 2);
     let mut failed = 0u64;
+    let mut failures: std::collections::BTreeMap<PodKind, FailureCount> =
+        std::collections::BTreeMap::new();
+    let mut by_model: Option<Vec<ModelAllocation>> = None;
     for (k, &i) in order.iter().enumerate() {
         let placed = match &mut placer {
             Placer::Apollo(sim) => {
@@ -819,8 +926,25 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
         };
         if !placed {
             failed += 1;
+            let kind = PodKind::of(&pods[i]);
+            let pct = 100.0 * arrived as f64 / capacity as f64;
+            let f = failures.entry(kind).or_insert(FailureCount {
+                kind,
+                pods: 0,
+                pods_before_100: 0,
+                gpu_milli: 0,
+                first_at_pct: pct,
+            });
+            f.pods += 1;
+            f.gpu_milli += pods[i].gpu_request();
+            if arrived < capacity {
+                f.pods_before_100 += 1;
+            }
         }
         arrived += pods[i].gpu_request();
+        if by_model.is_none() && arrived >= capacity {
+            by_model = Some(placer.alloc_by_model());
+        }
         let allocated = placer.gpu_allocated_milli();
         while arrived.saturating_mul(100) >= next_pct.saturating_mul(capacity) {
             curve.push(100.0 * allocated as f64 / capacity as f64);
@@ -836,6 +960,9 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
         gpu_alloc_ratio_at_130: at(130),
         failed_pods: failed,
         arrived_pods: order.len() as u64,
+        failures: failures.into_values().collect(),
+        alloc_by_model_at_100: by_model.unwrap_or_else(|| placer.alloc_by_model()),
+        alloc_by_model_at_end: placer.alloc_by_model(),
         curve,
         wall_s: start.elapsed().as_secs_f64(),
     })
@@ -858,6 +985,13 @@ impl Placer {
         match self {
             Self::Apollo(sim) => sim.gpu_allocated_milli(),
             Self::Baseline(_, snap, _) => snap.gpu_allocated_milli(),
+        }
+    }
+
+    fn alloc_by_model(&self) -> Vec<ModelAllocation> {
+        match self {
+            Self::Apollo(sim) => alloc_by_model(&sim.state.read()),
+            Self::Baseline(_, snap, _) => alloc_by_model(snap),
         }
     }
 }

@@ -21,6 +21,7 @@ fn cfg(policy: Policy, seed: u64, inflation: f64) -> SimConfig {
         seed,
         inflation,
         shapes: ShapeSource::Trace,
+        weights: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+use apollo_scheduling::scorer::ScoreWeights;
 use apollo_scheduling::simulate::{self, Policy, ShapeSource, SimConfig, SimRun};
 use serde::Serialize;
 
@@ -70,6 +71,11 @@ pub(crate) struct Args {
     /// Where the `apollo` policy learns typical pod shapes.
     #[arg(long, value_enum, default_value = "online", env = "APOLLO_SIM_SHAPES")]
     shapes: Shapes,
+    /// Override an `apollo` scorer weight for a tuning run, `NAME=VALUE`
+    /// (repeatable): fragmentation, packing, balance, model_reserve,
+    /// model_reserve_by_free, frag_resolution. Published figures use the defaults.
+    #[arg(long = "apollo-weight", value_name = "NAME=VALUE")]
+    apollo_weights: Vec<String>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -149,6 +155,36 @@ pub(crate) fn parse_seeds(spec: &str) -> anyhow::Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Applies `NAME=VALUE` overrides to the default scorer weights.
+fn parse_weights(overrides: &[String]) -> anyhow::Result<ScoreWeights> {
+    let mut w = ScoreWeights::default();
+    for o in overrides {
+        let (name, value) = o
+            .split_once('=')
+            .with_context(|| format!("--apollo-weight {o:?}: expected NAME=VALUE"))?;
+        let v: f64 = value
+            .trim()
+            .parse()
+            .with_context(|| format!("--apollo-weight {o:?}: not a number"))?;
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("--apollo-weight {o:?}: must be a finite number >= 0");
+        }
+        let slot = match name.trim() {
+            "fragmentation" => &mut w.fragmentation,
+            "packing" => &mut w.packing,
+            "balance" => &mut w.balance,
+            "model_reserve" => &mut w.model_reserve,
+            "model_reserve_by_free" => &mut w.model_reserve_by_free,
+            "frag_resolution" => &mut w.frag_resolution,
+            other => bail!(
+                "--apollo-weight: unknown weight {other:?} (expected fragmentation, packing, balance, model_reserve, model_reserve_by_free or frag_resolution)"
+            ),
+        };
+        *slot = v;
+    }
+    Ok(w)
+}
+
 fn parse_policies(names: &[String]) -> anyhow::Result<Vec<Policy>> {
     let mut out = Vec::new();
     for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
@@ -203,6 +239,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("--inflation must be in (0, 10], got {}", args.inflation);
     }
     let policies = parse_policies(&args.policy)?;
+    let weights = parse_weights(&args.apollo_weights)?;
     if let Some(p) = &args.plot {
         crate::plot::check_path(p)?;
     }
@@ -233,6 +270,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 seed,
                 inflation: args.inflation,
                 shapes,
+                weights: weights.clone(),
             };
             let r = simulate::run(&nodes, &pods, &cfg)
                 .with_context(|| format!("simulation {policy} seed {seed} failed"))?;
@@ -340,6 +378,23 @@ mod tests {
         assert!(parse_seeds("5-3").is_err());
         assert!(parse_seeds("x").is_err());
         assert!(parse_seeds("").is_err());
+    }
+
+    #[test]
+    fn weight_overrides_parse_and_bad_ones_are_rejected() {
+        let w = parse_weights(&["model_reserve=0.2".into(), "balance = 0".into()]).unwrap();
+        assert_eq!(w.model_reserve, 0.2);
+        assert_eq!(w.balance, 0.0);
+        assert_eq!(w.packing, ScoreWeights::default().packing);
+        for bad in [
+            "model_reserve",
+            "nope=1",
+            "packing=x",
+            "packing=-1",
+            "packing=inf",
+        ] {
+            assert!(parse_weights(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 
     #[test]
