@@ -22,6 +22,11 @@
 //! until the next selection; the cached path only re-runs its filter on the
 //! newest data.
 //!
+//! Plateaus: on step-like series (runs of one repeated value, then jumps)
+//! the backtest may choose to hold the last value exactly whenever the
+//! newest [`HOLD_RUNS`] values are identical, and a last-plateau candidate
+//! forecasts the level a short dip returns to ([`AutoConfig::hold_flat`]).
+//!
 //! Level shifts: a CUSUM test on the recent window locates a shift; window
 //! candidates then ignore data before it and backtest origins before it are
 //! down-weighted, so a stale regime does not drive the choice.
