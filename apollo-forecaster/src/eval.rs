@@ -552,6 +552,11 @@ pub struct Report {
 /// between).
 pub const AUTO_CACHED: &str = "auto_cached";
 
+/// Harness-only model name: `auto` without the hold rule and the
+/// last-plateau candidate ([`AutoConfig::hold_flat`] off), so their effect
+/// is measured in the same run.
+pub const AUTO_NOHOLD: &str = "auto_nohold";
+
 /// [`AutoSelector`] behind the stateless [`Model`] interface.
 struct CachedAuto(Mutex<AutoSelector>);
 
@@ -591,6 +596,13 @@ fn build_model(
         }
         "auto" => Ok(Box::new(
             Auto::new(auto_config()).with_global_lstm(global_lstm.cloned()),
+        )),
+        AUTO_NOHOLD => Ok(Box::new(
+            Auto::new(AutoConfig {
+                hold_flat: false,
+                ..auto_config()
+            })
+            .with_global_lstm(global_lstm.cloned()),
         )),
         "lstm" => match global_lstm {
             Some(m) => Ok(Box::new(m.clone())),
@@ -752,7 +764,10 @@ impl ModelSet {
         }
         config.validate()?;
         for name in &cfg.models {
-            if !models::MODEL_NAMES.contains(&name.as_str()) && name != AUTO_CACHED {
+            if !models::MODEL_NAMES.contains(&name.as_str())
+                && name != AUTO_CACHED
+                && name != AUTO_NOHOLD
+            {
                 return Err(EvalError::UnknownModel(name.clone()));
             }
         }

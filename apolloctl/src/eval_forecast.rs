@@ -58,7 +58,8 @@ pub(crate) struct Args {
     #[arg(long, value_delimiter = ',', env = "APOLLO_EVAL_HORIZONS")]
     horizons: Vec<usize>,
     /// Models to evaluate (`auto_cached` = `auto` with one selector kept per
-    /// series across origins, as the service runs it).
+    /// series across origins, as the service runs it; `auto_nohold` = `auto`
+    /// without the hold rule and the last-plateau candidate).
     #[arg(
         long,
         value_delimiter = ',',
@@ -134,7 +135,7 @@ fn forecast_panels(
     } else {
         cfg.models
             .iter()
-            .find(|m| m.as_str() != eval::AUTO_CACHED)
+            .find(|m| m.as_str() != eval::AUTO_CACHED && m.as_str() != eval::AUTO_NOHOLD)
             .cloned()
             .unwrap_or_else(|| "auto".into())
     };
@@ -205,11 +206,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     };
     // Fail on a bad model name before loading traces.
     for m in &base.models {
-        if apollo_forecaster::models::by_name(m).is_none() && m != eval::AUTO_CACHED {
+        if apollo_forecaster::models::by_name(m).is_none()
+            && m != eval::AUTO_CACHED
+            && m != eval::AUTO_NOHOLD
+        {
             anyhow::bail!(
-                "unknown model `{m}` (known: {}, {})",
+                "unknown model `{m}` (known: {}, {}, {})",
                 apollo_forecaster::models::MODEL_NAMES.join(", "),
-                eval::AUTO_CACHED
+                eval::AUTO_CACHED,
+                eval::AUTO_NOHOLD
             );
         }
     }

@@ -22,6 +22,11 @@
 //! until the next selection; the cached path only re-runs its filter on the
 //! newest data.
 //!
+//! Plateaus: on step-like series (runs of one repeated value, then jumps)
+//! the backtest may choose to hold the last value exactly whenever the
+//! newest [`HOLD_RUNS`] values are identical, and a last-plateau candidate
+//! forecasts the level a short dip returns to ([`AutoConfig::hold_flat`]).
+//!
 //! Level shifts: a CUSUM test on the recent window locates a shift; window
 //! candidates then ignore data before it and backtest origins before it are
 //! down-weighted, so a stale regime does not drive the choice.
@@ -274,6 +279,11 @@ pub struct AutoConfig {
     /// Full models forecast from every `full_stride`-th backtest origin
     /// only: the knob that bounds their share of a selection's cost.
     pub full_stride: usize,
+    /// Step-like series (long runs of one repeated value, then jumps):
+    /// lets the backtest choose to hold the last value exactly whenever the
+    /// newest [`HOLD_RUNS`] values are identical, and adds the
+    /// last-plateau candidate. Off reproduces the selector without either.
+    pub hold_flat: bool,
 }
 
 impl AutoConfig {
@@ -319,6 +329,7 @@ impl Default for AutoConfig {
             drift_windows: vec![20, 60],
             full_models: DEFAULT_FULL_MODELS.to_vec(),
             full_stride: 4,
+            hold_flat: true,
         }
     }
 }
@@ -339,6 +350,10 @@ enum Cand {
     Drift(usize),
     /// A full model with parameters frozen at selection.
     Full(FullModel),
+    /// The value of the newest run of [`PLATEAU_RUN`] identical values in
+    /// the last [`PLATEAU_LOOKBACK`] points (the last value without one):
+    /// on step-like series the level a short dip returns to.
+    Plateau,
 }
 
 impl Cand {
@@ -354,8 +369,43 @@ impl Cand {
             Cand::Revert(w, true) => format!("revert_median{w}"),
             Cand::Drift(w) => format!("drift{w}"),
             Cand::Full(m) => m.name().into(),
+            Cand::Plateau => "plateau".into(),
         }
     }
+}
+
+/// Run lengths the hold rule may require (chosen per series by backtest):
+/// when the newest `r` values are identical the series sits on a plateau
+/// and the forecast is that value exactly, so a naive error of zero is not
+/// turned into a small non-zero one by smoothers that remember past dips.
+pub const HOLD_RUNS: [usize; 3] = [2, 3, 5];
+
+/// Identical values that make a plateau for [`Cand::Plateau`].
+const PLATEAU_RUN: usize = 3;
+/// How far back [`Cand::Plateau`] looks for a plateau.
+const PLATEAU_LOOKBACK: usize = 120;
+
+/// Whether the `run` values before `t` are all identical.
+fn flat_before(y: &[f64], t: usize, run: usize) -> bool {
+    t >= run && y[t - run..t].iter().all(|v| *v == y[t - 1])
+}
+
+/// Value of the newest run of [`PLATEAU_RUN`] identical values before `t`
+/// within [`PLATEAU_LOOKBACK`] points; the last value when there is none.
+fn plateau_before(y: &[f64], t: usize) -> f64 {
+    let start = t.saturating_sub(PLATEAU_LOOKBACK);
+    let mut run = 1;
+    for i in (start + 1..t).rev() {
+        if y[i] == y[i - 1] {
+            run += 1;
+            if run >= PLATEAU_RUN {
+                return y[i];
+            }
+        } else {
+            run = 1;
+        }
+    }
+    y[t - 1]
 }
 
 const HOLT_ALPHA: f64 = 0.3;
@@ -526,6 +576,7 @@ impl<'a> Prep<'a> {
                 let slope = (y[t - 1] - y[t - 1 - back]) / back as f64;
                 y[t - 1] + (k + 1) as f64 * slope
             }
+            Cand::Plateau => plateau_before(y, t),
             Cand::Full(m) => self
                 .full_now
                 .iter()
@@ -617,6 +668,8 @@ pub struct Selection {
     revert: Vec<(Cand, Vec<f64>)>,
     /// Full models in use, with frozen parameters.
     full: FrozenSet,
+    /// Run length of the hold rule, when the backtest chose it.
+    hold_run: Option<usize>,
 }
 
 /// Stateful `auto` forecaster for one series; cheap between re-selections.
@@ -732,6 +785,9 @@ impl AutoSelector {
         }
         for &a in &self.config.alphas {
             c.push(Cand::Ses(a));
+        }
+        if self.config.hold_flat {
+            c.push(Cand::Plateau);
         }
         if let Some(m) = self.config.model.season {
             if n >= 3 * m {
@@ -984,21 +1040,59 @@ impl AutoSelector {
             last_good = Some(chosen.clone());
             weights.push(chosen);
         }
+        // The combination's forecast per origin and step (NaN where a
+        // chosen full model did not forecast).
+        let comb = |oi: usize, k: usize| -> f64 {
+            weights[k]
+                .iter()
+                .map(|(c, w)| {
+                    let ci = cands.iter().position(|x| x == c).unwrap_or(0);
+                    w * fc[(oi * nc + ci) * horizon + k]
+                })
+                .sum()
+        };
+        // Hold rule: on the same origins, holding the last value exactly
+        // wherever the newest `r` values are identical must not lose to the
+        // combination (ties hold: an exact level is what a plateau repeats).
+        let hold_run = if self.config.hold_flat {
+            let mut plain = 0.0;
+            let mut held = [0.0; HOLD_RUNS.len()];
+            let mut fired = [0usize; HOLD_RUNS.len()];
+            for (oi, &t) in origins.iter().enumerate() {
+                for k in 0..horizon.min(n - t) {
+                    let f = comb(oi, k);
+                    if f.is_nan() {
+                        continue;
+                    }
+                    let actual = y[t + k];
+                    plain += (actual - f).abs();
+                    for (i, &r) in HOLD_RUNS.iter().enumerate() {
+                        let flat = flat_before(y, t, r);
+                        fired[i] += usize::from(flat);
+                        held[i] += (actual - if flat { y[t - 1] } else { f }).abs();
+                    }
+                }
+            }
+            // Only a rule that fired on the history has evidence for it.
+            (0..HOLD_RUNS.len())
+                .filter(|&i| fired[i] > 0 && held[i] <= plain)
+                .min_by(|&a, &b| held[a].total_cmp(&held[b]))
+                .map(|i| HOLD_RUNS[i])
+        } else {
+            None
+        };
         // Combination errors give the interval offsets and the accuracy.
         let mut errs: Vec<Vec<f64>> = vec![Vec::new(); horizon];
         let (mut abs_sum, mut act_sum, mut naive_sum) = (0.0, 0.0, 0.0);
         for (oi, &t) in origins.iter().enumerate() {
             for k in 0..horizon.min(n - t) {
-                let f: f64 = weights[k]
-                    .iter()
-                    .map(|(c, w)| {
-                        let ci = cands.iter().position(|x| x == c).unwrap_or(0);
-                        w * fc[(oi * nc + ci) * horizon + k]
-                    })
-                    .sum();
+                let mut f = comb(oi, k);
                 if f.is_nan() {
                     // A chosen full model did not forecast from here.
                     continue;
+                }
+                if hold_run.is_some_and(|r| flat_before(y, t, r)) {
+                    f = y[t - 1];
                 }
                 let actual = y[t + k];
                 let e = actual - f;
@@ -1043,7 +1137,10 @@ impl AutoSelector {
             }
         }
         total.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let names: Vec<String> = total.iter().map(|(c, _)| c.label()).collect();
+        let mut names: Vec<String> = total.iter().map(|(c, _)| c.label()).collect();
+        if let Some(r) = hold_run {
+            names.push(format!("hold{r}"));
+        }
         let full = FrozenSet(
             full.into_iter()
                 .filter(|(m, _, _)| total.iter().any(|(c, _)| *c == Cand::Full(*m)))
@@ -1062,6 +1159,7 @@ impl AutoSelector {
             upper,
             revert: prep.revert.clone(),
             full,
+            hold_run,
         }
     }
 }
@@ -1101,6 +1199,9 @@ fn serve(
             .map(|(c, w)| w * prep.point(*c, n, k, &mut scratch))
             .sum();
         mean.push(v);
+    }
+    if sel.hold_run.is_some_and(|r| flat_before(y, n, r)) {
+        mean.fill(y[n - 1]);
     }
     let lower = mean.iter().zip(&sel.lower).map(|(m, l)| m + l).collect();
     let upper = mean.iter().zip(&sel.upper).map(|(m, u)| m + u).collect();
@@ -1234,6 +1335,85 @@ mod tests {
             mae(&f_cheap),
             f_cheap.model_type
         );
+    }
+
+    /// Plateaus with short dips between them, ending on a plateau of
+    /// `last_run` points: the shape of the GPU-memory series.
+    fn step_like(last_run: usize) -> Vec<f64> {
+        let mut y = Vec::new();
+        let mut state: u64 = 12345;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        while y.len() < 900 {
+            let level = 25.0 + 10.0 * next();
+            let run = 5 + (40.0 * next()) as usize;
+            y.extend(std::iter::repeat_n(level, run));
+            y.push(level * (0.2 + 0.6 * next()));
+        }
+        y.extend(std::iter::repeat_n(31.5, last_run));
+        y
+    }
+
+    #[test]
+    fn flat_recent_history_after_past_jumps_holds_the_last_value_exactly() {
+        let y = step_like(8);
+        let f = Auto::new(AutoConfig::default())
+            .forecast(&y, 15, 0.95)
+            .unwrap();
+        assert!(f.model_type.contains("hold"), "{}", f.model_type);
+        assert!(f.mean.iter().all(|v| *v == 31.5), "{:?}", f.mean);
+        // The interval still has width: the plateau can end.
+        assert!(f.lower[14] < 31.5 && f.upper[14] >= 31.5);
+        // Without the rule the smoothers that remember past dips move off
+        // the level.
+        let off = Auto::new(AutoConfig {
+            hold_flat: false,
+            ..AutoConfig::default()
+        })
+        .forecast(&y, 15, 0.95)
+        .unwrap();
+        assert!(off.mean.iter().any(|v| *v != 31.5), "{:?}", off.mean);
+        // The cached selector serves the same held level.
+        let mut sel = AutoSelector::new(AutoConfig::default());
+        let g = sel.forecast(&y, 15, 0.95).unwrap();
+        assert_eq!(g.mean, f.mean);
+    }
+
+    #[test]
+    fn hold_rule_does_not_flatten_a_trend() {
+        // A steady ramp with small noise and an exact repeat now and then:
+        // holding would lose to the drift candidates on the backtest.
+        let mut y: Vec<f64> = (0..800)
+            .map(|t| 10.0 + 0.5 * t as f64 + ((t * 7919) % 7) as f64 * 0.1)
+            .collect();
+        for t in (50..800).step_by(37) {
+            y[t] = y[t - 1];
+            y[t + 1] = y[t - 1];
+        }
+        let n = y.len();
+        y[n - 2] = y[n - 3];
+        y[n - 1] = y[n - 3];
+        let f = Auto::new(AutoConfig::default())
+            .forecast(&y, 15, 0.95)
+            .unwrap();
+        assert!(!f.model_type.contains("hold"), "{}", f.model_type);
+        let last = y[n - 1];
+        assert!(f.mean[14] > last + 3.0, "{:?} from {last}", f.mean);
+    }
+
+    #[test]
+    fn plateau_candidate_is_the_newest_run_of_identical_values() {
+        let y = [5.0, 7.0, 7.0, 7.0, 2.0, 3.0];
+        assert_eq!(plateau_before(&y, 6), 7.0);
+        assert_eq!(plateau_before(&y, 2), 7.0);
+        let rising = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(plateau_before(&rising, 4), 4.0);
+        assert!(flat_before(&[1.0, 2.0, 2.0], 3, 2));
+        assert!(!flat_before(&[1.0, 2.0, 2.0], 3, 3));
     }
 
     #[test]
