@@ -50,7 +50,7 @@ use tokio::{
 use tonic::transport::Channel;
 
 use crate::output::Output;
-use crate::stack::{Service, Stack};
+use crate::stack::{Service, Stack, StopSignals};
 use crate::up::{StackArgs, STOP_GRACE};
 
 /// Arguments of `apolloctl load`.
@@ -416,6 +416,8 @@ struct ProcessMemory {
     rss_start_kib: Option<u64>,
     rss_end_kib: Option<u64>,
     rss_peak_kib: Option<u64>,
+    /// Resident memory at each progress interval, KiB (flat or growing).
+    rss_samples_kib: Vec<u64>,
 }
 
 /// `VmRSS` of a process, KiB (None when it is gone).
@@ -554,15 +556,27 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("failed to start the async runtime")?;
     rt.block_on(async {
+        // A signal ends the run without a summary, but stops the stack first.
+        let mut signals = StopSignals::listen()?;
         if !args.start_stack {
-            return drive_all(&args, None).await;
+            return tokio::select! {
+                r = drive_all(&args, None) => r,
+                sig = signals.recv() => Err(anyhow::anyhow!("{sig}: load stopped early")),
+            };
         }
         let mut stack = Stack::start(&args.stack.options(true)).await?;
-        if let Err(err) = stack.wait_ready(args.stack.ready_timeout).await {
+        let ready = tokio::select! {
+            r = stack.wait_ready(args.stack.ready_timeout) => r,
+            sig = signals.recv() => Err(anyhow::anyhow!("{sig} while starting; stack stopped")),
+        };
+        if let Err(err) = ready {
             stack.stop(STOP_GRACE, true).await?;
             return Err(err);
         }
-        let result = drive_all(&args, Some(&stack)).await;
+        let result = tokio::select! {
+            r = drive_all(&args, Some(&stack)) => r,
+            sig = signals.recv() => Err(anyhow::anyhow!("{sig}: load stopped early")),
+        };
         let keep = result.is_err() || args.stack.keep_logs;
         let dir = stack.endpoints().work_dir.clone();
         stack.stop(STOP_GRACE, keep).await?;
@@ -626,6 +640,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
                 rss_start_kib: rss,
                 rss_end_kib: None,
                 rss_peak_kib: rss,
+                rss_samples_kib: Vec::new(),
             }
         })
         .collect();
@@ -766,6 +781,7 @@ fn sample_memory(processes: &mut [ProcessMemory]) {
     for p in processes {
         if let Some(rss) = rss_kib(p.pid) {
             p.rss_peak_kib = Some(p.rss_peak_kib.map_or(rss, |m| m.max(rss)));
+            p.rss_samples_kib.push(rss);
         }
     }
 }

@@ -72,27 +72,47 @@ pub fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
     ]
 }
 
-/// An outcome class: `ok`, or the start of an error message without digits
-/// and quoted parts (so values and positions do not make every error new).
+/// An outcome class: `ok`, or the start of an error message without
+/// digits and quoted parts (so values and positions do not make every
+/// error new).
 fn class<T, E: std::fmt::Display>(r: &Result<T, E>) -> String {
     match r {
         Ok(_) => "ok".into(),
-        Err(e) => {
-            let text = e.to_string();
-            let mut out = String::from("err:");
-            let mut quoted = false;
-            for c in text.chars() {
-                if c == '"' {
-                    quoted = !quoted;
-                } else if !quoted && !c.is_ascii_digit() {
-                    out.push(c);
-                }
-                if out.len() >= 28 {
-                    break;
-                }
-            }
-            out
+        Err(e) => class_of_text(&e.to_string()),
+    }
+}
+
+fn class_of_text(text: &str) -> String {
+    let mut out = String::from("err:");
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match (quote, c) {
+            (None, '"' | '`' | '\'') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, _) if !c.is_ascii_digit() => out.push(c),
+            _ => {}
         }
+        if out.len() >= 48 {
+            break;
+        }
+    }
+    out
+}
+
+/// A validation outcome by its metric label (field path and rule).
+fn violation_class(r: &Result<(), apollo_ingest::validate::Violation>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(v) => v.label(),
+    }
+}
+
+/// A trace parser's outcome, without the file name that starts its errors.
+fn trace_class<T, E: std::fmt::Display>(r: &Result<T, E>, path: &str) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => class_of_text(&e.to_string().replace(path, "")),
     }
 }
 
@@ -118,7 +138,7 @@ pub fn ingest_cluster_insight(data: &[u8]) -> String {
         }
         Err(v) => assert!(!v.label().is_empty(), "every violation names its rule"),
     }
-    class(&checked)
+    violation_class(&checked)
 }
 
 /// Protobuf bytes of a `ReportWorkloadSignature`, through ingest's validator.
@@ -130,7 +150,7 @@ pub fn ingest_workload_signature(data: &[u8]) -> String {
     if let Err(v) = &checked {
         assert!(!v.label().is_empty(), "every violation names its rule");
     }
-    class(&checked)
+    violation_class(&checked)
 }
 
 fn now_ms() -> i64 {
@@ -226,24 +246,30 @@ pub fn subject_token(data: &[u8]) -> String {
 
 /// The openb node list format (`apolloctl simulate --nodes`, replay).
 pub fn trace_openb_nodes(data: &[u8]) -> String {
-    class(&apollo_scheduling::simulate::parse_nodes(
-        data,
-        Path::new("fuzz/openb_node_list.csv"),
-    ))
+    let path = "fuzz/openb_node_list.csv";
+    trace_class(
+        &apollo_scheduling::simulate::parse_nodes(data, Path::new(path)),
+        path,
+    )
 }
 
 /// The openb pod list format (`apolloctl simulate --pods`, replay).
 pub fn trace_openb_pods(data: &[u8]) -> String {
-    class(&apollo_scheduling::simulate::parse_pods(
-        data,
-        Path::new("fuzz/openb_pod_list.csv"),
-    ))
+    let path = "fuzz/openb_pod_list.csv";
+    trace_class(
+        &apollo_scheduling::simulate::parse_pods(data, Path::new(path)),
+        path,
+    )
 }
 
 /// A GenAI series file (`apolloctl eval forecast --genai`).
 pub fn trace_genai(data: &[u8]) -> String {
-    let files = vec![(PathBuf::from(apollo_forecaster::eval::GENAI_FILES[0]), data)];
-    class(&apollo_forecaster::eval::parse_genai(files, "fuzz", 1))
+    let name = apollo_forecaster::eval::GENAI_FILES[0];
+    let files = vec![(PathBuf::from(name), data)];
+    trace_class(
+        &apollo_forecaster::eval::parse_genai(files, "fuzz", 1),
+        name,
+    )
 }
 
 /// A DCGM exporter scrape, as ingest's collector reads it.
