@@ -93,7 +93,7 @@ fn class_of_text(text: &str) -> String {
             (None, _) if !c.is_ascii_digit() => out.push(c),
             _ => {}
         }
-        if out.len() >= 48 {
+        if out.len() >= 28 {
             break;
         }
     }
