@@ -339,16 +339,31 @@ pub fn reply_json(bytes: &[u8]) -> Value {
 }
 
 /// The id of an accepted migration: `id` or `migration_id`, a non-empty
-/// string or a number.
+/// string or a number. It becomes a path segment of the status URL, so an
+/// id that is not one safe segment (`[A-Za-z0-9._~-]`, at most 256 bytes,
+/// not `.` or `..`) is refused rather than followed elsewhere.
 pub fn migration_id(answer: &Value) -> Result<String, String> {
-    ["id", "migration_id"]
+    let id = ["id", "migration_id"]
         .iter()
         .find_map(|k| match &answer[*k] {
             Value::String(s) if !s.is_empty() => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         })
-        .ok_or_else(|| format!("migration accepted without an id: {answer}"))
+        .ok_or_else(|| format!("migration accepted without an id: {answer}"))?;
+    let safe = id.len() <= 256
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
+    if !safe {
+        return Err(format!(
+            "migration accepted with an unusable id {:?}",
+            id.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(id)
 }
 
 /// What a migration status reply says: `None` while it is pending or
