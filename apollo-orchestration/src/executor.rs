@@ -260,7 +260,7 @@ impl OrchestratorClient {
             if !status.is_success() {
                 return Err(CallError::Rejected(status.as_u16(), text));
             }
-            Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            Ok(reply_json(&bytes))
         };
         tokio::time::timeout(self.cfg.request_timeout, exchange)
             .await
@@ -306,14 +306,7 @@ impl OrchestratorClient {
         if path != "/api/v1/migrations" {
             return Ok(());
         }
-        let id = ["id", "migration_id"]
-            .iter()
-            .find_map(|k| match &answer[*k] {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-            .ok_or_else(|| format!("migration accepted without an id: {answer}"))?;
+        let id = migration_id(&answer)?;
         self.poll_migration(&id, p).await
     }
 
@@ -328,23 +321,65 @@ impl OrchestratorClient {
                 .call_with_retries("GET", &format!("/api/v1/migrations/{id}"), None, retries)
                 .await
                 .map_err(|e| e.to_string())?;
-            match status["status"].as_str().unwrap_or("") {
-                "completed" => return Ok(()),
-                s @ ("failed" | "cancelled") => {
-                    let why = status["error"]
-                        .as_str()
-                        .or(status["message"].as_str())
-                        .unwrap_or("");
-                    return Err(format!("migration {id} {s}: {why}"));
-                }
-                "pending" | "running" => {}
-                other => return Err(format!("migration {id}: unknown status {other:?}")),
+            if let Some(outcome) = migration_outcome(id, &status) {
+                return outcome;
             }
             if started.elapsed() >= timeout {
                 return Err(format!("migration {id} not finished within {timeout:?}"));
             }
             tokio::time::sleep(self.cfg.poll_interval).await;
         }
+    }
+}
+
+/// A reply body as JSON; `null` when it is not JSON (some endpoints answer
+/// with an empty or plain-text body, which only the status code qualifies).
+pub fn reply_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
+/// The id of an accepted migration: `id` or `migration_id`, a non-empty
+/// string or a number. It becomes a path segment of the status URL, so an
+/// id that is not one safe segment (`[A-Za-z0-9._~-]`, at most 256 bytes,
+/// not `.` or `..`) is refused rather than followed elsewhere.
+pub fn migration_id(answer: &Value) -> Result<String, String> {
+    let id = ["id", "migration_id"]
+        .iter()
+        .find_map(|k| match &answer[*k] {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| format!("migration accepted without an id: {answer}"))?;
+    let safe = id.len() <= 256
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
+    if !safe {
+        return Err(format!(
+            "migration accepted with an unusable id {:?}",
+            id.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(id)
+}
+
+/// What a migration status reply says: `None` while it is pending or
+/// running, else its terminal outcome (an unknown status is a failure).
+pub fn migration_outcome(id: &str, status: &Value) -> Option<Result<(), String>> {
+    match status["status"].as_str().unwrap_or("") {
+        "completed" => Some(Ok(())),
+        s @ ("failed" | "cancelled") => {
+            let why = status["error"]
+                .as_str()
+                .or(status["message"].as_str())
+                .unwrap_or("");
+            Some(Err(format!("migration {id} {s}: {why}")))
+        }
+        "pending" | "running" => None,
+        other => Some(Err(format!("migration {id}: unknown status {other:?}"))),
     }
 }
 

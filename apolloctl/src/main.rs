@@ -10,6 +10,7 @@ mod client;
 mod demo;
 mod eval_forecast;
 mod inspect;
+mod load;
 mod output;
 mod plot;
 mod replay;
@@ -44,6 +45,9 @@ enum Command {
     Demo(demo::Args),
     /// Drive a running APOLLO stack with a real trace and print its decisions.
     Replay(replay::Args),
+    /// Drive ingest and the scheduling engine at fixed rates; report
+    /// throughput, latency percentiles, errors by code and memory.
+    Load(load::Args),
     /// Scheduling or orchestration policy for a pod.
     #[command(subcommand)]
     Policy(inspect::PolicyCommand),
@@ -105,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => runtime()?.block_on(up::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Replay(args) => replay::run(args),
+        Command::Load(args) => load::run(args),
         Command::Policy(cmd) => runtime()?.block_on(inspect::policy(cmd)),
         Command::Top(args) => runtime()?.block_on(top::run(args)),
         Command::Watch(args) => runtime()?.block_on(inspect::watch(args)),

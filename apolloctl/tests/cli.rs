@@ -397,6 +397,8 @@ fn bad_arguments_exit_2_with_one_line() {
         vec!["forecast"],
         vec!["no-such-command"],
         vec!["explain", "not a valid id"],
+        vec!["load", "--nodes", "0"],
+        vec!["load", "--insight-rate", "fast"],
     ] {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {:?}", stderr_lines(&o));
@@ -627,4 +629,79 @@ fn unusable_tls_settings_fail_before_dialling() {
         garbage.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2), "{:?}", stderr_lines(&o));
+}
+
+#[test]
+fn load_reports_counts_that_add_up_as_json() {
+    require_service_binaries();
+    let o = Command::new(apolloctl())
+        .args([
+            "load",
+            "--start-stack",
+            "--duration",
+            "3s",
+            "--insight-rate",
+            "100",
+            "--signature-rate",
+            "10",
+            "--policy-rate",
+            "20",
+            "--max-calls",
+            "150",
+            "--nodes",
+            "200",
+            "--service-log",
+            "warn",
+            "-o",
+            "json",
+        ])
+        .env_remove("APOLLO_NATS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("one JSON document on stdout");
+    let rpcs = summary["rpcs"].as_object().unwrap();
+    assert_eq!(rpcs.len(), 3, "{summary}");
+    for (name, r) in rpcs {
+        let sent = r["sent"].as_u64().unwrap();
+        let ok = r["ok"].as_u64().unwrap();
+        let errors = r["errors"].as_u64().unwrap();
+        let by_code: u64 = r["errors_by_code"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(sent, ok + errors, "{name}: {r}");
+        assert_eq!(errors, by_code, "{name}: {r}");
+        assert!(ok > 0, "{name}: {r}");
+        assert!(sent <= 150, "--max-calls bounds each kind: {name}: {r}");
+        let lat = &r["latency_ms"];
+        assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
+        assert!(lat["p99"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
+    }
+    // 100/s for 3 s would be 300: the count bound stopped it at 150.
+    assert_eq!(rpcs["ReportClusterInsight"]["sent"], 150, "{summary}");
+    assert_eq!(summary["nodes"], 200);
+    // The engine's own histogram saw at least every answered policy.
+    let decided = summary["scheduling_decision_server"]["decisions"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        decided >= rpcs["GetSchedulingPolicy"]["ok"].as_u64().unwrap(),
+        "{summary}"
+    );
+    let processes = summary["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 4, "{summary}");
+    for p in processes {
+        assert!(p["name"].as_str().unwrap().starts_with("apollo-"), "{p}");
+        assert!(p["rss_start_kib"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["rss_end_kib"].as_u64().unwrap() > 0, "{p}");
+    }
 }

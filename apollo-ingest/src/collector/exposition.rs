@@ -116,6 +116,9 @@ const DCGM_METRICS: [(&str, &str); 5] = [
     ("DCGM_FI_DEV_POWER_USAGE", "W"),
 ];
 
+/// Largest framebuffer reading taken, bytes (2^62).
+const MAX_GPU_MEMORY_BYTES: f64 = 4_611_686_018_427_387_904.0;
+
 /// Reads a dcgm-exporter scrape into per-GPU telemetry (sorted by index).
 pub fn parse_dcgm(text: &str, problems: &mut Vec<Problem>) -> Vec<GpuTelemetry> {
     let scrape = parse_text(text, problems);
@@ -165,10 +168,13 @@ pub fn parse_dcgm(text: &str, problems: &mut Vec<Problem>) -> Vec<GpuTelemetry> 
                     problems.push(problem("out_of_range", s.metric.as_str()));
                 }
             }
-            1 => gpu.memory_used_bytes = Some((v * MIB) as i64),
-            2 => {
+            // Bytes must fit an i64 with room for used + free: beyond 2^62
+            // (4 EiB) a reading is nonsense, not a GPU.
+            1 if v * MIB < MAX_GPU_MEMORY_BYTES => gpu.memory_used_bytes = Some((v * MIB) as i64),
+            2 if v * MIB < MAX_GPU_MEMORY_BYTES => {
                 fb_free.insert(index, v * MIB);
             }
+            1 | 2 => problems.push(problem("out_of_range", s.metric.as_str())),
             3 => gpu.temperature_celsius = Some(v),
             _ => gpu.power_watts = Some(v),
         }
@@ -529,6 +535,33 @@ pub fn host_telemetry(
 
 #[cfg(test)]
 mod tests {
+    /// Found by fuzzing (`prometheus_dcgm`): a framebuffer reading past
+    /// i64 bytes overflowed used + free. It is an out-of-range problem now.
+    #[test]
+    fn framebuffer_readings_past_i64_are_out_of_range_not_an_overflow() {
+        let text = "# TYPE DCGM_FI_DEV_FB_USED gauge\n\
+# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).\n\
+DCGM_FI_DEV_FB_USED{gpu=\"0\"} 8792233720368547758070\n\
+DCGM_FI_DEV_FB_USED{gpu=\"1\"} 41920\n\
+# TYPE DCGM_FI_DEV_FB_FREE gauge\n\
+# HELP DCGM_FI_DEV_FB_FREE Framebuffer memory free (in MiB).\n\
+DCGM_FI_DEV_FB_FREE{gpu=\"0\"} 81050\n\
+DCGM_FI_DEV_FB_FREE{gpu=\"1\"} 8792233720368547758070\n";
+        let mut problems = Vec::new();
+        let gpus = parse_dcgm(text, &mut problems);
+        let out_of_range: Vec<&Problem> = problems
+            .iter()
+            .filter(|p| p.reason == "out_of_range")
+            .collect();
+        assert_eq!(out_of_range.len(), 2, "{problems:?}");
+        assert_eq!(gpus.len(), 2);
+        // GPU 0: used rejected, so no total; GPU 1: free rejected, used kept.
+        assert_eq!(gpus[0].memory_used_bytes, None);
+        assert_eq!(gpus[0].memory_total_bytes, None);
+        assert_eq!(gpus[1].memory_used_bytes, Some(41920 * 1024 * 1024));
+        assert_eq!(gpus[1].memory_total_bytes, None);
+    }
+
     use super::*;
 
     const DCGM: &str = include_str!("../../tests/fixtures/dcgm-exporter.txt");

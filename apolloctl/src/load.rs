@@ -1,0 +1,1005 @@
+//! `apolloctl load`: drives ingest and the scheduling engine at fixed rates
+//! from loopback and reports what they answered.
+//!
+//! Three call streams run side by side, each open loop at its own rate:
+//! `ReportClusterInsight` (one of the openb nodes per call, in turn),
+//! `ReportWorkloadSignature` and `GetSchedulingPolicy` (openb pods in
+//! submission order, with their requests in `apollo.ai-storage/*`
+//! annotations, as the scheduler asks). A call is due every `1 / rate`
+//! seconds; due calls are issued every millisecond, each on its own task.
+//! When `--max-in-flight` calls of one kind are still unanswered, a due
+//! call is not sent and is counted as `not_sent` (the target is not keeping
+//! up), so the offered rate never turns into an unbounded queue here.
+//!
+//! Bounded in time (`--duration`) and in count (`--max-calls` per kind).
+//! Before the clock starts every node is reported once and the engine is
+//! asked until it names a node, so the policies are decided against the
+//! whole cluster.
+//!
+//! Results: per kind sent / ok / errors by gRPC code (with the first message
+//! of each code, e.g. a server's rate limit answering `RESOURCE_EXHAUSTED`),
+//! throughput, and latency percentiles from an HDR histogram (client side:
+//! from sending to the answer, including gRPC on loopback). With the
+//! engine's metrics address (known when `--start-stack` starts the stack)
+//! the server-side `apollo_scheduling_decision_seconds` histogram is read
+//! before and after, which gives the engine's own decision time over the
+//! run without the client and the network. With `--pids` (or the stack's
+//! own) the resident set size of each process is read at the start, every
+//! progress interval and at the end.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context as _};
+use apollo_proto::{
+    insight_service_client::InsightServiceClient,
+    scheduling_policy_service_client::SchedulingPolicyServiceClient, ClusterInsight, GpuStatus,
+    NodeResources, SchedulingPolicyRequest, Timestamp, WorkloadSignature,
+};
+use apollo_scheduling::simulate::{self, TraceNode, TracePod};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::Semaphore,
+};
+use tonic::transport::Channel;
+
+use crate::output::Output;
+use crate::stack::{Service, Stack, StopSignals};
+use crate::up::{StackArgs, STOP_GRACE};
+
+/// Arguments of `apolloctl load`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+apolloctl load --start-stack --duration 60s --insight-rate 10000 --policy-rate 200 -o json\n  \
+apolloctl load --duration 10m --insight-rate 2000 --policy-rate 100 --pids 8312,8316")]
+pub(crate) struct Args {
+    /// Ingest gRPC endpoint.
+    #[arg(
+        long,
+        env = "APOLLO_INGEST_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    ingest: String,
+    /// Scheduling Policy Engine gRPC endpoint.
+    #[arg(
+        long,
+        env = "APOLLO_SCHEDULING_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    scheduling: String,
+    /// The scheduling engine's metrics address (`host:port` of `/metrics`),
+    /// to report its server-side decision time; set by `--start-stack`.
+    #[arg(long)]
+    scheduling_metrics: Option<SocketAddr>,
+    /// Start the stack here (nats-server and the four services on free
+    /// ports), drive it, stop it; instead of `--ingest` / `--scheduling`.
+    #[arg(long)]
+    start_stack: bool,
+    #[command(flatten)]
+    stack: StackArgs,
+    /// How long to drive the services (after the warm-up).
+    #[arg(long, default_value = "30s", value_parser = apollo_common::config::parse_duration)]
+    duration: Duration,
+    /// `ReportClusterInsight` calls per second (0: none).
+    #[arg(long, default_value_t = 1000.0, value_parser = rate)]
+    insight_rate: f64,
+    /// `ReportWorkloadSignature` calls per second (0: none).
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    signature_rate: f64,
+    /// `GetSchedulingPolicy` calls per second (0: none).
+    #[arg(long, default_value_t = 100.0, value_parser = rate)]
+    policy_rate: f64,
+    /// Number of openb nodes reported (the first N of the node list, 1-1213).
+    #[arg(long, default_value_t = 1213)]
+    nodes: usize,
+    /// At most this many calls of each kind (default: as many as the rate
+    /// and duration give).
+    #[arg(long)]
+    max_calls: Option<u64>,
+    /// Unanswered calls of one kind at most; a due call past it is counted
+    /// as not sent.
+    #[arg(long, default_value_t = 512)]
+    max_in_flight: usize,
+    /// HTTP/2 connections per service (calls are spread over them).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Deadline of each call.
+    #[arg(long, default_value = "5s", value_parser = apollo_common::config::parse_duration)]
+    call_timeout: Duration,
+    /// Namespace of the pods asked for and reported.
+    #[arg(long, default_value = "load")]
+    namespace: String,
+    /// Processes whose resident memory is reported (comma separated pids;
+    /// with `--start-stack`, the stack's services).
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// How often a progress line is printed on stderr (0s: never).
+    #[arg(long, default_value = "5s", value_parser = apollo_common::config::parse_duration)]
+    progress_every: Duration,
+    /// Output format of the summary.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1_000_000.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a rate in calls per second (0 to 1000000)"
+        )),
+    }
+}
+
+impl Args {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=1213).contains(&self.nodes) {
+            return Err(format!("--nodes {} is outside 1-1213", self.nodes));
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be above 0s".into());
+        }
+        if self.max_in_flight == 0 || self.connections == 0 {
+            return Err("--max-in-flight and --connections must be at least 1".into());
+        }
+        if self.insight_rate + self.signature_rate + self.policy_rate == 0.0 {
+            return Err("every rate is 0: nothing to send".into());
+        }
+        Ok(())
+    }
+}
+
+/// The kinds of call driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rpc {
+    ReportClusterInsight,
+    ReportWorkloadSignature,
+    GetSchedulingPolicy,
+}
+
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Self::ReportClusterInsight => "ReportClusterInsight",
+            Self::ReportWorkloadSignature => "ReportWorkloadSignature",
+            Self::GetSchedulingPolicy => "GetSchedulingPolicy",
+        }
+    }
+}
+
+/// What one kind of call got, as it runs.
+struct Tally {
+    sent: u64,
+    ok: u64,
+    not_sent: u64,
+    errors: BTreeMap<&'static str, u64>,
+    first_error: BTreeMap<&'static str, String>,
+    /// Latency of answered calls (ok or error), microseconds.
+    latency_us: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            ok: 0,
+            not_sent: 0,
+            errors: BTreeMap::new(),
+            first_error: BTreeMap::new(),
+            // 1 µs to 10 min at 3 significant digits.
+            latency_us: Histogram::new_with_bounds(1, 600_000_000, 3)
+                .expect("static histogram bounds are valid"),
+        }
+    }
+
+    fn record(&mut self, elapsed: Duration, result: Result<(), tonic::Status>) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(us.max(1));
+        match result {
+            Ok(()) => self.ok += 1,
+            Err(status) => {
+                let code = code_name(status.code());
+                *self.errors.entry(code).or_default() += 1;
+                self.first_error
+                    .entry(code)
+                    .or_insert_with(|| status.message().to_string());
+            }
+        }
+    }
+
+    fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// The canonical gRPC name of a status code (`RESOURCE_EXHAUSTED`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Percentiles of a latency histogram, milliseconds.
+#[derive(Debug, Serialize, PartialEq)]
+struct LatencyMs {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl LatencyMs {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// The summary of one kind of call.
+#[derive(Debug, Serialize)]
+struct RpcSummary {
+    rate_per_s: f64,
+    sent: u64,
+    ok: u64,
+    errors: u64,
+    errors_by_code: BTreeMap<&'static str, u64>,
+    first_error_by_code: BTreeMap<&'static str, String>,
+    not_sent_in_flight_limit: u64,
+    ok_per_s: f64,
+    latency_ms: LatencyMs,
+}
+
+/// Issues calls of one kind at `rate` per second until `deadline` (or
+/// `max_calls`), at most `max_in_flight` unanswered; waits for the last
+/// answers. `call(i)` makes the i-th call.
+async fn drive<F, Fut>(
+    rate: f64,
+    deadline: tokio::time::Instant,
+    max_calls: Option<u64>,
+    max_in_flight: usize,
+    tally: Arc<Mutex<Tally>>,
+    call: F,
+) where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    if rate <= 0.0 {
+        return;
+    }
+    let limit = Arc::new(Semaphore::new(max_in_flight));
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut issued = 0u64;
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let mut due = ((now - start).as_secs_f64() * rate) as u64;
+        if let Some(max) = max_calls {
+            due = due.min(max);
+        }
+        while issued < due {
+            let i = issued;
+            issued += 1;
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                lock(&tally).not_sent += 1;
+                continue;
+            };
+            lock(&tally).sent += 1;
+            let fut = call(i);
+            let tally = tally.clone();
+            tokio::spawn(async move {
+                let sent_at = Instant::now();
+                let result = fut.await;
+                lock(&tally).record(sent_at.elapsed(), result);
+                drop(permit);
+            });
+        }
+        if max_calls.is_some_and(|m| issued >= m) {
+            break;
+        }
+    }
+    // Every permit back = every call answered (each has a deadline).
+    let _ = limit.acquire_many(max_in_flight as u32).await;
+}
+
+fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now_timestamp() -> Timestamp {
+    let d = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// The insight a node agent would report for an idle trace node, with a
+/// usage that moves with `k` so consecutive reports differ.
+fn node_insight(node: &TraceNode, k: u64) -> ClusterInsight {
+    const MIB: i64 = 1 << 20;
+    let cpu = node.cpu_milli as f64 / 1000.0;
+    let mem = node.memory_mib as i64 * MIB;
+    let used = (k % 50) as f64 / 100.0;
+    ClusterInsight {
+        node_name: node.name.clone(),
+        node_type: "gpu".into(),
+        node_resources: Some(NodeResources {
+            cpu_allocatable_cores: cpu,
+            memory_allocatable_bytes: mem,
+            gpu_allocatable: node.gpus as i32,
+            gpu_available: node.gpus as i32,
+            cpu_available_cores: cpu,
+            memory_available_bytes: mem,
+            cpu_used_cores: cpu * used,
+            memory_used_bytes: (mem as f64 * used) as i64,
+            ..Default::default()
+        }),
+        gpu_devices: (0..node.gpus)
+            .map(|g| GpuStatus {
+                gpu_id: format!("{}-gpu{g}", node.name),
+                gpu_model: node.model.clone(),
+                is_available: true,
+                utilization_percent: used * 100.0,
+                ..Default::default()
+            })
+            .collect(),
+        collected_at: Some(now_timestamp()),
+        ..Default::default()
+    }
+}
+
+/// The policy request for the i-th call: the openb pods in turn.
+fn policy_request(pods: &[TracePod], namespace: &str, i: u64) -> SchedulingPolicyRequest {
+    let pod = &pods[(i % pods.len() as u64) as usize];
+    SchedulingPolicyRequest {
+        pod_name: pod.name.clone(),
+        pod_namespace: namespace.to_string(),
+        ..simulate::request_for(pod, 0)
+    }
+}
+
+/// The signature the Insight-Trace sidecar would report for the i-th call.
+fn signature(pods: &[TracePod], namespace: &str, i: u64) -> WorkloadSignature {
+    let pod = &pods[(i % pods.len() as u64) as usize];
+    let now = now_timestamp();
+    WorkloadSignature {
+        pod_name: pod.name.clone(),
+        pod_namespace: namespace.to_string(),
+        is_gpu_workload: pod.num_gpu > 0,
+        confidence: 0.9,
+        first_seen: Some(now),
+        last_seen: Some(now),
+        updated_at: Some(now),
+        ..Default::default()
+    }
+}
+
+/// One process whose memory is watched.
+#[derive(Debug, Serialize)]
+struct ProcessMemory {
+    pid: u32,
+    name: String,
+    rss_start_kib: Option<u64>,
+    rss_end_kib: Option<u64>,
+    rss_peak_kib: Option<u64>,
+    /// Resident memory at each progress interval, KiB (flat or growing).
+    rss_samples_kib: Vec<u64>,
+}
+
+/// `VmRSS` of a process, KiB (None when it is gone).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The program name of a process (its first argument's file name).
+fn process_name(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let argv0 = String::from_utf8_lossy(argv0);
+    argv0.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// The 1, 5 and 15 minute load averages of the machine.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// Cumulative bucket counts of `apollo_scheduling_decision_seconds`
+/// (upper bound in seconds, count), from `GET /metrics` at `addr`.
+async fn decision_buckets(addr: SocketAddr) -> anyhow::Result<Vec<(f64, u64)>> {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        anyhow::Ok(body)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .context("metrics did not answer within 5s")??;
+    Ok(parse_buckets(
+        &text,
+        "apollo_scheduling_decision_seconds_bucket",
+    ))
+}
+
+/// `name{le="X"} N` lines of a Prometheus text exposition.
+fn parse_buckets(text: &str, name: &str) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let le = rest.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = rest.rsplit(' ').next()?.trim().parse::<f64>().ok()?;
+            Some((le, count as u64))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The engine's decision time over the run, from the histogram difference:
+/// each quantile is the upper bound of the bucket that holds it.
+#[derive(Debug, Serialize)]
+struct ServerDecisions {
+    decisions: u64,
+    p50_at_most_ms: f64,
+    p90_at_most_ms: f64,
+    p99_at_most_ms: f64,
+    /// Share of decisions that took at most 1 ms (the `le` bucket at or
+    /// below 1 ms; None when no such bucket bound exists).
+    share_within_1ms: Option<f64>,
+}
+
+fn server_decisions(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<ServerDecisions> {
+    let diff: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let b = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map(|(_, c)| *c)
+                .unwrap_or(0);
+            (*le, n.saturating_sub(b))
+        })
+        .collect();
+    let total = diff.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let at = |q: f64| {
+        let want = (q * total as f64).ceil() as u64;
+        diff.iter()
+            .find(|(_, c)| *c >= want)
+            .map(|(le, _)| le * 1000.0)
+            .unwrap_or(f64::INFINITY)
+    };
+    let within = diff
+        .iter()
+        .rfind(|(le, _)| *le <= 0.001 + 1e-12)
+        .map(|(_, c)| *c as f64 / total as f64);
+    Some(ServerDecisions {
+        decisions: total,
+        p50_at_most_ms: at(0.5),
+        p90_at_most_ms: at(0.9),
+        p99_at_most_ms: at(0.99),
+        share_within_1ms: within,
+    })
+}
+
+/// The whole run's result.
+#[derive(Debug, Serialize)]
+struct Summary {
+    duration_s: f64,
+    warmup_s: f64,
+    nodes: usize,
+    ingest: String,
+    scheduling: String,
+    rpcs: BTreeMap<&'static str, RpcSummary>,
+    /// The engine's own decision time (server side), when its metrics were read.
+    scheduling_decision_server: Option<ServerDecisions>,
+    processes: Vec<ProcessMemory>,
+    load_average_start: Option<[f64; 3]>,
+    load_average_end: Option<[f64; 3]>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    args.validate().map_err(crate::client::UsageError)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    rt.block_on(async {
+        // A signal ends the run without a summary, but stops the stack first.
+        let mut signals = StopSignals::listen()?;
+        if !args.start_stack {
+            return tokio::select! {
+                r = drive_all(&args, None) => r,
+                sig = signals.recv() => Err(anyhow::anyhow!("{sig}: load stopped early")),
+            };
+        }
+        let mut stack = Stack::start(&args.stack.options(true)).await?;
+        let ready = tokio::select! {
+            r = stack.wait_ready(args.stack.ready_timeout) => r,
+            sig = signals.recv() => Err(anyhow::anyhow!("{sig} while starting; stack stopped")),
+        };
+        if let Err(err) = ready {
+            stack.stop(STOP_GRACE, true).await?;
+            return Err(err);
+        }
+        let result = tokio::select! {
+            r = drive_all(&args, Some(&stack)) => r,
+            sig = signals.recv() => Err(anyhow::anyhow!("{sig}: load stopped early")),
+        };
+        let keep = result.is_err() || args.stack.keep_logs;
+        let dir = stack.endpoints().work_dir.clone();
+        stack.stop(STOP_GRACE, keep).await?;
+        result.with_context(|| format!("stack logs in {}", dir.display()))
+    })
+}
+
+/// Channels to `url`, `n` connections.
+async fn channels(url: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(crate::client::channel(url, timeout).await?);
+    }
+    Ok(out)
+}
+
+async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
+    let (ingest_url, scheduling_url, metrics, pids) = match stack {
+        Some(s) => {
+            let e = s.endpoints();
+            let metrics = e
+                .services
+                .iter()
+                .find(|x| x.service == Service::Scheduling.binary())
+                .and_then(|x| x.metrics.trim_start_matches("http://").parse().ok());
+            let mut pids: Vec<u32> = e.services.iter().map(|x| x.pid).collect();
+            pids.extend(&args.pids);
+            (
+                e.grpc(Service::Ingest).to_string(),
+                e.grpc(Service::Scheduling).to_string(),
+                metrics,
+                pids,
+            )
+        }
+        None => (
+            args.ingest.clone(),
+            args.scheduling.clone(),
+            args.scheduling_metrics,
+            args.pids.clone(),
+        ),
+    };
+    let mut nodes = crate::traces::openb_nodes().context("cannot read the openb node list")?;
+    nodes.truncate(args.nodes);
+    let nodes = Arc::new(nodes);
+    let pods = Arc::new(crate::traces::openb_pods().context("cannot read the openb pod list")?);
+
+    let ingest = channels(&ingest_url, args.connections, args.call_timeout).await?;
+    let scheduling = channels(&scheduling_url, args.connections, args.call_timeout).await?;
+
+    let warmup = Instant::now();
+    warm_up(&ingest[0], &scheduling[0], &nodes, args).await?;
+    let warmup_s = warmup.elapsed().as_secs_f64();
+
+    let mut processes: Vec<ProcessMemory> = pids
+        .iter()
+        .map(|&pid| {
+            let rss = rss_kib(pid);
+            ProcessMemory {
+                pid,
+                name: process_name(pid),
+                rss_start_kib: rss,
+                rss_end_kib: None,
+                rss_peak_kib: rss,
+                rss_samples_kib: Vec::new(),
+            }
+        })
+        .collect();
+    let buckets_before = match metrics {
+        Some(addr) => Some(decision_buckets(addr).await?),
+        None => None,
+    };
+    let load_start = load_average();
+
+    let tallies: BTreeMap<Rpc, Arc<Mutex<Tally>>> = [
+        Rpc::ReportClusterInsight,
+        Rpc::ReportWorkloadSignature,
+        Rpc::GetSchedulingPolicy,
+    ]
+    .into_iter()
+    .map(|r| (r, Arc::new(Mutex::new(Tally::new()))))
+    .collect();
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + args.duration;
+
+    let insights = {
+        let (ch, nodes) = (ingest.clone(), nodes.clone());
+        drive(
+            args.insight_rate,
+            deadline,
+            args.max_calls,
+            args.max_in_flight,
+            tallies[&Rpc::ReportClusterInsight].clone(),
+            move |i| {
+                let mut client = InsightServiceClient::new(ch[i as usize % ch.len()].clone());
+                let node = &nodes[(i % nodes.len() as u64) as usize];
+                let msg = node_insight(node, i / nodes.len() as u64);
+                async move { client.report_cluster_insight(msg).await.map(|_| ()) }
+            },
+        )
+    };
+    let signatures = {
+        let (ch, pods, ns) = (ingest.clone(), pods.clone(), args.namespace.clone());
+        drive(
+            args.signature_rate,
+            deadline,
+            args.max_calls,
+            args.max_in_flight,
+            tallies[&Rpc::ReportWorkloadSignature].clone(),
+            move |i| {
+                let mut client = InsightServiceClient::new(ch[i as usize % ch.len()].clone());
+                let msg = signature(&pods, &ns, i);
+                async move { client.report_workload_signature(msg).await.map(|_| ()) }
+            },
+        )
+    };
+    let policies = {
+        let (ch, pods, ns) = (scheduling.clone(), pods.clone(), args.namespace.clone());
+        drive(
+            args.policy_rate,
+            deadline,
+            args.max_calls,
+            args.max_in_flight,
+            tallies[&Rpc::GetSchedulingPolicy].clone(),
+            move |i| {
+                let mut client =
+                    SchedulingPolicyServiceClient::new(ch[i as usize % ch.len()].clone());
+                let msg = policy_request(&pods, &ns, i);
+                async move { client.get_scheduling_policy(msg).await.map(|_| ()) }
+            },
+        )
+    };
+    let all = async { tokio::join!(insights, signatures, policies) };
+    tokio::pin!(all);
+    let mut progress = (!args.progress_every.is_zero()).then(|| {
+        tokio::time::interval_at(
+            tokio::time::Instant::now() + args.progress_every,
+            args.progress_every,
+        )
+    });
+    loop {
+        tokio::select! {
+            _ = &mut all => break,
+            _ = async { progress.as_mut().expect("guarded").tick().await }, if progress.is_some() => {
+                sample_memory(&mut processes);
+                eprintln!("{}", progress_line(started.elapsed(), args.duration, &tallies));
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    sample_memory(&mut processes);
+    for p in &mut processes {
+        p.rss_end_kib = rss_kib(p.pid);
+    }
+    let scheduling_decision_server = match (metrics, buckets_before) {
+        (Some(addr), Some(before)) => server_decisions(&before, &decision_buckets(addr).await?),
+        _ => None,
+    };
+    let rates = [
+        (Rpc::ReportClusterInsight, args.insight_rate),
+        (Rpc::ReportWorkloadSignature, args.signature_rate),
+        (Rpc::GetSchedulingPolicy, args.policy_rate),
+    ];
+    let rpcs = rates
+        .into_iter()
+        .filter(|(_, r)| *r > 0.0)
+        .map(|(rpc, rate)| {
+            let t = lock(&tallies[&rpc]);
+            let summary = RpcSummary {
+                rate_per_s: rate,
+                sent: t.sent,
+                ok: t.ok,
+                errors: t.errors_total(),
+                errors_by_code: t.errors.clone(),
+                first_error_by_code: t.first_error.clone(),
+                not_sent_in_flight_limit: t.not_sent,
+                ok_per_s: t.ok as f64 / elapsed,
+                latency_ms: LatencyMs::of(&t.latency_us),
+            };
+            (rpc.name(), summary)
+        })
+        .collect();
+    let summary = Summary {
+        duration_s: elapsed,
+        warmup_s,
+        nodes: nodes.len(),
+        ingest: ingest_url,
+        scheduling: scheduling_url,
+        rpcs,
+        scheduling_decision_server,
+        processes,
+        load_average_start: load_start,
+        load_average_end: load_average(),
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string(&summary)?),
+        Output::Text => print_text(&summary),
+    }
+    Ok(())
+}
+
+fn sample_memory(processes: &mut [ProcessMemory]) {
+    for p in processes {
+        if let Some(rss) = rss_kib(p.pid) {
+            p.rss_peak_kib = Some(p.rss_peak_kib.map_or(rss, |m| m.max(rss)));
+            p.rss_samples_kib.push(rss);
+        }
+    }
+}
+
+fn progress_line(
+    elapsed: Duration,
+    total: Duration,
+    tallies: &BTreeMap<Rpc, Arc<Mutex<Tally>>>,
+) -> String {
+    let mut line = format!(
+        "load {:>5.0}s/{:.0}s",
+        elapsed.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    for (rpc, t) in tallies {
+        let t = lock(t);
+        if t.sent + t.not_sent == 0 {
+            continue;
+        }
+        line.push_str(&format!(
+            "  {} sent {} ok {} err {} p99 {:.2}ms",
+            rpc.name(),
+            t.sent,
+            t.ok,
+            t.errors_total(),
+            t.latency_us.value_at_quantile(0.99) as f64 / 1000.0
+        ));
+    }
+    line
+}
+
+/// Reports every node once and asks the engine until it names a node.
+async fn warm_up(
+    ingest: &Channel,
+    scheduling: &Channel,
+    nodes: &[TraceNode],
+    args: &Args,
+) -> anyhow::Result<()> {
+    let mut ingest = InsightServiceClient::new(ingest.clone());
+    let stored = ingest
+        .stream_cluster_insights(tokio_stream::iter(
+            nodes.iter().map(|n| node_insight(n, 0)).collect::<Vec<_>>(),
+        ))
+        .await
+        .map_err(|s| crate::client::status_line("ingest refused the node insights", &s))?
+        .into_inner();
+    if stored.messages_processed != nodes.len() as i64 {
+        bail!(
+            "ingest stored {} of {} node insights: {}",
+            stored.messages_processed,
+            nodes.len(),
+            stored.status
+        );
+    }
+    if args.policy_rate == 0.0 {
+        return Ok(());
+    }
+    let mut scheduling = SchedulingPolicyServiceClient::new(scheduling.clone());
+    let deadline = Instant::now() + args.stack.ready_timeout;
+    loop {
+        let probe = scheduling
+            .get_scheduling_policy(SchedulingPolicyRequest {
+                pod_name: "apolloctl-load-probe".into(),
+                pod_namespace: args.namespace.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| crate::client::status_line("scheduling engine did not answer", &s))?
+            .into_inner();
+        if !probe.node_preferences.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the scheduling engine saw no nodes within {:?}: {}",
+                args.stack.ready_timeout,
+                probe.reason
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_text(s: &Summary) {
+    println!(
+        "load over {:.1}s against {} nodes (warm-up {:.1}s)",
+        s.duration_s, s.nodes, s.warmup_s
+    );
+    println!(
+        "{:<24} {:>9} {:>9} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "rpc", "sent", "ok", "errors", "not sent", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for (name, r) in &s.rpcs {
+        println!(
+            "{:<24} {:>9} {:>9} {:>8} {:>9} {:>10.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            name,
+            r.sent,
+            r.ok,
+            r.errors,
+            r.not_sent_in_flight_limit,
+            r.ok_per_s,
+            r.latency_ms.p50,
+            r.latency_ms.p90,
+            r.latency_ms.p99,
+            r.latency_ms.max
+        );
+        for (code, n) in &r.errors_by_code {
+            let msg = r.first_error_by_code.get(code).map_or("", String::as_str);
+            println!("    {code} x{n}: {msg}");
+        }
+    }
+    if let Some(d) = &s.scheduling_decision_server {
+        println!(
+            "engine decision time (server side, {} decisions): p50 <= {} ms, p90 <= {} ms, p99 <= {} ms",
+            d.decisions, d.p50_at_most_ms, d.p90_at_most_ms, d.p99_at_most_ms
+        );
+    }
+    for p in &s.processes {
+        let kib =
+            |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1024.0));
+        println!(
+            "rss MiB {:<22} pid {:<8} start {:>8} end {:>8} peak {:>8}",
+            p.name,
+            p.pid,
+            kib(p.rss_start_kib),
+            kib(p.rss_end_kib),
+            kib(p.rss_peak_kib)
+        );
+    }
+    if let (Some(a), Some(b)) = (s.load_average_start, s.load_average_end) {
+        println!(
+            "load average         start {:.2} {:.2} {:.2}  end {:.2} {:.2} {:.2}",
+            a[0], a[1], a[2], b[0], b[1], b[2]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_quantiles_come_from_the_bucket_difference() {
+        let before = [
+            (0.0001, 10),
+            (0.0002, 10),
+            (0.0004, 10),
+            (f64::INFINITY, 10),
+        ];
+        // 100 new decisions: 90 within 100 µs, 9 within 200 µs, 1 within 400 µs.
+        let after = [
+            (0.0001, 100),
+            (0.0002, 109),
+            (0.0004, 110),
+            (f64::INFINITY, 110),
+        ];
+        let d = server_decisions(&before, &after).unwrap();
+        assert_eq!(d.decisions, 100);
+        assert_eq!(d.p50_at_most_ms, 0.1);
+        assert_eq!(d.p90_at_most_ms, 0.1);
+        assert_eq!(d.p99_at_most_ms, 0.2);
+        assert_eq!(d.share_within_1ms, Some(1.0));
+        assert!(server_decisions(&after, &after).is_none());
+    }
+
+    #[test]
+    fn buckets_parse_from_the_exposition() {
+        let text = "# TYPE apollo_scheduling_decision_seconds histogram\n\
+apollo_scheduling_decision_seconds_sum 0.5\n\
+apollo_scheduling_decision_seconds_bucket{le=\"2.5e-5\"} 3\n\
+apollo_scheduling_decision_seconds_bucket{le=\"+Inf\"} 7\n";
+        assert_eq!(
+            parse_buckets(text, "apollo_scheduling_decision_seconds_bucket"),
+            vec![(2.5e-5, 3), (f64::INFINITY, 7)]
+        );
+    }
+
+    #[test]
+    fn tallies_count_each_answer_once_by_code() {
+        let mut t = Tally::new();
+        t.record(Duration::from_micros(300), Ok(()));
+        t.record(
+            Duration::from_micros(900),
+            Err(tonic::Status::resource_exhausted(
+                "rate limit: 100/s per client",
+            )),
+        );
+        t.record(
+            Duration::from_micros(50),
+            Err(tonic::Status::resource_exhausted("second")),
+        );
+        assert_eq!(t.ok, 1);
+        assert_eq!(t.errors_total(), 2);
+        assert_eq!(
+            t.first_error["RESOURCE_EXHAUSTED"],
+            "rate limit: 100/s per client"
+        );
+        assert_eq!(t.latency_us.len(), 3);
+        assert!((LatencyMs::of(&t.latency_us).max - 0.9).abs() < 0.001);
+    }
+
+    #[test]
+    fn insights_and_requests_pass_their_validators() {
+        let nodes = crate::traces::openb_nodes().unwrap();
+        let pods = crate::traces::openb_pods().unwrap();
+        let limits = apollo_ingest::validate::Limits::now(Duration::from_secs(300));
+        for (k, node) in nodes.iter().enumerate() {
+            let ins = node_insight(node, k as u64);
+            assert_eq!(ins.gpu_devices.len(), node.gpus as usize);
+            apollo_ingest::validate::cluster_insight(&ins, &limits).unwrap();
+        }
+        for i in 0..pods.len() as u64 {
+            apollo_ingest::validate::workload_signature(&signature(&pods, "load", i), &limits)
+                .unwrap();
+        }
+        let r = policy_request(&pods, "load", 8153);
+        assert_eq!(r.pod_name, pods[1].name);
+        assert_eq!(r.pod_namespace, "load");
+        assert!(r.pod_annotations.contains_key("apollo.ai-storage/cpu"));
+    }
+}

@@ -1,0 +1,6 @@
+//! libFuzzer entry point of [`apollo_fuzz::nats_workload_signature`] (`cargo fuzz run nats_workload_signature`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    apollo_fuzz::nats_workload_signature(data);
+});
