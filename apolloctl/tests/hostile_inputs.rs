@@ -301,8 +301,8 @@ fn grpc_rows() -> Vec<GrpcRow> {
             node_type: "x".repeat(5 << 20),
             ..good_insight()
         }),
-        OutOfRange,
-        "too large",
+        ResourceExhausted,
+        "over the server's limit of 4194304 bytes",
         (
             "apollo-ingest",
             "apollo_ingest_rejected_total",
@@ -645,16 +645,16 @@ fn hostile_command_lines_and_configuration_exit_with_precise_errors() {
         (
             "apollo-ingest",
             vec![],
-            vec![("APOLLO_MAX_MESSAGE_BYTES", "lots")],
+            vec![("APOLLO_GRPC_MAX_RECV_BYTES", "lots")],
             2,
-            "--max-message-bytes",
+            "--grpc-max-recv-bytes",
         ),
         (
             "apollo-ingest",
             vec![],
-            vec![("APOLLO_MAX_MESSAGE_BYTES", "12")],
+            vec![("APOLLO_GRPC_MAX_RECV_BYTES", "12")],
             1,
-            "--max-message-bytes 12 is below 1024",
+            "--grpc-max-recv-bytes (12) and --grpc-max-send-bytes (16777216) must be at least 1024",
         ),
         (
             "apollo-scheduling",
