@@ -167,7 +167,7 @@ async fn json_logs_and_a_log_filter_changed_at_runtime() {
     assert!(bus.wait_ready(Duration::from_secs(10)).await);
     let text = captured.text();
     assert!(text.contains("connected to NATS"), "{text}");
-    assert!(text.contains("apollo:<redacted>@"), "{text}");
+    assert!(text.contains("nats://<redacted>@127.0.0.1"), "{text}");
     assert!(!text.contains("url-secret-value"), "{text}");
     assert!(!text.contains("flag-secret-value"), "{text}");
     bus.drain().await;
