@@ -12,7 +12,7 @@ async fn bus(nats: &TestNats) -> (Bus, CancellationToken) {
     let token = CancellationToken::new();
     let bus = Bus::connect("test", &n, &s, token.clone()).await.unwrap();
     assert!(
-        bus.wait_ready(Duration::from_secs(10)).await,
+        bus.wait_ready(Duration::from_secs(30)).await,
         "bus never became ready"
     );
     (bus, token)

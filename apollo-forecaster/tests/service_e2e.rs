@@ -104,7 +104,7 @@ async fn predictions_alerts_and_restart() {
     let (n, s) = nats.bus_args();
     let token = CancellationToken::new();
     let bus = Bus::connect("test", &n, &s, token.clone()).await.unwrap();
-    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    assert!(bus.wait_ready(Duration::from_secs(30)).await);
 
     let (svc, stop) = start(&n, &s).await;
     wait_for("ready", || svc.is_ready()).await;
@@ -271,7 +271,7 @@ async fn poison_messages_are_counted_and_skipped() {
     let (n, s) = nats.bus_args();
     let token = CancellationToken::new();
     let bus = Bus::connect("test", &n, &s, token.clone()).await.unwrap();
-    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    assert!(bus.wait_ready(Duration::from_secs(30)).await);
     let (svc, stop) = start(&n, &s).await;
     wait_for("ready", || svc.is_ready()).await;
 

@@ -715,7 +715,8 @@ mod two_replicas {
         let bus = apollo_common::Bus::connect("test-peer", &n, &s, CancellationToken::new())
             .await
             .unwrap();
-        assert!(bus.wait_ready(Duration::from_secs(10)).await);
+        assert!(bus.wait_ready(Duration::from_secs(30)).await);
+        apollo_common::testing::wait_serving(&format!("http://{ingest_addr}")).await;
         let leader = until("a lease holder", Duration::from_secs(10), || holder(&api)).await;
         let mut policies = OrchestrationPolicyServiceClient::new(connect(addrs[0]).await);
         let mut stream = policies

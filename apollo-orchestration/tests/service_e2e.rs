@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apollo_common::shutdown::CancellationToken;
-use apollo_common::testing::TestNats;
+use apollo_common::testing::{wait_serving, TestNats};
 use apollo_common::{bus::StreamKind, Bus};
 use apollo_orchestration::config::ExecutorKind;
 use apollo_proto::insight_service_client::InsightServiceClient;
@@ -70,7 +70,10 @@ async fn start(tune: impl FnOnce(&mut apollo_orchestration::Config)) -> Stack {
     let bus = Bus::connect("test-peer", &n, &s, CancellationToken::new())
         .await
         .unwrap();
-    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    assert!(bus.wait_ready(Duration::from_secs(30)).await);
+    // Both services answer only once their own bus is ready.
+    wait_serving(&format!("http://{ingest_addr}")).await;
+    wait_serving(&format!("http://{orch_addr}")).await;
     Stack {
         insights: InsightServiceClient::new(connect(ingest_addr).await),
         policies: OrchestrationPolicyServiceClient::new(connect(orch_addr).await),

@@ -40,7 +40,7 @@ async fn start() -> Harness {
     let bus = Bus::connect("test-peer", &n, &s, CancellationToken::new())
         .await
         .unwrap();
-    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    assert!(bus.wait_ready(Duration::from_secs(30)).await);
     let endpoint = format!("http://{addr}");
     let mut client = None;
     for _ in 0..100 {

@@ -202,7 +202,7 @@ async fn every_documented_metric_is_exported_by_its_services() {
     let bus = Bus::connect("metrics-doc", &n, &s, CancellationToken::new())
         .await
         .unwrap();
-    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    assert!(bus.wait_ready(Duration::from_secs(30)).await);
     bus.publish(
         bus.subjects().cluster("poison").unwrap(),
         &serde_json::json!("not an insight"),

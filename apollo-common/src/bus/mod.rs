@@ -743,6 +743,18 @@ impl Bus {
     }
 }
 
+/// Delay before connection attempt `attempts` (counted from 1, reset by a
+/// successful connection): the first attempt goes at once, so a service
+/// starting beside a ready server is not held back; then 100 ms doubling
+/// to a 5 s ceiling.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (attempts - 2).min(6) as u32;
+    Duration::from_millis(100 * 2u64.pow(exp)).min(Duration::from_secs(5))
+}
+
 /// The connection options every attempt uses: name, timeouts, reconnect
 /// backoff, credentials and TLS from `nats`.
 async fn connect_options(name: &str, nats: &NatsArgs) -> Result<ConnectOptions, BusError> {
@@ -751,11 +763,7 @@ async fn connect_options(name: &str, nats: &NatsArgs) -> Result<ConnectOptions, 
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(nats.request_timeout))
-        .reconnect_delay_callback(|attempts| {
-            // 100 ms doubling to a 5 s ceiling.
-            let exp = attempts.min(6) as u32;
-            Duration::from_millis(100 * 2u64.pow(exp)).min(Duration::from_secs(5))
-        });
+        .reconnect_delay_callback(reconnect_delay);
     if let Some(path) = &nats.creds_file {
         opts = opts
             .credentials_file(path)
@@ -907,5 +915,22 @@ mod grpc_code_tests {
             assert_eq!(status.code(), code, "{text}");
             assert_eq!(status.message(), text);
         }
+    }
+}
+
+#[cfg(test)]
+mod reconnect_delay_tests {
+    use super::reconnect_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn the_first_attempt_is_immediate_then_backoff_doubles_to_a_ceiling() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(5), Duration::from_millis(800));
+        assert_eq!(reconnect_delay(8), Duration::from_secs(5));
+        assert_eq!(reconnect_delay(usize::MAX), Duration::from_secs(5));
     }
 }
