@@ -224,6 +224,13 @@ impl ClusterView {
              time() minus this is the view's staleness",
             self.metrics.last_stored.clone(),
         );
+        for kind in ["node", "pod"] {
+            for reason in ["capacity", "expired"] {
+                self.metrics
+                    .evicted
+                    .get_or_create(&EvictionLabels { kind, reason });
+            }
+        }
         registry.register(
             "apollo_view_evicted",
             "Nodes and pods dropped from the cluster view, by kind and reason (capacity, expired)",

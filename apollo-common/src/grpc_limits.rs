@@ -140,8 +140,19 @@ pub struct LimitMetrics {
 
 impl LimitMetrics {
     /// Registers the counter.
+    /// Every reason starts at zero.
     pub fn register(registry: &mut Registry) -> Self {
         let me = Self::default();
+        for why in [
+            Rejection::ClientRate,
+            Rejection::Concurrency,
+            Rejection::RequestTooLarge,
+            Rejection::ResponseTooLarge,
+        ] {
+            me.rejected.get_or_create(&ReasonLabel {
+                reason: why.label(),
+            });
+        }
         registry.register(
             "apollo_grpc_rejected",
             "gRPC calls refused with RESOURCE_EXHAUSTED by a server limit, by reason",

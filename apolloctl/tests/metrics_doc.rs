@@ -1,8 +1,9 @@
 //! Every metric `docs/metrics.md` lists is on the real `/metrics` endpoint of
 //! the services it names: the four services run in-process against one NATS
 //! server (ingest with its Kubernetes collector on a fake API server), and
-//! each endpoint is scraped over HTTP. A renamed or removed metric, or a row
-//! naming a metric that does not exist, fails here.
+//! each endpoint is scraped over HTTP. A renamed or removed metric, a row
+//! naming a metric that does not exist, or an exported metric without a row
+//! fails here.
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
@@ -20,10 +21,26 @@ use tokio::{
 
 const SERVICES: [&str; 4] = ["ingest", "forecaster", "scheduling", "orchestration"];
 
-/// (metric, services) rows of the table in `docs/metrics.md`.
-fn documented() -> Vec<(String, Vec<&'static str>)> {
+/// (metric, the services exporting it) per table row.
+type Rows = Vec<(String, Vec<&'static str>)>;
+
+/// Heading of the table of families exported only once they have a series.
+const FIRST_EVENT: &str = "### Series that appear with their first event";
+
+/// (metric, services) rows of the tables in `docs/metrics.md`: the main
+/// table (always exported) and the first-event table.
+fn documented() -> (Rows, Rows) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
     let doc = std::fs::read_to_string(path).expect("docs/metrics.md exists");
+    let (always, first_event) = doc
+        .split_once(FIRST_EVENT)
+        .expect("docs/metrics.md has the first-event table");
+    let always = rows(always);
+    assert!(always.len() >= 60, "the table lost rows: {}", always.len());
+    (always, rows(first_event))
+}
+
+fn rows(doc: &str) -> Rows {
     let mut rows = Vec::new();
     for line in doc.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
@@ -41,7 +58,6 @@ fn documented() -> Vec<(String, Vec<&'static str>)> {
         assert!(!services.is_empty(), "row names no known service: {line}");
         rows.push((name, services));
     }
-    assert!(rows.len() >= 40, "the table lost rows: {}", rows.len());
     rows
 }
 
@@ -62,6 +78,26 @@ fn exported(text: &str) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// (family, type) of every `# TYPE` line.
+fn families(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| {
+            let mut parts = rest.split_whitespace();
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// The `# HELP` text of `family`.
+fn help(text: &str, family: &str) -> String {
+    let prefix = format!("# HELP {family} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or("")
+        .to_string()
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -113,7 +149,7 @@ fn cpu_insight(node: &str, cpu_percent: f64, ts_ms: i64) -> ClusterInsight {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_metric_is_exported_by_its_services() {
-    let rows = documented();
+    let (rows, first_event) = documented();
     let nats = TestNats::start().await;
     let (n, s) = nats.bus_args();
     let shutdown = CancellationToken::new();
@@ -285,6 +321,36 @@ async fn every_documented_metric_is_exported_by_its_services() {
         missing.is_empty(),
         "documented in docs/metrics.md but not exported:\n{}",
         missing.join("\n")
+    );
+
+    // And the other way round: every APOLLO metric a service exports has
+    // its row, naming that service.
+    let mut undocumented = BTreeSet::new();
+    for (service, addr) in endpoints {
+        let text = scrape(addr).await;
+        for (family, kind) in families(&text) {
+            if !family.starts_with("apollo_") {
+                continue;
+            }
+            let query = if kind == "counter" {
+                format!("{family}_total")
+            } else {
+                family.clone()
+            };
+            let row = rows
+                .iter()
+                .chain(&first_event)
+                .find(|(name, _)| *name == query);
+            if !row.is_some_and(|(_, services)| services.contains(&service)) {
+                let help = help(&text, &family);
+                undocumented.insert(format!("{query} ({kind}) on {service}: {help}"));
+            }
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "exported but without a row in docs/metrics.md (or the row does not name the service):\n{}",
+        undocumented.into_iter().collect::<Vec<_>>().join("\n")
     );
 
     shutdown.cancel();

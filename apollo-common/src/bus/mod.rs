@@ -443,7 +443,20 @@ impl Bus {
     /// Registers the bus's counters: `apollo_nats_permission_denied_total`
     /// (by `operation`) and `apollo_nats_connection_refused_total` (by
     /// `reason`: `auth` or `tls`).
+    /// Every label value starts at zero, so `rate()` and alerts work before
+    /// the first refusal.
     pub fn register_metrics(&self, registry: &mut Registry) {
+        let metrics = &self.inner.metrics;
+        for operation in ["publish", "subscribe"] {
+            metrics.permission_denied.get_or_create(&OperationLabel {
+                operation: operation.into(),
+            });
+        }
+        for reason in ["auth", "tls"] {
+            metrics.refused.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
         registry.register(
             "apollo_nats_permission_denied",
             "Operations the NATS server refused this service's user, by operation",

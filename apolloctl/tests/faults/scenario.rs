@@ -79,15 +79,32 @@ pub(crate) async fn stored(
     kind: StreamKind,
     filter: String,
 ) -> Vec<(String, u64, Vec<u8>)> {
-    let stream = bus.get_stream(kind).await.expect("stream exists");
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: filter,
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .expect("ordered consumer");
+    // Right after a fault the cluster may still be electing leaders: its
+    // JetStream API requests time out until then, so retry for a bounded
+    // while (this is the check, not the system under test).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let consumer = loop {
+        let attempt = async {
+            bus.get_stream(kind)
+                .await
+                .map_err(|e| e.to_string())?
+                .create_consumer(OrderedConfig {
+                    filter_subject: filter.clone(),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(consumer) => break consumer,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("reading {filter} back: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("reading {filter} back from the stream for 60 s: {e}"),
+        }
+    };
     let mut pending = consumer.cached_info().num_pending;
     let mut out = Vec::new();
     if pending == 0 {
