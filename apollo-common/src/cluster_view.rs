@@ -226,7 +226,8 @@ impl ClusterView {
         );
         for kind in ["node", "pod"] {
             for reason in ["capacity", "expired"] {
-                self.metrics
+                let _ = self
+                    .metrics
                     .evicted
                     .get_or_create(&EvictionLabels { kind, reason });
             }

@@ -149,7 +149,7 @@ impl LimitMetrics {
             Rejection::RequestTooLarge,
             Rejection::ResponseTooLarge,
         ] {
-            me.rejected.get_or_create(&ReasonLabel {
+            let _ = me.rejected.get_or_create(&ReasonLabel {
                 reason: why.label(),
             });
         }

@@ -82,9 +82,9 @@ impl Metrics {
         };
         // Both kinds start at zero, so rates and alerts work from the start.
         for kind in [Kind::Workload, Kind::Cluster] {
-            m.received.get_or_create(&KindLabels { kind });
-            m.published.get_or_create(&KindLabels { kind });
-            m.failures.get_or_create(&KindLabels { kind });
+            let _ = m.received.get_or_create(&KindLabels { kind });
+            let _ = m.published.get_or_create(&KindLabels { kind });
+            let _ = m.failures.get_or_create(&KindLabels { kind });
         }
         let r = registry.sub_registry_with_prefix("apollo_ingest");
         r.register(

@@ -448,12 +448,12 @@ impl Bus {
     pub fn register_metrics(&self, registry: &mut Registry) {
         let metrics = &self.inner.metrics;
         for operation in ["publish", "subscribe"] {
-            metrics.permission_denied.get_or_create(&OperationLabel {
+            let _ = metrics.permission_denied.get_or_create(&OperationLabel {
                 operation: operation.into(),
             });
         }
         for reason in ["auth", "tls"] {
-            metrics.refused.get_or_create(&ReasonLabel {
+            let _ = metrics.refused.get_or_create(&ReasonLabel {
                 reason: reason.into(),
             });
         }
