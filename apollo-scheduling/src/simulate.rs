@@ -480,6 +480,9 @@ pub struct SimRun {
     pub alloc_by_model_at_100: Vec<ModelAllocation>,
     /// GPU allocation per GPU model at the end of the run.
     pub alloc_by_model_at_end: Vec<ModelAllocation>,
+    /// Failed restricted pods per GPU model they allowed (a pod counts once
+    /// for each model of its list): which models the failures asked for.
+    pub failures_by_allowed_model: Vec<ModelFailures>,
     /// Allocation ratio at 1 %, 2 %, ... arrived.
     pub curve: Vec<f64>,
     /// Wall time of the run in seconds.
@@ -532,6 +535,17 @@ pub struct FailureCount {
     pub first_at_pct: f64,
 }
 
+/// Failed pods restricted to lists that include one GPU model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelFailures {
+    /// GPU model.
+    pub model: String,
+    /// Restricted pods whose allowed models include it that fit nowhere.
+    pub pods: u64,
+    /// Of those, the pods that failed before 100 % arrived.
+    pub pods_before_100: u64,
+}
+
 /// GPU allocation of one GPU model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelAllocation {
@@ -541,25 +555,61 @@ pub struct ModelAllocation {
     pub capacity_milli: u64,
     /// Allocated milli-GPU.
     pub allocated_milli: u64,
+    /// CPU capacity (milli-cores) of the nodes with GPUs of this model.
+    pub cpu_capacity_milli: u64,
+    /// Allocated CPU (milli-cores) on those nodes.
+    pub cpu_allocated_milli: u64,
+    /// Free milli-GPU on nodes whose free CPU is below the median CPU request
+    /// of the trace's GPU pods: GPU that most GPU pods can no longer use for
+    /// want of CPU.
+    pub gpu_free_cpu_short_milli: u64,
 }
 
-/// Per-model GPU allocation of a snapshot, models by name.
-fn alloc_by_model(snap: &ClusterSnapshot) -> Vec<ModelAllocation> {
-    let mut by: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+/// Per-model GPU allocation of a snapshot, models by name; `cpu_short` is the
+/// free CPU below which a node's free GPU counts as held up by CPU.
+fn alloc_by_model(snap: &ClusterSnapshot, cpu_short: u64) -> Vec<ModelAllocation> {
+    let mut by: std::collections::BTreeMap<&str, ModelAllocation> =
+        std::collections::BTreeMap::new();
     for n in snap.nodes() {
+        let Some(first) = n.gpus.iter().find(|g| g.available) else {
+            continue;
+        };
+        let e = by
+            .entry(first.model.as_str())
+            .or_insert_with(|| ModelAllocation {
+                model: first.model.clone(),
+                capacity_milli: 0,
+                allocated_milli: 0,
+                cpu_capacity_milli: 0,
+                cpu_allocated_milli: 0,
+                gpu_free_cpu_short_milli: 0,
+            });
+        e.cpu_capacity_milli += n.cpu_milli_capacity;
+        e.cpu_allocated_milli += n.cpu_milli_allocated;
+        let short = n.cpu_milli_free() < cpu_short;
         for g in n.gpus.iter().filter(|g| g.available) {
-            let e = by.entry(g.model.as_str()).or_default();
-            e.0 += u64::from(MILLI_PER_GPU);
-            e.1 += u64::from(g.allocated_milli);
+            e.capacity_milli += u64::from(MILLI_PER_GPU);
+            e.allocated_milli += u64::from(g.allocated_milli);
+            if short {
+                e.gpu_free_cpu_short_milli += u64::from(g.free_milli());
+            }
         }
     }
-    by.into_iter()
-        .map(|(m, (c, a))| ModelAllocation {
-            model: m.to_string(),
-            capacity_milli: c,
-            allocated_milli: a,
-        })
-        .collect()
+    by.into_values().collect()
+}
+
+/// Median CPU request (milli-cores) of the GPU pods of a pod list (0 without any).
+fn median_gpu_pod_cpu(pods: &[TracePod]) -> u64 {
+    let mut cpu: Vec<u64> = pods
+        .iter()
+        .filter(|p| p.num_gpu > 0)
+        .map(|p| p.cpu_milli)
+        .collect();
+    if cpu.is_empty() {
+        return 0;
+    }
+    let mid = cpu.len() / 2;
+    *cpu.select_nth_unstable(mid).1
 }
 
 /// The workload order: indices into `pods` (sorted by name, shuffled with the
@@ -914,6 +964,9 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
     let mut failures: std::collections::BTreeMap<PodKind, FailureCount> =
         std::collections::BTreeMap::new();
     let mut by_model: Option<Vec<ModelAllocation>> = None;
+    let cpu_short = median_gpu_pod_cpu(pods);
+    let mut by_allowed: std::collections::BTreeMap<&str, ModelFailures> =
+        std::collections::BTreeMap::new();
     for (k, &i) in order.iter().enumerate() {
         let placed = match &mut placer {
             Placer::Apollo(sim) => {
@@ -940,10 +993,23 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
             if arrived < capacity {
                 f.pods_before_100 += 1;
             }
+            for m in &pods[i].gpu_spec {
+                let e = by_allowed
+                    .entry(m.as_str())
+                    .or_insert_with(|| ModelFailures {
+                        model: m.clone(),
+                        pods: 0,
+                        pods_before_100: 0,
+                    });
+                e.pods += 1;
+                if arrived < capacity {
+                    e.pods_before_100 += 1;
+                }
+            }
         }
         arrived += pods[i].gpu_request();
         if by_model.is_none() && arrived >= capacity {
-            by_model = Some(placer.alloc_by_model());
+            by_model = Some(placer.alloc_by_model(cpu_short));
         }
         let allocated = placer.gpu_allocated_milli();
         while arrived.saturating_mul(100) >= next_pct.saturating_mul(capacity) {
@@ -961,8 +1027,9 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
         failed_pods: failed,
         arrived_pods: order.len() as u64,
         failures: failures.into_values().collect(),
-        alloc_by_model_at_100: by_model.unwrap_or_else(|| placer.alloc_by_model()),
-        alloc_by_model_at_end: placer.alloc_by_model(),
+        alloc_by_model_at_100: by_model.unwrap_or_else(|| placer.alloc_by_model(cpu_short)),
+        alloc_by_model_at_end: placer.alloc_by_model(cpu_short),
+        failures_by_allowed_model: by_allowed.into_values().collect(),
         curve,
         wall_s: start.elapsed().as_secs_f64(),
     })
@@ -988,10 +1055,10 @@ impl Placer {
         }
     }
 
-    fn alloc_by_model(&self) -> Vec<ModelAllocation> {
+    fn alloc_by_model(&self, cpu_short: u64) -> Vec<ModelAllocation> {
         match self {
-            Self::Apollo(sim) => alloc_by_model(&sim.state.read()),
-            Self::Baseline(_, snap, _) => alloc_by_model(snap),
+            Self::Apollo(sim) => alloc_by_model(&sim.state.read(), cpu_short),
+            Self::Baseline(_, snap, _) => alloc_by_model(snap, cpu_short),
         }
     }
 }

@@ -73,7 +73,8 @@ pub(crate) struct Args {
     shapes: Shapes,
     /// Override an `apollo` scorer weight for a tuning run, `NAME=VALUE`
     /// (repeatable): fragmentation, packing, balance, model_reserve,
-    /// model_reserve_by_free, frag_resolution. Published figures use the defaults.
+    /// model_reserve_by_free, constrained_cpu_pod_packing, frag_resolution.
+    /// Published figures use the defaults.
     #[arg(long = "apollo-weight", value_name = "NAME=VALUE")]
     apollo_weights: Vec<String>,
     /// Output format.
@@ -176,8 +177,9 @@ fn parse_weights(overrides: &[String]) -> anyhow::Result<ScoreWeights> {
             "model_reserve" => &mut w.model_reserve,
             "model_reserve_by_free" => &mut w.model_reserve_by_free,
             "frag_resolution" => &mut w.frag_resolution,
+            "constrained_cpu_pod_packing" => &mut w.constrained_cpu_pod_packing,
             other => bail!(
-                "--apollo-weight: unknown weight {other:?} (expected fragmentation, packing, balance, model_reserve, model_reserve_by_free or frag_resolution)"
+                "--apollo-weight: unknown weight {other:?} (expected fragmentation, packing, balance, model_reserve, model_reserve_by_free, constrained_cpu_pod_packing or frag_resolution)"
             ),
         };
         *slot = v;
