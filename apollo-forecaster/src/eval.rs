@@ -407,6 +407,9 @@ pub struct EvalConfig {
     pub lstm_steps: usize,
     /// Full models that compete inside `auto` and `auto_cached`.
     pub auto_full_models: Vec<FullModel>,
+    /// Which part of the test origins is scored (a split in time for
+    /// datasets with too few series to split by series, such as openb).
+    pub origin_part: OriginPart,
 }
 
 impl Default for EvalConfig {
@@ -421,6 +424,7 @@ impl Default for EvalConfig {
             jobs: 1,
             lstm_steps: lstm::TrainConfig::default().steps,
             auto_full_models: AutoConfig::default().full_models,
+            origin_part: OriginPart::All,
         }
     }
 }
@@ -557,6 +561,11 @@ pub const AUTO_CACHED: &str = "auto_cached";
 /// is measured in the same run.
 pub const AUTO_NOHOLD: &str = "auto_nohold";
 
+/// Harness-only model name: `auto` that always combines narrowly
+/// ([`AutoConfig::combine_wide`] off), so the choice of the combination
+/// width is measured in the same run.
+pub const AUTO_NARROW: &str = "auto_narrow";
+
 /// [`AutoSelector`] behind the stateless [`Model`] interface.
 struct CachedAuto(Mutex<AutoSelector>);
 
@@ -604,6 +613,13 @@ fn build_model(
             })
             .with_global_lstm(global_lstm.cloned()),
         )),
+        AUTO_NARROW => Ok(Box::new(
+            Auto::new(AutoConfig {
+                combine_wide: None,
+                ..auto_config()
+            })
+            .with_global_lstm(global_lstm.cloned()),
+        )),
         "lstm" => match global_lstm {
             Some(m) => Ok(Box::new(m.clone())),
             None => Ok(Box::new(lstm::Lstm::new(cfg.clone()))),
@@ -621,9 +637,34 @@ pub fn test_start(n: usize, test_fraction: f64) -> usize {
     n - test.min(n.saturating_sub(2))
 }
 
-/// Forecast origins of a series of `n` points.
+/// Which test origins are scored: a split in time of the test part, so a
+/// dataset with few series (openb has three) can be tuned on one half and
+/// reported on the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginPart {
+    /// Every origin of the test part.
+    All,
+    /// Origins in the first half of the test part (the tuning half).
+    Early,
+    /// Origins in the second half of the test part (never tuned on).
+    Late,
+}
+
+/// Forecast origins of a series of `n` points: every `origin_step`-th
+/// point of the test part, restricted to [`EvalConfig::origin_part`]. The
+/// halves split at the middle of the test part, so together they are
+/// exactly the origins of [`OriginPart::All`].
 pub fn origins(n: usize, cfg: &EvalConfig) -> impl Iterator<Item = usize> {
-    (test_start(n, cfg.test_fraction)..n).step_by(cfg.origin_step.max(1))
+    let start = test_start(n, cfg.test_fraction);
+    let mid = start + (n - start) / 2;
+    let part = cfg.origin_part;
+    (start..n)
+        .step_by(cfg.origin_step.max(1))
+        .filter(move |&t| match part {
+            OriginPart::All => true,
+            OriginPart::Early => t < mid,
+            OriginPart::Late => t >= mid,
+        })
 }
 
 /// Calls `sink(origin, model index, forecast)` for every origin of `y` and
@@ -767,6 +808,7 @@ impl ModelSet {
             if !models::MODEL_NAMES.contains(&name.as_str())
                 && name != AUTO_CACHED
                 && name != AUTO_NOHOLD
+                && name != AUTO_NARROW
             {
                 return Err(EvalError::UnknownModel(name.clone()));
             }

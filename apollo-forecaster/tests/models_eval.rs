@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use apollo_forecaster::eval::{
-    backtest_forecasts, evaluate, load_genai, load_openb, robust_ratio, summarise_ratios, Dataset,
-    EvalConfig, EvalError, HashSplit, ModelSet, Report, Series, RATIO_MAX, RATIO_MIN,
+    backtest_forecasts, evaluate, load_genai, load_openb, origins, robust_ratio, summarise_ratios,
+    Dataset, EvalConfig, EvalError, HashSplit, ModelSet, OriginPart, Report, Series, RATIO_MAX,
+    RATIO_MIN,
 };
 use apollo_forecaster::models::{Forecast, MODEL_NAMES};
 
@@ -237,6 +238,29 @@ fn hash_split_separates_tuning_from_held_out_containers() {
     assert_eq!(ids(HashSplit::Tune), ["a/0ab", "a/4ff"]);
     assert_eq!(ids(HashSplit::HeldOut), ["b/5cd", "b/9aa"]);
     assert_eq!(ids(HashSplit::All).len(), 5);
+}
+
+#[test]
+fn origin_halves_split_the_test_part_in_time_and_cover_it_exactly() {
+    let part = |p: OriginPart| {
+        let cfg = EvalConfig {
+            origin_part: p,
+            ..EvalConfig::default()
+        };
+        origins(1000, &cfg).collect::<Vec<_>>()
+    };
+    let (all, early, late) = (
+        part(OriginPart::All),
+        part(OriginPart::Early),
+        part(OriginPart::Late),
+    );
+    // Test part = last 20 % (origins 800, 805, ..., 995), split at 900.
+    assert_eq!(all.first(), Some(&800));
+    assert_eq!(all.len(), 40);
+    assert!(early.iter().all(|t| *t < 900) && late.iter().all(|t| *t >= 900));
+    assert_eq!((early.len(), late.len()), (20, 20));
+    let joined: Vec<usize> = early.into_iter().chain(late).collect();
+    assert_eq!(joined, all);
 }
 
 /// Bursty series with idle stretches, a level shift and a slow cycle: long

@@ -36,6 +36,27 @@ impl From<Containers> for eval::HashSplit {
     }
 }
 
+/// Which test origins to score (a split in time of the test part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Origins {
+    /// Every origin of the test part.
+    All,
+    /// The first half of the test part: what openb defaults are tuned on.
+    Early,
+    /// The second half of the test part: never tuned on.
+    Late,
+}
+
+impl From<Origins> for eval::OriginPart {
+    fn from(o: Origins) -> Self {
+        match o {
+            Origins::All => eval::OriginPart::All,
+            Origins::Early => eval::OriginPart::Early,
+            Origins::Late => eval::OriginPart::Late,
+        }
+    }
+}
+
 /// Forecast accuracy by rolling-origin backtest on the GenAI and/or openb traces.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -51,6 +72,11 @@ pub(crate) struct Args {
         env = "APOLLO_EVAL_CONTAINERS"
     )]
     containers: Containers,
+    /// Test origins to score: `early` (first half of the test part, what
+    /// openb defaults are tuned on), `late` (second half, never tuned on)
+    /// or `all`.
+    #[arg(long, value_enum, default_value = "all", env = "APOLLO_EVAL_ORIGINS")]
+    origins: Origins,
     /// Directory with the openb pod and node lists.
     #[arg(long, env = "APOLLO_EVAL_OPENB")]
     openb: Option<PathBuf>,
@@ -59,7 +85,8 @@ pub(crate) struct Args {
     horizons: Vec<usize>,
     /// Models to evaluate (`auto_cached` = `auto` with one selector kept per
     /// series across origins, as the service runs it; `auto_nohold` = `auto`
-    /// without the hold rule and the last-plateau candidate).
+    /// without the hold rule and the last-plateau candidate; `auto_narrow` =
+    /// `auto` that never chooses the wide combination).
     #[arg(
         long,
         value_delimiter = ',',
@@ -135,7 +162,9 @@ fn forecast_panels(
     } else {
         cfg.models
             .iter()
-            .find(|m| m.as_str() != eval::AUTO_CACHED && m.as_str() != eval::AUTO_NOHOLD)
+            .find(|m| {
+                ![eval::AUTO_CACHED, eval::AUTO_NOHOLD, eval::AUTO_NARROW].contains(&m.as_str())
+            })
             .cloned()
             .unwrap_or_else(|| "auto".into())
     };
@@ -202,6 +231,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         },
         jobs: args.jobs,
         auto_full_models: auto_full,
+        origin_part: args.origins.into(),
         ..EvalConfig::default()
     };
     // Fail on a bad model name before loading traces.
@@ -209,12 +239,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         if apollo_forecaster::models::by_name(m).is_none()
             && m != eval::AUTO_CACHED
             && m != eval::AUTO_NOHOLD
+            && m != eval::AUTO_NARROW
         {
             anyhow::bail!(
-                "unknown model `{m}` (known: {}, {}, {})",
+                "unknown model `{m}` (known: {}, {}, {}, {})",
                 apollo_forecaster::models::MODEL_NAMES.join(", "),
                 eval::AUTO_CACHED,
-                eval::AUTO_NOHOLD
+                eval::AUTO_NOHOLD,
+                eval::AUTO_NARROW
             );
         }
     }

@@ -11,7 +11,10 @@
 //! the best `top_k` candidates within [`COMBINE_WITHIN`] of the best score
 //! are combined with inverse-MAE weights, and the combination's own
 //! backtest errors (out of sample: nothing is fitted on the origins it is
-//! scored on) give the conformal interval offsets.
+//! scored on) give the conformal interval offsets. A wider combination
+//! ([`AutoConfig::combine_wide`]: more candidates, a looser factor) replaces
+//! the narrow one for a series when, built from the older half of the
+//! origins, it forecasts the newer half better.
 //!
 //! Full models ([`FullModel`]: ETS, ARIMA, the lag-feature forest, and when
 //! configured the Prophet-style model and a trained global LSTM) compete
@@ -25,7 +28,9 @@
 //! Plateaus: on step-like series (runs of one repeated value, then jumps)
 //! the backtest may choose to hold the last value exactly whenever the
 //! newest [`HOLD_RUNS`] values are identical, and a last-plateau candidate
-//! forecasts the level a short dip returns to ([`AutoConfig::hold_flat`]).
+//! forecasts the level a short dip returns to ([`AutoConfig::hold_flat`]);
+//! only from below: a rise above the plateau is a new level
+//! ([`AutoConfig::plateau_dips_only`]).
 //!
 //! Level shifts: a CUSUM test on the recent window locates a shift; window
 //! candidates then ignore data before it and backtest origins before it are
@@ -284,6 +289,21 @@ pub struct AutoConfig {
     /// newest [`HOLD_RUNS`] values are identical, and adds the
     /// last-plateau candidate. Off reproduces the selector without either.
     pub hold_flat: bool,
+    /// Candidates join the combination at a step when their backtest MAE
+    /// is within this factor of the best one (see [`COMBINE_WITHIN`]).
+    pub combine_within: f64,
+    /// The last-plateau candidate returns to the plateau only from below
+    /// it (a dip); above it the series has risen to a new level (memory
+    /// allocated again after a restart stays allocated) and the candidate
+    /// forecasts the last value.
+    pub plateau_dips_only: bool,
+    /// A wider combination `(top_k, within)` that replaces the narrow one
+    /// (`top_k`, `combine_within`) for a series when, built from the older
+    /// half of the backtest origins, it has the lower MAE on the newer half
+    /// (out of sample for both). Where backtest scores are too noisy to pick
+    /// a few candidates (long horizons, smooth series) averaging more of
+    /// them forecasts better; `None` always combines narrowly.
+    pub combine_wide: Option<(usize, f64)>,
 }
 
 impl AutoConfig {
@@ -298,6 +318,15 @@ impl AutoConfig {
         if windows.clone().any(|w| *w == 0) {
             return Err(ModelError::InvalidConfig(
                 "auto windows must be at least 1".into(),
+            ));
+        }
+        let factor_ok = |w: f64| w >= 1.0 && w.is_finite();
+        let wide_ok = self
+            .combine_wide
+            .is_none_or(|(k, w)| k >= 1 && factor_ok(w));
+        if !factor_ok(self.combine_within) || !wide_ok {
+            return Err(ModelError::InvalidConfig(
+                "auto combine_within and the wide factor must be finite and >= 1, the wide top_k >= 1".into(),
             ));
         }
         if self.alphas.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
@@ -330,6 +359,9 @@ impl Default for AutoConfig {
             full_models: DEFAULT_FULL_MODELS.to_vec(),
             full_stride: 4,
             hold_flat: true,
+            combine_within: COMBINE_WITHIN,
+            plateau_dips_only: true,
+            combine_wide: Some((10, 2.0)),
         }
     }
 }
@@ -352,8 +384,9 @@ enum Cand {
     Full(FullModel),
     /// The value of the newest run of [`PLATEAU_RUN`] identical values in
     /// the last [`PLATEAU_LOOKBACK`] points (the last value without one):
-    /// on step-like series the level a short dip returns to.
-    Plateau,
+    /// on step-like series the level a short dip returns to. With `true`
+    /// ([`AutoConfig::plateau_dips_only`]) never below the last value.
+    Plateau(bool),
 }
 
 impl Cand {
@@ -369,7 +402,7 @@ impl Cand {
             Cand::Revert(w, true) => format!("revert_median{w}"),
             Cand::Drift(w) => format!("drift{w}"),
             Cand::Full(m) => m.name().into(),
-            Cand::Plateau => "plateau".into(),
+            Cand::Plateau(_) => "plateau".into(),
         }
     }
 }
@@ -576,7 +609,8 @@ impl<'a> Prep<'a> {
                 let slope = (y[t - 1] - y[t - 1 - back]) / back as f64;
                 y[t - 1] + (k + 1) as f64 * slope
             }
-            Cand::Plateau => plateau_before(y, t),
+            Cand::Plateau(false) => plateau_before(y, t),
+            Cand::Plateau(true) => plateau_before(y, t).max(y[t - 1]),
             Cand::Full(m) => self
                 .full_now
                 .iter()
@@ -787,7 +821,7 @@ impl AutoSelector {
             c.push(Cand::Ses(a));
         }
         if self.config.hold_flat {
-            c.push(Cand::Plateau);
+            c.push(Cand::Plateau(self.config.plateau_dips_only));
         }
         if let Some(m) = self.config.model.season {
             if n >= 3 * m {
@@ -984,9 +1018,14 @@ impl AutoSelector {
             Some(c) if t < c => 0.25,
             _ => 1.0,
         };
-        // Weighted MAE per step and candidate.
+        // Weighted MAE per step and candidate, over all origins and over
+        // the older half only (for the out-of-sample choice of the
+        // combination width below).
+        let half = origins.len() / 2;
         let mut mae = vec![0.0; horizon * nc];
         let mut wsum = vec![0.0; horizon * nc];
+        let mut mae_old = vec![0.0; horizon * nc];
+        let mut wsum_old = vec![0.0; horizon * nc];
         for (oi, &t) in origins.iter().enumerate() {
             let w = weight(t);
             for k in 0..horizon.min(n - t) {
@@ -994,52 +1033,57 @@ impl AutoSelector {
                 for ci in 0..nc {
                     let f = fc[(oi * nc + ci) * horizon + k];
                     if !f.is_nan() {
-                        mae[k * nc + ci] += w * (actual - f).abs();
+                        let e = w * (actual - f).abs();
+                        mae[k * nc + ci] += e;
                         wsum[k * nc + ci] += w;
+                        if oi < half {
+                            mae_old[k * nc + ci] += e;
+                            wsum_old[k * nc + ci] += w;
+                        }
                     }
                 }
             }
         }
-        let mut weights: Vec<Vec<(Cand, f64)>> = Vec::with_capacity(horizon);
-        let mut last_good: Option<Vec<(Cand, f64)>> = None;
-        for k in 0..horizon {
-            // Smooth the scores over neighbouring steps: far steps have few
-            // origins and noisy scores.
-            let lo = k - k / 4;
-            let hi = (k + k / 4).min(horizon - 1);
-            let mut score: Vec<(usize, f64)> = (0..nc)
-                .map(|ci| {
-                    let (mut s, mut ws) = (0.0, 0.0);
-                    for kk in lo..=hi {
-                        s += mae[kk * nc + ci];
-                        ws += wsum[kk * nc + ci];
+        let combine = |mae: &[f64], wsum: &[f64], top_k: usize, within: f64| {
+            combination_weights(&cands, mae, wsum, horizon, top_k, within)
+        };
+        let narrow = (self.config.top_k.max(1), self.config.combine_within);
+        // Wide or narrow combination: each built from the older half of the
+        // origins and scored on the newer half, where neither was fitted.
+        let (top_k, within) = match self.config.combine_wide {
+            Some(wide) if half > 0 => {
+                let a = combine(&mae_old, &wsum_old, narrow.0, narrow.1);
+                let b = combine(&mae_old, &wsum_old, wide.0.max(1), wide.1);
+                let (mut ea, mut eb) = (0.0, 0.0);
+                for (oi, &t) in origins.iter().enumerate().skip(half) {
+                    for k in 0..horizon.min(n - t) {
+                        let at = |ws: &[Vec<(Cand, f64)>]| -> f64 {
+                            ws[k]
+                                .iter()
+                                .map(|(c, w)| {
+                                    let ci = cands.iter().position(|x| x == c).unwrap_or(0);
+                                    w * fc[(oi * nc + ci) * horizon + k]
+                                })
+                                .sum()
+                        };
+                        let (fa, fb) = (at(&a), at(&b));
+                        if fa.is_nan() || fb.is_nan() {
+                            continue;
+                        }
+                        let w = weight(t);
+                        ea += w * (y[t + k] - fa).abs();
+                        eb += w * (y[t + k] - fb).abs();
                     }
-                    (ci, if ws > 0.0 { s / ws } else { f64::INFINITY })
-                })
-                .collect();
-            score.sort_by(|a, b| a.1.total_cmp(&b.1));
-            let best = score[0].1;
-            let chosen: Vec<(Cand, f64)> = if best.is_finite() {
-                // A perfect backtest (idle series) keeps only the perfect.
-                let top: Vec<(usize, f64)> = score
-                    .into_iter()
-                    .filter(|(_, s)| s.is_finite() && *s <= COMBINE_WITHIN * best)
-                    .take(self.config.top_k.max(1))
-                    .collect();
-                let inv: Vec<f64> = top.iter().map(|(_, s)| 1.0 / s.max(1e-12)).collect();
-                let tot: f64 = inv.iter().sum();
-                top.iter()
-                    .zip(&inv)
-                    .map(|((ci, _), w)| (cands[*ci], w / tot))
-                    .collect()
-            } else {
-                last_good
-                    .clone()
-                    .unwrap_or_else(|| vec![(Cand::Naive, 1.0)])
-            };
-            last_good = Some(chosen.clone());
-            weights.push(chosen);
-        }
+                }
+                if eb < ea {
+                    wide
+                } else {
+                    narrow
+                }
+            }
+            _ => narrow,
+        };
+        let weights = combine(&mae, &wsum, top_k.max(1), within);
         // The combination's forecast per origin and step (NaN where a
         // chosen full model did not forecast).
         let comb = |oi: usize, k: usize| -> f64 {
@@ -1162,6 +1206,61 @@ impl AutoSelector {
             hold_run,
         }
     }
+}
+
+/// Per step, the best `top_k` candidates whose (step-smoothed) backtest MAE
+/// is within `within` of the best, with inverse-MAE weights; a step without
+/// any score keeps the previous step's choice (naive at the first).
+fn combination_weights(
+    cands: &[Cand],
+    mae: &[f64],
+    wsum: &[f64],
+    horizon: usize,
+    top_k: usize,
+    within: f64,
+) -> Vec<Vec<(Cand, f64)>> {
+    let nc = cands.len();
+    let mut weights: Vec<Vec<(Cand, f64)>> = Vec::with_capacity(horizon);
+    let mut last_good: Option<Vec<(Cand, f64)>> = None;
+    for k in 0..horizon {
+        // Smooth the scores over neighbouring steps: far steps have few
+        // origins and noisy scores.
+        let lo = k - k / 4;
+        let hi = (k + k / 4).min(horizon - 1);
+        let mut score: Vec<(usize, f64)> = (0..nc)
+            .map(|ci| {
+                let (mut s, mut ws) = (0.0, 0.0);
+                for kk in lo..=hi {
+                    s += mae[kk * nc + ci];
+                    ws += wsum[kk * nc + ci];
+                }
+                (ci, if ws > 0.0 { s / ws } else { f64::INFINITY })
+            })
+            .collect();
+        score.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let best = score[0].1;
+        let chosen: Vec<(Cand, f64)> = if best.is_finite() {
+            // A perfect backtest (idle series) keeps only the perfect.
+            let top: Vec<(usize, f64)> = score
+                .into_iter()
+                .filter(|(_, s)| s.is_finite() && *s <= within * best)
+                .take(top_k.max(1))
+                .collect();
+            let inv: Vec<f64> = top.iter().map(|(_, s)| 1.0 / s.max(1e-12)).collect();
+            let tot: f64 = inv.iter().sum();
+            top.iter()
+                .zip(&inv)
+                .map(|((ci, _), w)| (cands[*ci], w / tot))
+                .collect()
+        } else {
+            last_good
+                .clone()
+                .unwrap_or_else(|| vec![(Cand::Naive, 1.0)])
+        };
+        last_good = Some(chosen.clone());
+        weights.push(chosen);
+    }
+    weights
 }
 
 /// The fast path: the chosen candidates at the newest origin plus the
@@ -1414,6 +1513,50 @@ mod tests {
         assert_eq!(plateau_before(&rising, 4), 4.0);
         assert!(flat_before(&[1.0, 2.0, 2.0], 3, 2));
         assert!(!flat_before(&[1.0, 2.0, 2.0], 3, 3));
+    }
+
+    #[test]
+    fn plateau_candidate_returns_from_dips_but_not_from_rises() {
+        let prep_point = |y: &[f64], dips_only: bool| {
+            let c = Cand::Plateau(dips_only);
+            Prep::new(y, &[c], None).point(c, y.len(), 0, &mut Vec::new())
+        };
+        // A dip below the plateau of 30: both forms expect the return.
+        let dip = [30.0, 30.0, 30.0, 12.0, 18.0];
+        assert_eq!(prep_point(&dip, true), 30.0);
+        assert_eq!(prep_point(&dip, false), 30.0);
+        // Memory climbing after an idle plateau at 0: only the old form
+        // forecasts the idle level again.
+        let rise = [0.0, 0.0, 0.0, 5.6, 25.7];
+        assert_eq!(prep_point(&rise, true), 25.7);
+        assert_eq!(prep_point(&rise, false), 0.0);
+    }
+
+    #[test]
+    fn wide_combination_takes_more_candidates_but_never_dilutes_a_perfect_one() {
+        let cands = [Cand::Naive, Cand::Mean(5), Cand::Mean(15), Cand::Mean(30)];
+        // One step; backtest MAE 1.0, 1.1, 1.9, 3.0 over one origin each.
+        let mae = [1.0, 1.1, 1.9, 3.0];
+        let wsum = [1.0; 4];
+        let narrow = combination_weights(&cands, &mae, &wsum, 1, 3, COMBINE_WITHIN);
+        let wide = combination_weights(&cands, &mae, &wsum, 1, 10, 2.0);
+        let names =
+            |w: &[Vec<(Cand, f64)>]| w[0].iter().map(|(c, _)| c.label()).collect::<Vec<_>>();
+        assert_eq!(names(&narrow), ["naive", "mean5"]);
+        assert_eq!(names(&wide), ["naive", "mean5", "mean15"]);
+        let total: f64 = wide[0].iter().map(|(_, w)| w).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        // A perfect candidate (idle series) stays alone however wide.
+        let perfect = [0.0, 0.5, 0.6, 0.7];
+        let wide = combination_weights(&cands, &perfect, &wsum, 1, 10, 2.0);
+        assert_eq!(wide[0], vec![(Cand::Naive, 1.0)]);
+        // And `auto` on an idle series forecasts its level exactly.
+        let mut idle = noisy(10.0, 400, 3);
+        idle.extend(std::iter::repeat_n(0.0, 500));
+        let f = Auto::new(AutoConfig::default())
+            .forecast(&idle, 15, 0.95)
+            .unwrap();
+        assert!(f.mean.iter().all(|v| *v == 0.0), "{:?}", f.mean);
     }
 
     #[test]
