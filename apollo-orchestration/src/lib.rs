@@ -19,6 +19,7 @@ pub mod engine;
 pub mod executor;
 pub mod forecast;
 pub mod kubernetes;
+pub mod mailbox;
 pub mod metrics;
 pub mod placement;
 pub mod planner;
@@ -124,7 +125,9 @@ pub async fn serve_with_kubernetes(
         bus.clone(),
         config.delivery(),
         executor,
-        work.clone(),
+        // Subscription streams end with a status as soon as shutdown
+        // starts, so the server's drain does not wait for them.
+        shutdown.child_token(),
     );
     let unavailable = if let Some(client) = kube {
         tokio::spawn(kubernetes::follow_metadata(

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Open `SubscribePolicies` streams.
     pub subscribers: Gauge,
+    /// Policies queued for subscribers and not yet taken by their streams.
+    pub subscriber_queued: Gauge,
     /// Streams ended because the subscriber did not keep up.
     pub slow_subscribers: Counter,
     /// Policies that could not be stored on JetStream.
@@ -136,6 +138,11 @@ impl Metrics {
             "subscribers",
             "Open policy subscriptions",
             self.subscribers.clone(),
+        );
+        r.register(
+            "subscriber_queued",
+            "Policies queued for subscribers, not yet taken by their gRPC streams",
+            self.subscriber_queued.clone(),
         );
         r.register(
             "slow_subscribers",

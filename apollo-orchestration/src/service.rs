@@ -15,7 +15,10 @@
 //!
 //! A slow subscriber has a bounded buffer (`--subscriber-buffer`); if it stays
 //! full for `--subscriber-stall`, the stream ends with RESOURCE_EXHAUSTED (and
-//! the subscriber resumes on reconnect). The planner never waits for it.
+//! the subscriber resumes on reconnect). The buffer is emptied at once when a
+//! stream is cut off, so a client that never reads again (its HTTP/2 window
+//! full) holds only the final status. The planner never waits for it. When
+//! the server shuts down, every stream ends at once with UNAVAILABLE.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -32,11 +35,12 @@ use apollo_proto::{
 };
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError};
 use crate::executor::ExecutorHandle;
+use crate::mailbox::{mailbox, MailboxWriter, Refused};
 use crate::policy::{action_token, is_dry_run, namespace_of};
 
 /// Fully qualified gRPC service name (for health).
@@ -61,8 +65,12 @@ pub struct PolicyService {
     bus: Bus,
     delivery: DeliverySettings,
     executor: Option<ExecutorHandle>,
-    active: Arc<Mutex<HashMap<String, CancellationToken>>>,
-    shutdown: CancellationToken,
+    /// Open streams by consumer name, with the generation of the newest.
+    active: Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Cancelled when the server starts shutting down: streams end with
+    /// UNAVAILABLE at once instead of being reset at the end of the grace.
+    streams: CancellationToken,
     events: Option<crate::kubernetes::EventRecorder>,
     leadership: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -71,6 +79,10 @@ impl std::fmt::Debug for PolicyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyService").finish_non_exhaustive()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn status(e: EngineError) -> Status {
@@ -102,7 +114,7 @@ impl PolicyService {
         bus: Bus,
         delivery: DeliverySettings,
         executor: Option<ExecutorHandle>,
-        shutdown: CancellationToken,
+        streams: CancellationToken,
     ) -> Self {
         Self {
             engine,
@@ -110,7 +122,8 @@ impl PolicyService {
             delivery,
             executor,
             active: Arc::default(),
-            shutdown,
+            generation: Arc::default(),
+            streams,
             events: None,
             leadership: None,
         }
@@ -244,103 +257,122 @@ fn validate_subscription(sub: &PolicySubscription) -> Result<(), Status> {
     Ok(())
 }
 
-/// Copies policies from the subscriber's consumer into its buffer until the
-/// client goes away, the stream is replaced, or the buffer stalls.
-async fn pump(
-    mut messages: consumer::pull::Stream,
+/// Ends a subscription stream because the subscriber did not keep up.
+fn cut_off(sub: &PolicySubscription, stall: Duration, capacity: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "subscriber {} did not take policies for {} ms with {} buffered; reconnect with the same subscriber_id to resume",
+        sub.subscriber_id,
+        stall.as_millis(),
+        capacity
+    ))
+}
+
+/// Why a stream's cancel token fired.
+fn cancelled(shutdown: &CancellationToken) -> Status {
+    if shutdown.is_cancelled() {
+        Status::unavailable(
+            "the server is shutting down; reconnect with the same subscriber_id to resume",
+        )
+    } else {
+        Status::aborted("replaced by a newer stream with the same subscriber_id")
+    }
+}
+
+/// Copies policies from the subscriber's consumer into its mailbox until the
+/// client goes away, the stream is replaced, the server shuts down, or the
+/// mailbox stays full for `stall`.
+struct Pump {
+    messages: consumer::pull::Stream,
     sub: PolicySubscription,
-    tx: mpsc::Sender<Result<OrchestrationPolicy, Status>>,
-    end: tokio::sync::oneshot::Sender<Status>,
+    mailbox: MailboxWriter,
     stall: Duration,
     cancel: CancellationToken,
+    shutdown: CancellationToken,
     engine: Engine,
-) {
-    let capacity = tx.max_capacity();
-    let mut delivered: VecDeque<jetstream::Message> = VecDeque::new();
-    let ack_taken = |delivered: &mut VecDeque<jetstream::Message>, tx: &mpsc::Sender<_>| {
-        let buffered = capacity - tx.capacity();
-        let mut taken = Vec::new();
-        while delivered.len() > buffered {
-            if let Some(m) = delivered.pop_front() {
-                taken.push(m);
+}
+
+impl Pump {
+    async fn run(self) {
+        let Pump {
+            mut messages,
+            sub,
+            mailbox,
+            stall,
+            cancel,
+            shutdown,
+            engine,
+        } = self;
+        // Handed to the mailbox, oldest first; the first `len - queued` of
+        // them the gRPC side has taken.
+        let mut delivered: VecDeque<jetstream::Message> = VecDeque::new();
+        let outcome: Option<Status> = loop {
+            let taken = delivered.len().saturating_sub(mailbox.queued());
+            for m in delivered.drain(..taken) {
+                let _ = m.ack().await;
             }
-        }
-        taken
-    };
-    let outcome: Option<Status> = loop {
-        for m in ack_taken(&mut delivered, &tx) {
-            let _ = m.ack().await;
-        }
-        let next = tokio::select! {
-            _ = cancel.cancelled() => break Some(Status::aborted("replaced by a newer stream with the same subscriber_id, or the server is shutting down")),
-            _ = tx.closed() => break None,
-            n = messages.next() => n,
-            // Wake up now and then to acknowledge what the client has taken.
-            _ = tokio::time::sleep(Duration::from_millis(200)), if !delivered.is_empty() => continue,
-        };
-        let msg = match next {
-            Some(Ok(m)) => m,
-            Some(Err(err)) => {
-                tracing::warn!(%err, subscriber = %sub.subscriber_id, "subscription consumer");
-                break Some(Status::unavailable(format!(
-                    "policy stream interrupted: {err}"
-                )));
-            }
-            None => break Some(Status::unavailable("policy stream ended")),
-        };
-        let shared = apollo_common::shared_metrics::shared();
-        let family = apollo_common::shared_metrics::FamilyLabels {
-            family: "policy.orchestration".into(),
-        };
-        shared.bus_consumed.get_or_create(&family).inc();
-        let policy: OrchestrationPolicy = match from_json(&msg.payload) {
-            Ok(p) => p,
-            Err(err) => {
-                engine.metrics().bad_messages.inc();
-                shared.rejected(family.family, "undecodable");
-                tracing::warn!(%err, subject = %msg.subject, "undecodable policy on the stream");
-                let _ = msg.ack_with(AckKind::Term).await;
+            let next = tokio::select! {
+                _ = cancel.cancelled() => break Some(cancelled(&shutdown)),
+                _ = mailbox.reader_gone_wait() => break None,
+                n = messages.next() => n,
+                // Wake up now and then to acknowledge what the client has taken.
+                _ = tokio::time::sleep(Duration::from_millis(200)), if !delivered.is_empty() => continue,
+            };
+            let msg = match next {
+                Some(Ok(m)) => m,
+                Some(Err(err)) => {
+                    tracing::warn!(%err, subscriber = %sub.subscriber_id, "subscription consumer");
+                    break Some(Status::unavailable(format!(
+                        "policy stream interrupted: {err}"
+                    )));
+                }
+                None => break Some(Status::unavailable("policy stream ended")),
+            };
+            let shared = apollo_common::shared_metrics::shared();
+            let family = apollo_common::shared_metrics::FamilyLabels {
+                family: "policy.orchestration".into(),
+            };
+            shared.bus_consumed.get_or_create(&family).inc();
+            let policy: OrchestrationPolicy = match from_json(&msg.payload) {
+                Ok(p) => p,
+                Err(err) => {
+                    engine.metrics().bad_messages.inc();
+                    shared.rejected(family.family, "undecodable");
+                    tracing::warn!(%err, subject = %msg.subject, "undecodable policy on the stream");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            if !matches(&sub, &policy) {
+                let _ = msg.ack().await;
                 continue;
             }
+            delivered.push_back(msg);
+            let pushed = tokio::select! {
+                _ = cancel.cancelled() => break Some(cancelled(&shutdown)),
+                r = mailbox.push(policy, stall) => r,
+            };
+            match pushed {
+                Ok(()) => {}
+                Err(Refused::ReaderGone) => break None,
+                Err(Refused::Stalled) => {
+                    engine.metrics().slow_subscribers.inc();
+                    tracing::warn!(subscriber = %sub.subscriber_id, "slow subscriber cut off");
+                    break Some(cut_off(&sub, stall, mailbox.capacity()));
+                }
+            }
         };
-        if !matches(&sub, &policy) {
-            let _ = msg.ack().await;
-            continue;
+        // What the gRPC side took is acknowledged; what is still queued is
+        // dropped with the mailbox and handed back (NAK), as is anything the
+        // client may not have read, so a resumed stream gets it again.
+        let queued = mailbox.close(outcome);
+        let taken = delivered.len().saturating_sub(queued);
+        for m in delivered.drain(..taken) {
+            let _ = m.ack().await;
         }
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => { delivered.push_back(msg); break Some(Status::aborted("replaced by a newer stream with the same subscriber_id, or the server is shutting down")); }
-            p = tokio::time::timeout(stall, tx.reserve()) => p,
-        };
-        match permit {
-            Ok(Ok(permit)) => {
-                permit.send(Ok(policy));
-                delivered.push_back(msg);
-            }
-            Ok(Err(_)) => {
-                delivered.push_back(msg);
-                break None;
-            }
-            Err(_) => {
-                engine.metrics().slow_subscribers.inc();
-                delivered.push_back(msg);
-                break Some(Status::resource_exhausted(format!(
-                    "subscriber {} did not take policies for {}s with {} buffered; reconnect with the same subscriber_id to resume",
-                    sub.subscriber_id,
-                    stall.as_secs(),
-                    capacity
-                )));
-            }
+        for m in delivered {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
         }
-    };
-    // Whether the client read what is still unacknowledged cannot be known
-    // once it is gone: hand it back, so a resumed stream gets it again.
-    for m in delivered {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
     }
-    if let Some(s) = outcome {
-        let _ = end.send(s);
-    }
-    engine.metrics().subscribers.dec();
 }
 
 #[tonic::async_trait]
@@ -414,31 +446,47 @@ impl OrchestrationPolicyService for PolicyService {
             .messages()
             .await
             .map_err(|e| Status::unavailable(format!("subscription messages: {e}")))?;
-        let cancel = self.shutdown.child_token();
-        if let Some(old) = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), cancel.clone())
+        let cancel = self.streams.child_token();
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((_, old)) =
+            lock(&self.active).insert(name.clone(), (generation, cancel.clone()))
         {
             old.cancel();
         }
-        let (tx, rx) = mpsc::channel(self.delivery.buffer.max(1));
-        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let on_drop = {
+            let active = self.active.clone();
+            let engine = self.engine.clone();
+            let name = name.clone();
+            Box::new(move || {
+                let mut active = lock(&active);
+                if active.get(&name).is_some_and(|(g, _)| *g == generation) {
+                    active.remove(&name);
+                }
+                engine.metrics().subscribers.dec();
+            })
+        };
+        let (writer, reader) = mailbox(
+            self.delivery.buffer.max(1),
+            self.engine.metrics().subscriber_queued.clone(),
+            on_drop,
+        );
         self.engine.metrics().subscribers.inc();
         tracing::info!(subscriber = %sub.subscriber_id, consumer = %name, "policy subscription opened");
-        tokio::spawn(pump(
-            messages,
-            sub,
-            tx,
-            end_tx,
-            self.delivery.stall,
-            cancel,
-            self.engine.clone(),
-        ));
-        let tail = futures::stream::once(end_rx).filter_map(|r| async move { r.ok().map(Err) });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail);
-        Ok(Response::new(Box::pin(stream)))
+        tokio::spawn(
+            Pump {
+                messages,
+                sub,
+                mailbox: writer,
+                stall: self.delivery.stall,
+                cancel,
+                shutdown: self.streams.clone(),
+                engine: self.engine.clone(),
+            }
+            .run(),
+        );
+        Ok(Response::new(Box::pin(reader.into_stream())))
     }
 }
 

@@ -29,6 +29,8 @@ struct Stack {
     bus: Bus,
     insights: InsightServiceClient<Channel>,
     policies: OrchestrationPolicyServiceClient<Channel>,
+    orch_addr: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
 }
 
@@ -61,9 +63,11 @@ async fn start(tune: impl FnOnce(&mut apollo_orchestration::Config)) -> Stack {
     tune(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let orch_addr = listener.local_addr().unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
     tokio::spawn(apollo_orchestration::serve(
         config,
-        listener,
+        (listener, metrics),
         shutdown.clone(),
     ));
 
@@ -74,6 +78,8 @@ async fn start(tune: impl FnOnce(&mut apollo_orchestration::Config)) -> Stack {
     Stack {
         insights: InsightServiceClient::new(connect(ingest_addr).await),
         policies: OrchestrationPolicyServiceClient::new(connect(orch_addr).await),
+        orch_addr,
+        metrics_addr,
         nats,
         bus,
         shutdown,
@@ -84,6 +90,61 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.cancel();
         let _ = &self.nats;
+    }
+}
+
+/// The value of one unlabelled (or fully labelled) series on `/metrics`.
+async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.ok()?;
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits until `series` satisfies `ok`, then returns its value.
+async fn wait_metric(
+    addr: std::net::SocketAddr,
+    series: &str,
+    ok: impl Fn(f64) -> bool,
+    within: Duration,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = metric(addr, series).await;
+        if let Some(v) = v.filter(|v| ok(*v)) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {v:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn bulk_policy(i: usize) -> OrchestrationPolicy {
+    OrchestrationPolicy {
+        request_id: format!("bulk-{i}"),
+        action: OrchestrationAction::Migrate as i32,
+        reason: "x".repeat(64 * 1024),
+        target: Some(Target::Migration(apollo_proto::MigrationTarget {
+            pod_name: format!("p{i}"),
+            pod_namespace: "ml".into(),
+            source_node: "a".into(),
+            target_node: "b".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
     }
 }
 
@@ -566,4 +627,83 @@ async fn a_slow_subscriber_is_cut_off_without_holding_back_the_others() {
     assert!(status
         .message()
         .contains("reconnect with the same subscriber_id"));
+}
+
+#[tokio::test]
+async fn a_stuck_client_with_a_full_window_is_cut_off_and_holds_nothing() {
+    let stack = start(|c| {
+        c.subscriber_buffer = 2;
+        c.subscriber_stall = Duration::from_millis(300);
+    })
+    .await;
+    // Its own connection with a 64 KiB stream window it never releases: it
+    // reads nothing at the HTTP/2 level, so the server cannot send past
+    // the window, whatever the subscriber's buffer.
+    let stuck_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.orch_addr))
+            .unwrap()
+            .initial_stream_window_size(64 * 1024)
+            .connect()
+            .await
+            .unwrap();
+    let stuck = OrchestrationPolicyServiceClient::new(stuck_channel)
+        .subscribe_policies(PolicySubscription {
+            subscriber_id: "stuck".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fast = subscribe(&stack, "fast", &[], &[]).await;
+    let n = 100;
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            next("fast", &mut fast, Duration::from_secs(10)).await;
+            got += 1;
+        }
+        (got, fast)
+    });
+    let subject = stack
+        .bus
+        .subjects()
+        .orchestration_policy("migrate", "ml")
+        .unwrap();
+    for i in 0..n {
+        stack
+            .bus
+            .publish(subject.clone(), &bulk_policy(i))
+            .await
+            .unwrap();
+    }
+    let (got, _fast) = reader.await.unwrap();
+    assert_eq!(got, n, "the reading subscriber got everything");
+    let m = stack.metrics_addr;
+    wait_metric(
+        m,
+        "apollo_orchestration_slow_subscribers_total",
+        |v| v == 1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    // Cut off: both streams are still open at the HTTP/2 level, and none of
+    // the policies the stuck one was given is still held for it.
+    assert_eq!(
+        metric(m, "apollo_orchestration_subscribers").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(m, "apollo_orchestration_subscriber_queued").await,
+        Some(0.0),
+        "the cut-off stream still holds policies"
+    );
+    // The stuck client finally goes away: its stream is closed and counted.
+    drop(stuck);
+    wait_metric(
+        m,
+        "apollo_orchestration_subscribers",
+        |v| v == 1.0,
+        Duration::from_secs(10),
+    )
+    .await;
 }
