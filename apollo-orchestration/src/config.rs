@@ -153,6 +153,12 @@ pub struct Config {
     /// How long a slow subscriber's full buffer is tolerated before its stream ends.
     #[arg(long, env = "APOLLO_ORCH_SUBSCRIBER_STALL", default_value = "10s", value_parser = parse_duration)]
     pub subscriber_stall: Duration,
+    /// Open `SubscribePolicies` streams at most; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "APOLLO_ORCH_MAX_SUBSCRIBERS", default_value_t = 256)]
+    pub max_subscribers: usize,
+    /// A subscriber's durable consumer is deleted by NATS after this long without a stream.
+    #[arg(long, env = "APOLLO_ORCH_SUBSCRIBER_EXPIRY", default_value = "24h", value_parser = parse_duration)]
+    pub subscriber_expiry: Duration,
     /// Where approved policies are executed.
     #[arg(long, env = "APOLLO_ORCH_EXECUTOR", value_enum, default_value = "none")]
     pub executor: ExecutorKind,
@@ -232,6 +238,15 @@ impl Config {
         }
         if self.subscriber_buffer == 0 {
             return Err("--subscriber-buffer must be at least 1".into());
+        }
+        if self.max_subscribers == 0 {
+            return Err("--max-subscribers must be at least 1".into());
+        }
+        if self.subscriber_expiry < Duration::from_secs(1) {
+            return Err(format!(
+                "--subscriber-expiry ({:?}) must be at least 1s",
+                self.subscriber_expiry
+            ));
         }
         self.view.validate()?;
         if self.kube.lease_renew.is_zero() || self.kube.lease_renew >= self.kube.lease_duration {
@@ -326,6 +341,8 @@ impl Config {
         DeliverySettings {
             buffer: self.subscriber_buffer,
             stall: self.subscriber_stall,
+            max_subscribers: self.max_subscribers,
+            expiry: self.subscriber_expiry,
         }
     }
 

@@ -53,6 +53,10 @@ pub struct DeliverySettings {
     pub buffer: usize,
     /// How long a full buffer is tolerated before the stream ends.
     pub stall: Duration,
+    /// Open streams at most.
+    pub max_subscribers: usize,
+    /// Idle time after which NATS deletes a subscriber's durable consumer.
+    pub expiry: Duration,
 }
 
 /// Stream of policies to one subscriber.
@@ -222,6 +226,8 @@ impl PolicyService {
             deliver_policy: consumer::DeliverPolicy::New,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: (self.delivery.buffer as i64 + 16).max(64),
+            // Subscribers that never come back do not leave consumers behind.
+            inactive_threshold: self.delivery.expiry,
             ..Default::default()
         };
         stream
@@ -434,7 +440,41 @@ impl OrchestrationPolicyService for PolicyService {
         let name = consumer_name(&sub.subscriber_id)
             .and_then(|n| validate_subscription(&sub).map(|_| n))
             .inspect_err(|_| self.engine.metrics().rejected("subscribe", "invalid"))?;
-        let consumer = self.open_consumer(&name).await?;
+        let cancel = self.streams.child_token();
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            // Checked and reserved at once, before a consumer is created: a
+            // refused subscriber leaves nothing behind. A stream replacing
+            // one with the same id takes its place.
+            let mut active = lock(&self.active);
+            if !active.contains_key(&name) && active.len() >= self.delivery.max_subscribers {
+                self.engine
+                    .metrics()
+                    .rejected("subscribe", "too_many_subscribers");
+                return Err(Status::resource_exhausted(format!(
+                    "{} policy subscriptions are open, the most this server takes (--max-subscribers); close one or reconnect later",
+                    active.len()
+                )));
+            }
+            if let Some((_, old)) = active.insert(name.clone(), (generation, cancel.clone())) {
+                old.cancel();
+            }
+        }
+        let release = |active: &Mutex<HashMap<String, (u64, CancellationToken)>>| {
+            let mut active = lock(active);
+            if active.get(&name).is_some_and(|(g, _)| *g == generation) {
+                active.remove(&name);
+            }
+        };
+        let consumer = match self.open_consumer(&name).await {
+            Ok(c) => c,
+            Err(e) => {
+                release(&self.active);
+                return Err(e);
+            }
+        };
         // One policy per pull, and pull requests that expire within a
         // second: when a subscriber goes away, at most one policy is in
         // flight to it, and it comes back after `ack_wait`.
@@ -444,17 +484,14 @@ impl OrchestrationPolicyService for PolicyService {
             .expires(Duration::from_secs(1))
             .heartbeat(Duration::from_millis(400))
             .messages()
-            .await
-            .map_err(|e| Status::unavailable(format!("subscription messages: {e}")))?;
-        let cancel = self.streams.child_token();
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some((_, old)) =
-            lock(&self.active).insert(name.clone(), (generation, cancel.clone()))
-        {
-            old.cancel();
-        }
+            .await;
+        let messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                release(&self.active);
+                return Err(Status::unavailable(format!("subscription messages: {e}")));
+            }
+        };
         let on_drop = {
             let active = self.active.clone();
             let engine = self.engine.clone();

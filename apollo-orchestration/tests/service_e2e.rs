@@ -707,3 +707,98 @@ async fn a_stuck_client_with_a_full_window_is_cut_off_and_holds_nothing() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn subscriptions_are_bounded_and_consumers_of_departed_subscribers_expire() {
+    let stack = start(|c| {
+        c.max_subscribers = 2;
+        c.subscriber_expiry = Duration::from_secs(1);
+    })
+    .await;
+    let stream = stack.bus.get_stream(StreamKind::Policy).await.unwrap();
+    let consumer_exists = |id: &str| {
+        let stream = stream.clone();
+        let name = apollo_orchestration::service::consumer_name(id).unwrap();
+        async move {
+            stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                .await
+                .is_ok()
+        }
+    };
+    let mut a = subscribe(&stack, "a", &[], &[]).await;
+    let b = subscribe(&stack, "b", &[], &[]).await;
+    let refused = stack
+        .policies
+        .clone()
+        .subscribe_policies(PolicySubscription {
+            subscriber_id: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("--max-subscribers"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        !consumer_exists("c").await,
+        "a refused subscriber left a consumer"
+    );
+    assert_eq!(
+        metric(
+            stack.metrics_addr,
+            "apollo_orchestration_requests_rejected_total{rpc=\"subscribe\",reason=\"too_many_subscribers\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    // At the bound, a subscriber reconnecting with its id replaces its stream.
+    let _a2 = subscribe(&stack, "a", &[], &[]).await;
+    let replaced = tokio::time::timeout(Duration::from_secs(5), a.message())
+        .await
+        .expect("the replaced stream did not end")
+        .unwrap_err();
+    assert_eq!(replaced.code(), tonic::Code::Aborted, "{replaced:?}");
+
+    // b goes away: its place is free again, and its consumer expires.
+    assert!(consumer_exists("b").await);
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _c = loop {
+        match stack
+            .policies
+            .clone()
+            .subscribe_policies(PolicySubscription {
+                subscriber_id: "c".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(s) => break s.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                assert!(Instant::now() < deadline, "b's place never freed");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while consumer_exists("b").await {
+        assert!(
+            Instant::now() < deadline,
+            "the departed subscriber's consumer never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        consumer_exists("a").await,
+        "a live subscriber's consumer stays"
+    );
+}
