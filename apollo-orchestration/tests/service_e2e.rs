@@ -802,3 +802,116 @@ async fn subscriptions_are_bounded_and_consumers_of_departed_subscribers_expire(
         "a live subscriber's consumer stays"
     );
 }
+
+/// The latest execution result stored as feedback for `action` in `namespace`.
+async fn feedback(stack: &Stack, action: &str, namespace: &str) -> Option<ExecutionResult> {
+    let stream = stack.bus.get_stream(StreamKind::Feedback).await.ok()?;
+    let subject = stack
+        .bus
+        .subjects()
+        .orchestration_feedback(action, namespace)
+        .unwrap();
+    let m = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .ok()?;
+    serde_json::from_slice(&m.payload).ok()
+}
+
+#[tokio::test]
+async fn a_hanging_orchestrator_fails_its_migration_once_and_holds_back_nothing_else() {
+    use axum::routing::post;
+    let migration_posts = Arc::new(AtomicUsize::new(0));
+    let scale_posts = Arc::new(AtomicUsize::new(0));
+    let (m, s) = (migration_posts.clone(), scale_posts.clone());
+    // Takes migrations and never answers; answers autoscaling at once.
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/migrations",
+            post(move |body: String| {
+                if body.contains(r#""pod_name":"prep""#) {
+                    m.fetch_add(1, Ordering::SeqCst);
+                }
+                std::future::pending::<&'static str>()
+            }),
+        )
+        .route(
+            "/api/v1/autoscaling",
+            post(move || {
+                s.fetch_add(1, Ordering::SeqCst);
+                async { "{}" }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut stack = start(|c| {
+        c.executor = ExecutorKind::Orchestrator;
+        c.orchestrator_url = Some(format!("http://{addr}"));
+        c.orchestrator_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let mut all = subscribe(&stack, "all", &[], &[]).await;
+    report_cluster(&mut stack).await;
+    // Both policies reach the subscriber while the migration hangs.
+    let mut seen = HashMap::new();
+    while seen.len() < 2 {
+        let p = next("policy", &mut all, Duration::from_secs(5)).await;
+        seen.insert(p.action, p);
+    }
+    let migration = &seen[&(OrchestrationAction::Migrate as i32)];
+    let scale = &seen[&(OrchestrationAction::ScaleUp as i32)];
+    assert!(
+        migration.constraints.as_ref().unwrap().max_retries > 0,
+        "the policy allows retries"
+    );
+    // The scale-up executes and is reported while the migration still hangs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = feedback(&stack, "scale_up", "web").await {
+            assert_eq!(r.request_id, scale.request_id);
+            assert!(r.success, "{r:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no result for the scale-up");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        feedback(&stack, "migrate", "ml").await.is_none(),
+        "the migration was reported before its request timed out"
+    );
+    // Planning answers meanwhile.
+    let got = stack
+        .policies
+        .get_orchestration_policy(OrchestrationPolicyRequest {
+            pod_name: "prep".into(),
+            pod_namespace: "ml".into(),
+            requested_action: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.request_id, migration.request_id);
+    // The migration times out and fails as unknown, sent once only.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        if let Some(r) = feedback(&stack, "migrate", "ml").await {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no result for the migration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.request_id, migration.request_id);
+    assert!(!r.success);
+    assert!(
+        r.failure_reason.contains("outcome unknown") && r.failure_reason.contains("no answer"),
+        "{}",
+        r.failure_reason
+    );
+    assert_eq!(
+        migration_posts.load(Ordering::SeqCst),
+        1,
+        "the migration of ml/prep was sent more than once"
+    );
+    assert!(scale_posts.load(Ordering::SeqCst) >= 1);
+}
