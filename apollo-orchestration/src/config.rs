@@ -159,6 +159,9 @@ pub struct Config {
     /// A subscriber's durable consumer is deleted by NATS after this long without a stream.
     #[arg(long, env = "APOLLO_ORCH_SUBSCRIBER_EXPIRY", default_value = "24h", value_parser = parse_duration)]
     pub subscriber_expiry: Duration,
+    /// Policies and results kept, in order, while NATS cannot store them; past this the oldest are dropped.
+    #[arg(long, env = "APOLLO_ORCH_POLICY_OUTBOX", default_value_t = 4096)]
+    pub policy_outbox: usize,
     /// Where approved policies are executed.
     #[arg(long, env = "APOLLO_ORCH_EXECUTOR", value_enum, default_value = "none")]
     pub executor: ExecutorKind,
@@ -238,6 +241,9 @@ impl Config {
         }
         if self.subscriber_buffer == 0 {
             return Err("--subscriber-buffer must be at least 1".into());
+        }
+        if self.policy_outbox == 0 {
+            return Err("--policy-outbox must be at least 1".into());
         }
         if self.max_subscribers == 0 {
             return Err("--max-subscribers must be at least 1".into());
@@ -343,6 +349,7 @@ impl Config {
             stall: self.subscriber_stall,
             max_subscribers: self.max_subscribers,
             expiry: self.subscriber_expiry,
+            outbox: self.policy_outbox,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod forecast;
 pub mod kubernetes;
 pub mod mailbox;
 pub mod metrics;
+pub mod outbox;
 pub mod placement;
 pub mod planner;
 pub mod policy;
@@ -167,6 +168,7 @@ pub async fn serve_with_kubernetes(
             }
         });
     }
+    tokio::spawn(service.outbox().clone().run(work.clone()));
     tokio::spawn(service::follow_forecasts(
         bus.clone(),
         engine.clone(),
@@ -186,6 +188,7 @@ pub async fn serve_with_kubernetes(
         "planning"
     );
 
+    let outbox = service.outbox().clone();
     let api = OrchestrationPolicyServiceServer::new(service);
     shell
         .start(
@@ -197,6 +200,10 @@ pub async fn serve_with_kubernetes(
         .await?
         .drain(async move {
             work.cancel();
+            let waiting = outbox.depth();
+            if waiting > 0 {
+                tracing::error!(waiting, "shutting down with policies or results not stored");
+            }
             bus.drain().await;
         })
         .await?;

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub subscriber_queued: Gauge,
     /// Streams ended because the subscriber did not keep up.
     pub slow_subscribers: Counter,
+    /// Policies and results waiting in the outbox for NATS.
+    pub outbox_depth: Gauge,
+    /// Messages the full outbox dropped (oldest first).
+    pub outbox_dropped: Counter,
     /// Policies that could not be stored on JetStream.
     pub publish_failures: Counter,
     /// Bus messages (forecasts, alerts) that could not be decoded.
@@ -150,8 +154,18 @@ impl Metrics {
             self.slow_subscribers.clone(),
         );
         r.register(
+            "outbox_depth",
+            "Policies and results waiting for NATS to be stored",
+            self.outbox_depth.clone(),
+        );
+        r.register(
+            "outbox_dropped",
+            "Policies and results dropped because the outbox was full (--policy-outbox)",
+            self.outbox_dropped.clone(),
+        );
+        r.register(
             "publish_failures",
-            "Policies or results that could not be stored on JetStream",
+            "Attempts to store a policy or result on JetStream that failed (retried from the outbox)",
             self.publish_failures.clone(),
         );
         r.register(

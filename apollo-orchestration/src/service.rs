@@ -41,6 +41,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::{Engine, EngineError};
 use crate::executor::ExecutorHandle;
 use crate::mailbox::{mailbox, MailboxWriter, Refused};
+use crate::outbox::{Outbox, Outgoing};
 use crate::policy::{action_token, is_dry_run, namespace_of};
 
 /// Fully qualified gRPC service name (for health).
@@ -57,6 +58,8 @@ pub struct DeliverySettings {
     pub max_subscribers: usize,
     /// Idle time after which NATS deletes a subscriber's durable consumer.
     pub expiry: Duration,
+    /// Policies and results kept while NATS cannot store them.
+    pub outbox: usize,
 }
 
 /// Stream of policies to one subscriber.
@@ -69,6 +72,7 @@ pub struct PolicyService {
     bus: Bus,
     delivery: DeliverySettings,
     executor: Option<ExecutorHandle>,
+    outbox: Outbox,
     /// Open streams by consumer name, with the generation of the newest.
     active: Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>,
     generation: Arc<std::sync::atomic::AtomicU64>,
@@ -120,9 +124,11 @@ impl PolicyService {
         executor: Option<ExecutorHandle>,
         streams: CancellationToken,
     ) -> Self {
+        let outbox = Outbox::new(bus.clone(), delivery.outbox, engine.metrics().clone());
         Self {
             engine,
             bus,
+            outbox,
             delivery,
             executor,
             active: Arc::default(),
@@ -151,7 +157,14 @@ impl PolicyService {
         self.leadership.as_ref().is_none_or(|l| *l.borrow())
     }
 
-    /// Stores an issued policy on JetStream and hands it to the executor.
+    /// The outbox of policies and results waiting for NATS; its
+    /// [`run`](Outbox::run) task must be started beside the service.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Stores an issued policy on JetStream (through the outbox, so an
+    /// outage delays it rather than loses it) and hands it to the executor.
     pub async fn publish(&self, policy: &OrchestrationPolicy) {
         let action = OrchestrationAction::try_from(policy.action)
             .unwrap_or(OrchestrationAction::Unspecified);
@@ -167,10 +180,9 @@ impl PolicyService {
                 return;
             }
         };
-        if let Err(err) = self.bus.publish(subject, policy).await {
-            self.engine.metrics().publish_failures.inc();
-            tracing::warn!(%err, request_id = %policy.request_id, "policy not stored");
-        }
+        self.outbox
+            .send(subject, Outgoing::Policy(policy.clone()))
+            .await;
         // What `apolloctl explain` shows: the policy with its reason and the
         // numbers behind it (contributing factors), kept for the record TTL.
         let record = serde_json::json!({
@@ -204,10 +216,7 @@ impl PolicyService {
                 .subjects()
                 .orchestration_feedback(&action_token(reported.action), &reported.namespace)
                 .map_err(Status::from)?;
-            if let Err(err) = self.bus.publish(subject, r).await {
-                self.engine.metrics().publish_failures.inc();
-                tracing::warn!(%err, request_id = %r.request_id, "execution result not stored");
-            }
+            self.outbox.send(subject, Outgoing::Result(r.clone())).await;
         }
         Ok(reported.response)
     }

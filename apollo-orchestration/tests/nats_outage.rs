@@ -1,0 +1,167 @@
+//! NATS stopped and restarted under the orchestration engine (a real
+//! nats-server): what it issues meanwhile waits in the outbox and is stored
+//! once the server is back, in order, once each, within the outbox bound;
+//! and the engine follows forecasts again at once.
+
+use std::time::{Duration, Instant};
+
+use apollo_common::shutdown::CancellationToken;
+use apollo_common::testing::TestNats;
+use apollo_common::{bus::StreamKind, Bus, ClusterView};
+use apollo_orchestration::engine::Engine;
+use apollo_orchestration::metrics::Metrics;
+use apollo_orchestration::service::PolicyService;
+use apollo_proto::orchestration_policy::Target;
+use apollo_proto::{MigrationTarget, OrchestrationAction, OrchestrationPolicy};
+
+fn policy(i: usize) -> OrchestrationPolicy {
+    OrchestrationPolicy {
+        request_id: format!("while-down-{i}"),
+        action: OrchestrationAction::Migrate as i32,
+        target: Some(Target::Migration(MigrationTarget {
+            pod_name: format!("p{i}"),
+            pod_namespace: format!("ns{i}"),
+            source_node: "a".into(),
+            target_node: "b".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+struct Engine0 {
+    nats: TestNats,
+    bus: Bus,
+    service: PolicyService,
+    metrics: Metrics,
+    engine: Engine,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Engine0 {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(outbox: usize) -> Engine0 {
+    let nats = TestNats::start().await;
+    assert!(nats.can_restart(), "needs a nats-server binary");
+    let (n, s) = nats.bus_args();
+    let mut config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
+    config.policy_outbox = outbox;
+    let shutdown = CancellationToken::new();
+    let bus = Bus::connect("apollo-orchestration", &n, &s, shutdown.clone())
+        .await
+        .unwrap();
+    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    let metrics = Metrics::default();
+    let engine = Engine::new(
+        config.engine(),
+        ClusterView::with_limits(config.view.clone()),
+        metrics.clone(),
+    );
+    let service = PolicyService::new(
+        engine.clone(),
+        bus.clone(),
+        config.delivery(),
+        None,
+        shutdown.child_token(),
+    );
+    tokio::spawn(service.outbox().clone().run(shutdown.clone()));
+    Engine0 {
+        nats,
+        bus,
+        service,
+        metrics,
+        engine,
+        shutdown,
+    }
+}
+
+async fn wait_not_ready(bus: &Bus) {
+    let mut ready = bus.readiness();
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| !*r))
+        .await
+        .expect("the bus never noticed the outage")
+        .unwrap();
+}
+
+/// Every orchestration policy on the stream, in stream order.
+async fn stored(bus: &Bus) -> Vec<String> {
+    let stream = bus.get_stream(StreamKind::Policy).await.unwrap();
+    let n = stream.cached_info().state.messages;
+    let mut ids = Vec::new();
+    for seq in 1..=stream.cached_info().state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let p: OrchestrationPolicy = serde_json::from_slice(&m.payload).unwrap();
+            ids.push(p.request_id);
+        }
+    }
+    assert_eq!(ids.len() as u64, n);
+    ids
+}
+
+async fn wait_flushed(e: &Engine0) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while e.service.outbox().depth() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "outbox still holds {} after NATS came back",
+            e.service.outbox().depth()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn policies_issued_while_nats_is_down_are_stored_once_it_is_back() {
+    let mut e = start(5).await;
+    let t0 = Instant::now();
+    assert!(e.nats.stop());
+    wait_not_ready(&e.bus).await;
+
+    // Within the bound: all five wait, then all five are stored, in order,
+    // once each.
+    for i in 0..5 {
+        e.service.publish(&policy(i)).await;
+    }
+    assert_eq!(e.service.outbox().depth(), 5);
+    assert_eq!(e.metrics.outbox_depth.get(), 5);
+    assert!(e.nats.restart());
+    let down = t0.elapsed();
+    wait_flushed(&e).await;
+    let recovered = t0.elapsed() - down;
+    let first = stored(&e.bus).await;
+    let want: Vec<String> = (0..5).map(|i| format!("while-down-{i}")).collect();
+    assert_eq!(first, want, "stored in order, once each");
+    assert_eq!(e.metrics.outbox_dropped.get(), 0);
+
+    // Past the bound: the oldest two of seven are dropped and counted, the
+    // newest five stored.
+    assert!(e.nats.stop());
+    wait_not_ready(&e.bus).await;
+    for i in 10..17 {
+        e.service.publish(&policy(i)).await;
+    }
+    assert_eq!(e.metrics.outbox_dropped.get(), 2);
+    assert_eq!(e.service.outbox().depth(), 5);
+    assert!(e.nats.restart());
+    wait_flushed(&e).await;
+    let second = stored(&e.bus).await;
+    let want: Vec<String> = (12..17).map(|i| format!("while-down-{i}")).collect();
+    assert_eq!(second, want, "the newest five, in order, once each");
+    let duplicated =
+        |ids: &[String]| ids.len() - ids.iter().collect::<std::collections::HashSet<_>>().len();
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "fault": "orchestration outbox across a NATS restart",
+            "within_bound": {"issued": 5, "stored": first.len(), "lost": 5 - first.len(), "duplicated": duplicated(&first)},
+            "past_bound": {"issued": 7, "capacity": 5, "dropped": e.metrics.outbox_dropped.get(), "stored": second.len(), "duplicated": duplicated(&second)},
+            "publish_failures": e.metrics.publish_failures.get(),
+            "flushed_after_restart_ms": recovered.as_millis(),
+        })
+    );
+    let _ = &e.engine;
+}
