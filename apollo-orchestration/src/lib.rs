@@ -174,13 +174,26 @@ pub async fn serve_with_kubernetes(
         engine.clone(),
         work.clone(),
     ));
-    tokio::spawn(service::planning_loop(
-        service.clone(),
-        view.clone(),
-        config.plan_interval,
-        config.plan_min_gap,
-        work.clone(),
-    ));
+    // Planning starts once the engine has taken back what it published
+    // before a restart (cooldowns, moves under way, its policy book); the
+    // service reports SERVING only then.
+    let (restored_tx, restored) = tokio::sync::watch::channel(false);
+    {
+        let (service, view, bus, engine, work) = (
+            service.clone(),
+            view.clone(),
+            bus.clone(),
+            engine.clone(),
+            work.clone(),
+        );
+        let (interval, min_gap) = (config.plan_interval, config.plan_min_gap);
+        tokio::spawn(async move {
+            if service::restore_until_done(&bus, &engine, &work).await {
+                restored_tx.send_replace(true);
+                service::planning_loop(service, view, interval, min_gap, work).await;
+            }
+        });
+    }
     tracing::info!(
         dry_run = config.rails.dry_run,
         executor = ?config.executor,
@@ -194,7 +207,11 @@ pub async fn serve_with_kubernetes(
         .start(
             listeners,
             api,
-            view.serving_readiness(&bus, shutdown.clone()),
+            all_of(
+                view.serving_readiness(&bus, shutdown.clone()),
+                restored,
+                shutdown.clone(),
+            ),
             shutdown,
         )
         .await?
@@ -208,4 +225,25 @@ pub async fn serve_with_kubernetes(
         })
         .await?;
     Ok(())
+}
+
+/// True while both `a` and `b` are.
+fn all_of(
+    mut a: tokio::sync::watch::Receiver<bool>,
+    mut b: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let both = *a.borrow_and_update() && *b.borrow_and_update();
+            tx.send_replace(both);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = a.changed() => if r.is_err() { return },
+                r = b.changed() => if r.is_err() { return },
+            }
+        }
+    });
+    rx
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use apollo_common::bus::{encode_token, from_json, StreamKind};
 use apollo_common::shutdown::CancellationToken;
-use apollo_common::Bus;
+use apollo_common::{Bus, BusError};
 use apollo_proto::orchestration_policy_service_server::OrchestrationPolicyService;
 use apollo_proto::{
     ExecutionResult, OrchestrationAction, OrchestrationPolicy, OrchestrationPolicyRequest,
@@ -625,6 +625,131 @@ pub async fn planning_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(min_gap) => {}
+        }
+    }
+}
+
+/// Reads back the policies and execution results this engine published
+/// within its restore window (the rails' memory: cooldown, ping-pong window,
+/// moves under way) and hands them to the engine, so a restarted engine
+/// keeps the cooldowns it had. Returns how many policies and results.
+pub async fn restore(bus: &Bus, engine: &Engine) -> Result<(usize, usize), BusError> {
+    let now = SystemTime::now();
+    let since = now
+        .checked_sub(engine.restore_window())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let prefix = bus.subjects().prefix().to_string();
+    let mut policies = 0;
+    replay_since(
+        bus,
+        StreamKind::Policy,
+        format!("{prefix}.policy.orchestration.>"),
+        since,
+        |payload| match from_json::<OrchestrationPolicy>(payload) {
+            Ok(p) => {
+                engine.restore_policy(p, now);
+                policies += 1;
+            }
+            Err(err) => {
+                engine.metrics().bad_messages.inc();
+                tracing::warn!(%err, "undecodable policy on the stream, not restored");
+            }
+        },
+    )
+    .await?;
+    let mut results = 0;
+    replay_since(
+        bus,
+        StreamKind::Feedback,
+        format!("{prefix}.feedback.orchestration.>"),
+        since,
+        |payload| match from_json::<ExecutionResult>(payload) {
+            Ok(r) => {
+                // A result for a policy older than the window finds none.
+                if engine.restore_result(&r).is_ok() {
+                    results += 1;
+                }
+            }
+            Err(err) => {
+                engine.metrics().bad_messages.inc();
+                tracing::warn!(%err, "undecodable execution result on the stream, not restored");
+            }
+        },
+    )
+    .await?;
+    Ok((policies, results))
+}
+
+/// Hands every message stored on `filter` since `since` to `apply`, in
+/// stream order, up to what was there when the replay started.
+async fn replay_since(
+    bus: &Bus,
+    kind: StreamKind,
+    filter: String,
+    since: SystemTime,
+    mut apply: impl FnMut(&[u8]),
+) -> Result<(), BusError> {
+    let failed = |reason: String| BusError::JetStream {
+        what: format!("replay of {filter}"),
+        reason,
+    };
+    let stream = bus.get_stream(kind).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.clone(),
+            deliver_policy: consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from(since),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let pending = consumer.cached_info().num_pending;
+    if pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut seen = 0;
+    while seen < pending {
+        match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                apply(&m.payload);
+                seen += 1;
+            }
+            Ok(Some(Err(e))) => return Err(failed(e.to_string())),
+            Ok(None) => return Err(failed("ended early".into())),
+            Err(_) => return Err(failed(format!("stalled after {seen} of {pending}"))),
+        }
+    }
+    Ok(())
+}
+
+/// [`restore`], retried until it succeeds or `shutdown`; false on shutdown.
+pub async fn restore_until_done(bus: &Bus, engine: &Engine, shutdown: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            ready = bus.wait_ready(Duration::from_secs(5)) => if !ready { continue },
+        }
+        match restore(bus, engine).await {
+            Ok((policies, results)) => {
+                tracing::info!(
+                    policies,
+                    results,
+                    "policy book and rails restored from the streams"
+                );
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "restoring from the streams failed, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
 }

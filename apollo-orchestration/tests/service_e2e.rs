@@ -31,7 +31,52 @@ struct Stack {
     policies: OrchestrationPolicyServiceClient<Channel>,
     orch_addr: std::net::SocketAddr,
     metrics_addr: std::net::SocketAddr,
+    /// The orchestration engine's settings, its own shutdown and its task.
+    orch_config: apollo_orchestration::Config,
+    orch_shutdown: CancellationToken,
+    orch: tokio::task::JoinHandle<Result<(), apollo_orchestration::Error>>,
     shutdown: CancellationToken,
+}
+
+/// Starts the orchestration engine on fresh ports.
+async fn start_orchestration(
+    config: apollo_orchestration::Config,
+    shutdown: CancellationToken,
+) -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<(), apollo_orchestration::Error>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orch_addr = listener.local_addr().unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let task = tokio::spawn(apollo_orchestration::serve(
+        config,
+        (listener, metrics),
+        shutdown,
+    ));
+    apollo_common::testing::wait_serving(&format!("http://{orch_addr}")).await;
+    (orch_addr, metrics_addr, task)
+}
+
+impl Stack {
+    /// Stops the orchestration engine (its in-memory state goes with it)
+    /// and starts a new one on the same NATS.
+    async fn restart_orchestration(&mut self) {
+        self.orch_shutdown.cancel();
+        (&mut self.orch)
+            .await
+            .expect("orchestration task")
+            .expect("orchestration stopped cleanly");
+        self.orch_shutdown = self.shutdown.child_token();
+        let (orch_addr, metrics_addr, orch) =
+            start_orchestration(self.orch_config.clone(), self.orch_shutdown.clone()).await;
+        self.orch = orch;
+        self.orch_addr = orch_addr;
+        self.metrics_addr = metrics_addr;
+        self.policies = OrchestrationPolicyServiceClient::new(connect(orch_addr).await);
+    }
 }
 
 async fn connect(addr: std::net::SocketAddr) -> Channel {
@@ -61,15 +106,10 @@ async fn start(tune: impl FnOnce(&mut apollo_orchestration::Config)) -> Stack {
     config.plan_min_gap = Duration::from_millis(50);
     config.observability.shutdown_grace = Duration::from_millis(300);
     tune(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let orch_addr = listener.local_addr().unwrap();
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_addr = metrics.local_addr().unwrap();
-    tokio::spawn(apollo_orchestration::serve(
-        config,
-        (listener, metrics),
-        shutdown.clone(),
-    ));
+    apollo_common::testing::wait_serving(&format!("http://{ingest_addr}")).await;
+    let orch_shutdown = shutdown.child_token();
+    let (orch_addr, metrics_addr, orch) =
+        start_orchestration(config.clone(), orch_shutdown.clone()).await;
 
     let bus = Bus::connect("test-peer", &n, &s, CancellationToken::new())
         .await
@@ -80,6 +120,9 @@ async fn start(tune: impl FnOnce(&mut apollo_orchestration::Config)) -> Stack {
         policies: OrchestrationPolicyServiceClient::new(connect(orch_addr).await),
         orch_addr,
         metrics_addr,
+        orch_config: config,
+        orch_shutdown,
+        orch,
         nats,
         bus,
         shutdown,
@@ -914,4 +957,80 @@ async fn a_hanging_orchestrator_fails_its_migration_once_and_holds_back_nothing_
         "the migration of ml/prep was sent more than once"
     );
     assert!(scale_posts.load(Ordering::SeqCst) >= 1);
+}
+
+/// Migrations of `namespace/pod` stored on the policy stream.
+async fn migrations_of(stack: &Stack, namespace: &str, pod: &str) -> Vec<String> {
+    let stream = stack.bus.get_stream(StreamKind::Policy).await.unwrap();
+    let last = stream.cached_info().state.last_sequence;
+    let mut ids = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let Ok(p) = serde_json::from_slice::<OrchestrationPolicy>(&m.payload) else {
+            continue;
+        };
+        if let Some(Target::Migration(t)) = &p.target {
+            if t.pod_namespace == namespace && t.pod_name == pod {
+                ids.push(p.request_id);
+            }
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_restarted_engine_keeps_its_cooldowns_and_does_not_move_a_pod_again() {
+    let mut stack = start(|c| {
+        c.plan_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut sub = subscribe(&stack, "mover", &[OrchestrationAction::Migrate], &["ml"]).await;
+    report_cluster(&mut stack).await;
+    let first = next("migration", &mut sub, Duration::from_secs(5)).await;
+    assert_eq!(migration(&first).pod_name, "prep");
+    let before = stack
+        .policies
+        .get_orchestration_policy(OrchestrationPolicyRequest {
+            pod_name: "prep".into(),
+            pod_namespace: "ml".into(),
+            requested_action: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.request_id, first.request_id);
+
+    // The engine goes away with everything it remembered; a new one starts
+    // on the same streams and sees the same overload again.
+    stack.restart_orchestration().await;
+    report_cluster(&mut stack).await;
+    let cycles = wait_metric(
+        stack.metrics_addr,
+        "apollo_orchestration_plan_cycles_total",
+        |v| v >= 5.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    // Its first answer for the pod is the one before the restart...
+    let after = stack
+        .policies
+        .get_orchestration_policy(OrchestrationPolicyRequest {
+            pod_name: "prep".into(),
+            pod_namespace: "ml".into(),
+            requested_action: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.request_id, before.request_id, "{after:?}");
+    // ...and after several planning cycles on the same overload, the pod
+    // was not moved again inside its cooldown.
+    let ids = migrations_of(&stack, "ml", "prep").await;
+    assert_eq!(
+        ids,
+        vec![first.request_id.clone()],
+        "ml/prep migrated again after the restart ({cycles} cycles)"
+    );
 }
