@@ -21,6 +21,8 @@
 //! Every outcome becomes an `ExecutionResult` fed through the same path as
 //! `ReportExecutionResult`. Dry-run policies never reach the executor.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use apollo_proto::{
@@ -53,15 +55,58 @@ pub struct ExecutorConfig {
     pub target_cpu_percent: u32,
 }
 
+/// Policies being executed, by request id.
+type Running = Arc<Mutex<HashMap<String, OrchestrationPolicy>>>;
+
 /// Hands policies to the executor task.
 #[derive(Debug, Clone)]
 pub struct ExecutorHandle {
     tx: mpsc::Sender<OrchestrationPolicy>,
     results: mpsc::Sender<ExecutionResult>,
     metrics: Metrics,
+    running: Running,
+    finished: Arc<tokio::sync::Notify>,
+}
+
+fn lock(running: &Running) -> MutexGuard<'_, HashMap<String, OrchestrationPolicy>> {
+    running.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ExecutorHandle {
+    /// Policies being executed now.
+    pub fn running(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Waits until no execution is under way.
+    pub async fn idle(&self) {
+        loop {
+            let finished = self.finished.notified();
+            if self.running() == 0 {
+                return;
+            }
+            finished.await;
+        }
+    }
+
+    /// Gives up on the executions still under way (at shutdown): each
+    /// becomes a failed result saying it was not done, and their own
+    /// outcomes, should they still arrive, are discarded.
+    pub fn abandon(&self) -> Vec<ExecutionResult> {
+        let abandoned: Vec<_> = lock(&self.running).drain().map(|(_, p)| p).collect();
+        abandoned
+            .iter()
+            .map(|p| {
+                self.metrics.execution("abandoned");
+                result(
+                    p,
+                    Err("not done: the engine shut down before the orchestrator finished; the outcome is unknown".into()),
+                    0,
+                )
+            })
+            .collect()
+    }
+
     /// Queues a policy; a full queue fails it at once (reported as a result).
     pub fn submit(&self, p: OrchestrationPolicy) {
         if let Err(e) = self.tx.try_send(p) {
@@ -434,12 +479,16 @@ pub fn spawn(
 ) -> ExecutorHandle {
     let (tx, mut rx) = mpsc::channel::<OrchestrationPolicy>(cfg.queue.max(1));
     let client = OrchestratorClient::new(cfg);
+    let running: Running = Arc::default();
+    let finished = Arc::new(tokio::sync::Notify::new());
     let handle = ExecutorHandle {
         tx,
         results: results.clone(),
         metrics: metrics.clone(),
+        running: running.clone(),
+        finished: finished.clone(),
     };
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
     tokio::spawn(async move {
         loop {
             let p = tokio::select! {
@@ -452,9 +501,19 @@ pub fn spawn(
             let client = client.clone();
             let results = results.clone();
             let metrics = metrics.clone();
+            let (running, finished) = (running.clone(), finished.clone());
+            lock(&running).insert(p.request_id.clone(), p.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
                 let outcome = client.execute(&p).await;
+                // Abandoned at shutdown: already reported as not done.
+                let abandoned = lock(&running).remove(&p.request_id).is_none();
+                finished.notify_waiters();
+                if abandoned {
+                    tracing::info!(request_id = %p.request_id, "execution finished after it was abandoned");
+                    drop(permit);
+                    return;
+                }
                 metrics.execution(if outcome.is_ok() {
                     "success"
                 } else {

@@ -125,7 +125,7 @@ pub async fn serve_with_kubernetes(
         engine.clone(),
         bus.clone(),
         config.delivery(),
-        executor,
+        executor.clone(),
         // Subscription streams end with a status as soon as shutdown
         // starts, so the server's drain does not wait for them.
         shutdown.child_token(),
@@ -179,12 +179,14 @@ pub async fn serve_with_kubernetes(
     // service reports SERVING only then.
     let (restored_tx, restored) = tokio::sync::watch::channel(false);
     {
+        // Planning stops as soon as shutdown starts: nothing new is issued
+        // or executed while the rest drains.
         let (service, view, bus, engine, work) = (
             service.clone(),
             view.clone(),
             bus.clone(),
             engine.clone(),
-            work.clone(),
+            shutdown.clone(),
         );
         let (interval, min_gap) = (config.plan_interval, config.plan_min_gap);
         tokio::spawn(async move {
@@ -202,6 +204,8 @@ pub async fn serve_with_kubernetes(
     );
 
     let outbox = service.outbox().clone();
+    let finishing = service.clone();
+    let grace = config.observability.shutdown_grace;
     let api = OrchestrationPolicyServiceServer::new(service);
     shell
         .start(
@@ -216,6 +220,20 @@ pub async fn serve_with_kubernetes(
         )
         .await?
         .drain(async move {
+            // Executions under way get half the grace period to finish;
+            // the rest are recorded as not done (a failed result saying
+            // so), published with everything else waiting in the outbox.
+            if let Some(executor) = &executor {
+                if tokio::time::timeout(grace / 2, executor.idle()).await.is_err() {
+                    for r in executor.abandon() {
+                        tracing::warn!(request_id = %r.request_id, "execution abandoned at shutdown");
+                        if let Err(status) = finishing.apply_result(&r).await {
+                            tracing::warn!(request_id = %r.request_id, %status, "abandoned execution not recorded");
+                        }
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(grace / 4, outbox.flushed()).await;
             work.cancel();
             let waiting = outbox.depth();
             if waiting > 0 {

@@ -141,6 +141,14 @@ impl Outbox {
         self.inner.wake.notify_one();
     }
 
+    /// Resolves once nothing waits (or at once while NATS is unavailable:
+    /// nothing would be flushed).
+    pub async fn flushed(&self) {
+        while self.depth() > 0 && self.inner.bus.is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Publishes what waits, in order, whenever the bus is ready, until
     /// `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {

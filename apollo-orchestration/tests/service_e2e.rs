@@ -1034,3 +1034,75 @@ async fn a_restarted_engine_keeps_its_cooldowns_and_does_not_move_a_pod_again() 
         "ml/prep migrated again after the restart ({cycles} cycles)"
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_streams_with_a_status_and_records_unfinished_executions() {
+    use axum::routing::post;
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counted = posts.clone();
+    // Takes migrations and never answers.
+    let app = axum::Router::new().route(
+        "/api/v1/migrations",
+        post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<&'static str>()
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut stack = start(|c| {
+        c.executor = ExecutorKind::Orchestrator;
+        c.orchestrator_url = Some(format!("http://{addr}"));
+        c.orchestrator_timeout = Duration::from_secs(60);
+        c.observability.shutdown_grace = Duration::from_secs(2);
+    })
+    .await;
+    let mut streams = Vec::new();
+    for id in ["s1", "s2", "s3"] {
+        streams.push(subscribe(&stack, id, &[OrchestrationAction::Migrate], &[]).await);
+    }
+    report_cluster(&mut stack).await;
+    let p = next("policy", &mut streams[0], Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while posts.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the migration never reached the orchestrator"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    stack.orch_shutdown.cancel();
+    // Every open stream ends with a status saying why, not a reset.
+    for (i, s) in streams.iter_mut().enumerate() {
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("stream {i} ended without a status"),
+                    Err(status) => return status,
+                }
+            }
+        })
+        .await
+        .expect("a stream stayed open after shutdown started");
+        assert_eq!(end.code(), tonic::Code::Unavailable, "stream {i}: {end:?}");
+        assert!(end.message().contains("shutting down"), "{}", end.message());
+    }
+    (&mut stack.orch)
+        .await
+        .unwrap()
+        .expect("the engine stopped cleanly");
+    // The migration still under way is recorded as not done.
+    let r = feedback(&stack, "migrate", "ml")
+        .await
+        .expect("no result for the unfinished migration");
+    assert_eq!(r.request_id, p.request_id);
+    assert!(!r.success);
+    assert!(
+        r.failure_reason.starts_with("not done"),
+        "{}",
+        r.failure_reason
+    );
+}
