@@ -224,6 +224,11 @@ impl Engine {
         true
     }
 
+    /// The latest forecast of `node`, if any.
+    pub fn forecast(&self, node: &str) -> Option<ResourcePrediction> {
+        lock(&self.inner.forecasts).get(node).cloned()
+    }
+
     /// The view the planners see at `now`.
     pub fn planning_view(&self, now: SystemTime) -> PlanningView {
         let cfg = &self.inner.cfg;

@@ -755,9 +755,11 @@ pub async fn restore_until_done(bus: &Bus, engine: &Engine, shutdown: &Cancellat
 }
 
 /// Keeps the engine's forecasts current from `apollo.forecast.>` (latest per
-/// node first, then new ones).
+/// node first, then new ones), following the stream anew after every
+/// reconnection.
 pub async fn follow_forecasts(bus: Bus, engine: Engine, shutdown: CancellationToken) {
     let subject = format!("{}.forecast.>", bus.subjects().prefix());
+    let mut ready = bus.readiness();
     loop {
         if !bus.wait_ready(Duration::from_secs(5)).await {
             if shutdown.is_cancelled() {
@@ -781,6 +783,13 @@ pub async fn follow_forecasts(bus: Bus, engine: Engine, shutdown: CancellationTo
         loop {
             let m = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                // Connection lost: follow anew as soon as it is back rather
+                // than wait for the consumer's missed heartbeats.
+                r = ready.wait_for(|r| !*r) => {
+                    if r.is_err() { return }
+                    tracing::info!("NATS gone; following forecasts anew when back");
+                    break;
+                }
                 m = messages.next() => m,
             };
             match m {
