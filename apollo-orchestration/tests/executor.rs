@@ -30,11 +30,16 @@ struct Orchestrator {
     failures: Arc<Mutex<u32>>,
     /// The status of those failures.
     failure: StatusCode,
+    /// Take migrations and never answer.
+    hang: bool,
 }
 
 async fn migrations(State(o): State<Orchestrator>, body: String) -> (StatusCode, String) {
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     o.seen.lock().unwrap().posts.push(("migrations".into(), v));
+    if o.hang {
+        std::future::pending::<()>().await;
+    }
     let mut f = o.failures.lock().unwrap();
     if *f > 0 {
         *f -= 1;
@@ -93,11 +98,16 @@ async fn serve(failures: u32) -> (String, Orchestrator) {
 }
 
 async fn serve_failing(failures: u32, failure: StatusCode) -> (String, Orchestrator) {
-    let o = Orchestrator {
+    serve_with(Orchestrator {
         seen: Arc::default(),
         failures: Arc::new(Mutex::new(failures)),
         failure,
-    };
+        hang: false,
+    })
+    .await
+}
+
+async fn serve_with(o: Orchestrator) -> (String, Orchestrator) {
     let app = axum::Router::new()
         .route("/api/v1/migrations", post(migrations))
         .route("/api/v1/migrations/{id}", get(migration_status))
@@ -283,25 +293,19 @@ async fn payloads_the_orchestrator_would_reject_are_never_sent() {
 
 #[tokio::test]
 async fn a_hanging_orchestrator_fills_a_bounded_queue_and_the_rest_fail_at_once() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let posts = Arc::new(AtomicUsize::new(0));
-    let counted = posts.clone();
-    let app = axum::Router::new().route(
-        "/api/v1/migrations",
-        post(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<&'static str>()
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let (url, o) = serve_with(Orchestrator {
+        seen: Arc::default(),
+        failures: Arc::default(),
+        failure: StatusCode::OK,
+        hang: true,
+    })
+    .await;
     let metrics = apollo_orchestration::metrics::Metrics::default();
     let (results_tx, mut results) = tokio::sync::mpsc::channel(64);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let handle = apollo_orchestration::executor::spawn(
         ExecutorConfig {
-            base_url: format!("http://{addr}"),
+            base_url: url,
             request_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(10),
             backoff: Duration::from_millis(10),
@@ -325,7 +329,7 @@ async fn a_hanging_orchestrator_fills_a_bounded_queue_and_the_rest_fail_at_once(
         assert_eq!(r.failure_reason, "executor queue full");
         failed.push(r.request_id);
     }
-    let running = posts.load(Ordering::SeqCst);
+    let running = o.seen.lock().unwrap().posts.len();
     assert!(running <= 4, "at most 4 executions at once, saw {running}");
     // At most 4 running, one waiting for a slot and 2 queued: at least 13
     // of the 20 refused.
