@@ -45,7 +45,7 @@ pub struct Metrics {
     pub slow_subscribers: Counter,
     /// Policies and results waiting in the outbox for NATS.
     pub outbox_depth: Gauge,
-    /// Messages the full outbox dropped (oldest first).
+    /// Messages the outbox dropped: oldest first when full, or refused for good.
     pub outbox_dropped: Counter,
     /// Policies that could not be stored on JetStream.
     pub publish_failures: Counter,
@@ -160,7 +160,7 @@ impl Metrics {
         );
         r.register(
             "outbox_dropped",
-            "Policies and results dropped because the outbox was full (--policy-outbox)",
+            "Policies and results dropped: the outbox was full (--policy-outbox), or NATS refused them for good",
             self.outbox_dropped.clone(),
         );
         r.register(

@@ -6,7 +6,10 @@
 //! the bus is ready again. New messages queue behind waiting ones, so the
 //! stream keeps the order they were issued in. The outbox holds at most
 //! `--policy-outbox` messages; past that the oldest is dropped and counted
-//! (`apollo_orchestration_outbox_dropped_total`).
+//! (`apollo_orchestration_outbox_dropped_total`). Only failures a retry can
+//! cure wait (NATS unavailable, no ack); one that cannot (the service's NATS
+//! user lacks the permission) is logged and dropped, also counted, rather
+//! than hold back everything behind it.
 //!
 //! A retried publish carries the same `Nats-Msg-Id` (derived from subject
 //! and content), so one whose first attempt was stored but not acknowledged
@@ -40,11 +43,16 @@ impl Outgoing {
         }
     }
 
-    async fn publish(&self, bus: &Bus, subject: String) -> Result<(), BusError> {
-        match self {
+    /// Publishes; `Err(true)` when a retry may succeed.
+    async fn publish(&self, bus: &Bus, subject: String) -> Result<(), (BusError, bool)> {
+        let outcome = match self {
             Self::Policy(p) => bus.publish(subject, p).await.map(drop),
             Self::Result(r) => bus.publish(subject, r).await.map(drop),
-        }
+        };
+        outcome.map_err(|e| {
+            let retry = e.grpc_code() == tonic::Code::Unavailable;
+            (e, retry)
+        })
     }
 }
 
@@ -106,13 +114,33 @@ impl Outbox {
         if self.depth() == 0 && self.inner.bus.is_ready() {
             match message.publish(&self.inner.bus, subject.clone()).await {
                 Ok(()) => return,
-                Err(err) => {
+                Err((err, false)) => {
+                    self.refused(&message, &err);
+                    return;
+                }
+                Err((err, true)) => {
                     self.inner.metrics.publish_failures.inc();
                     tracing::warn!(%err, request_id = %message.request_id(), "not stored, kept in the outbox");
                 }
             }
         }
         self.push(subject, message);
+    }
+
+    /// A message NATS refuses for good: dropped, counted, logged.
+    fn refused(&self, message: &Outgoing, err: &BusError) {
+        self.inner.metrics.publish_failures.inc();
+        self.inner.metrics.outbox_dropped.inc();
+        tracing::error!(%err, request_id = %message.request_id(), "refused by NATS, dropped");
+    }
+
+    fn pop_if_front(&self, seq: u64) {
+        let mut q = self.lock();
+        // Dropped meanwhile if the outbox overflowed.
+        if q.1.front().is_some_and(|e| e.seq == seq) {
+            q.1.pop_front();
+        }
+        self.inner.metrics.outbox_depth.set(q.1.len() as i64);
     }
 
     fn push(&self, subject: String, message: Outgoing) {
@@ -177,17 +205,16 @@ impl Outbox {
             match message.publish(&self.inner.bus, subject).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
-                    let mut q = self.lock();
-                    // Dropped meanwhile if the outbox overflowed.
-                    if q.1.front().is_some_and(|e| e.seq == seq) {
-                        q.1.pop_front();
-                    }
-                    self.inner.metrics.outbox_depth.set(q.1.len() as i64);
-                    if q.1.is_empty() {
+                    self.pop_if_front(seq);
+                    if self.depth() == 0 {
                         tracing::info!("outbox flushed");
                     }
                 }
-                Err(err) => {
+                Err((err, false)) => {
+                    self.refused(&message, &err);
+                    self.pop_if_front(seq);
+                }
+                Err((err, true)) => {
                     self.inner.metrics.publish_failures.inc();
                     tracing::warn!(%err, retry_in = ?backoff, "outbox publish failed");
                     tokio::select! {

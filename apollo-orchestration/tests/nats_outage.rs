@@ -221,3 +221,57 @@ async fn forecasts_are_followed_again_as_soon_as_nats_is_back() {
         })
     );
 }
+
+#[tokio::test]
+async fn a_policy_nats_refuses_for_good_is_dropped_and_holds_back_nothing() {
+    // This service's NATS user may publish migrations but not rebalancing
+    // policies (a deployment mistake a retry cannot cure).
+    let nats = TestNats::start_with_config(
+        r#"authorization { users = [ {
+            user: "orch", password: "orch-pass",
+            permissions: {
+                publish: { allow: ["$JS.API.>", "refused.policy.orchestration.migrate.>"] },
+                subscribe: { allow: ["_INBOX.>"] }
+            }
+        } ] }"#,
+    );
+    let (mut n, s) = nats.bus_args();
+    n.subject_prefix = "refused".into();
+    n.stream_prefix = "REFUSED".into();
+    n.user = Some("orch".into());
+    n.password = Some("orch-pass".into());
+    let mut config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
+    config.policy_outbox = 16;
+    let shutdown = CancellationToken::new();
+    let bus = Bus::connect("apollo-orchestration", &n, &s, shutdown.clone())
+        .await
+        .unwrap();
+    assert!(bus.wait_ready(Duration::from_secs(10)).await);
+    let metrics = Metrics::default();
+    let engine = Engine::new(
+        config.engine(),
+        ClusterView::with_limits(config.view.clone()),
+        metrics.clone(),
+    );
+    let service = PolicyService::new(
+        engine,
+        bus.clone(),
+        config.delivery(),
+        None,
+        shutdown.child_token(),
+    );
+    tokio::spawn(service.outbox().clone().run(shutdown.clone()));
+
+    let mut refused = policy(1);
+    refused.action = OrchestrationAction::Rebalance as i32;
+    service.publish(&refused).await;
+    service.publish(&policy(2)).await;
+    assert_eq!(
+        service.outbox().depth(),
+        0,
+        "nothing waits behind the refused policy"
+    );
+    assert_eq!(metrics.outbox_dropped.get(), 1);
+    assert_eq!(stored(&bus).await, vec!["while-down-2".to_string()]);
+    shutdown.cancel();
+}
