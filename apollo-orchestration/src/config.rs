@@ -368,3 +368,49 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flags: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["--grpc-addr", "127.0.0.1:0"];
+        all.extend_from_slice(flags);
+        let c: Config = apollo_common::config::parse_flags(&all).map_err(|e| e.to_string())?;
+        c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn subscriber_outbox_and_expiry_bounds_are_validated() {
+        assert!(config(&[]).is_ok());
+        for (flags, why) in [
+            (
+                &["--max-subscribers", "0"][..],
+                "--max-subscribers must be at least 1",
+            ),
+            (
+                &["--policy-outbox", "0"][..],
+                "--policy-outbox must be at least 1",
+            ),
+            (
+                &["--subscriber-expiry", "100ms"][..],
+                "--subscriber-expiry (100ms) must be at least 1s",
+            ),
+        ] {
+            let err = config(flags).expect_err(why);
+            assert_eq!(err, why, "{flags:?}");
+        }
+        let c = config(&[
+            "--max-subscribers",
+            "3",
+            "--policy-outbox",
+            "7",
+            "--subscriber-expiry",
+            "2h",
+        ])
+        .unwrap();
+        let d = c.delivery();
+        assert_eq!((d.max_subscribers, d.outbox), (3, 7));
+        assert_eq!(d.expiry, Duration::from_secs(7200));
+    }
+}
