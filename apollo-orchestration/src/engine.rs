@@ -444,6 +444,11 @@ impl Engine {
     /// before), and a migration is under way and in cooldown for the rails,
     /// so the same pod is not moved again inside its cooldown.
     pub fn restore_policy(&self, p: OrchestrationPolicy, now: SystemTime) {
+        // Already known (issued here, or restored before): what the engine
+        // holds is at least as current.
+        if lock(&self.inner.book).by_id.contains_key(&p.request_id) {
+            return;
+        }
         let dry_run = policy::is_dry_run(&p);
         if !dry_run {
             if let Some(Target::Migration(m)) = &p.target {

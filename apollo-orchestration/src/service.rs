@@ -596,8 +596,26 @@ pub async fn planning_loop(
             }
         });
     }
+    if let Some(mut leadership) = service.leadership.clone() {
+        // Taking over the Lease is a reason to act at once (restore, plan).
+        let wake = wake.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = leadership.changed() => if r.is_err() { return },
+                }
+                wake.notify_one();
+            }
+        });
+    }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The caller restored before the first cycle; a replica that takes over
+    // the Lease later restores again first, for what the previous leader
+    // issued meanwhile (its cooldowns and moves under way).
+    let mut leading = service.is_leader();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -606,7 +624,14 @@ pub async fn planning_loop(
         }
         if !service.is_leader() {
             // Standby: serve reads, plan nothing until the Lease is ours.
+            leading = false;
             continue;
+        }
+        if !leading {
+            if !restore_until_done(&service.bus, &service.engine, &shutdown).await {
+                return;
+            }
+            leading = true;
         }
         let cycle = service.engine.plan(SystemTime::now());
         if !cycle.issued.is_empty() || !cycle.blocked.is_empty() {
