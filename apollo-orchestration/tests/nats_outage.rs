@@ -48,6 +48,17 @@ async fn start(outbox: usize) -> Engine0 {
     let nats = TestNats::start().await;
     assert!(nats.can_restart(), "needs a nats-server binary");
     let (n, s) = nats.bus_args();
+    on(nats, n, s, outbox).await
+}
+
+/// The engine's bus, engine and policy service (no gRPC server) on `nats`,
+/// with its outbox running.
+async fn on(
+    nats: TestNats,
+    n: apollo_common::config::NatsArgs,
+    s: apollo_common::config::StreamArgs,
+    outbox: usize,
+) -> Engine0 {
     let mut config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
     config.policy_outbox = outbox;
     let shutdown = CancellationToken::new();
@@ -240,38 +251,17 @@ async fn a_policy_nats_refuses_for_good_is_dropped_and_holds_back_nothing() {
     n.stream_prefix = "REFUSED".into();
     n.user = Some("orch".into());
     n.password = Some("orch-pass".into());
-    let mut config = apollo_orchestration::Config::with_defaults(n.clone(), s.clone());
-    config.policy_outbox = 16;
-    let shutdown = CancellationToken::new();
-    let bus = Bus::connect("apollo-orchestration", &n, &s, shutdown.clone())
-        .await
-        .unwrap();
-    assert!(bus.wait_ready(Duration::from_secs(10)).await);
-    let metrics = Metrics::default();
-    let engine = Engine::new(
-        config.engine(),
-        ClusterView::with_limits(config.view.clone()),
-        metrics.clone(),
-    );
-    let service = PolicyService::new(
-        engine,
-        bus.clone(),
-        config.delivery(),
-        None,
-        shutdown.child_token(),
-    );
-    tokio::spawn(service.outbox().clone().run(shutdown.clone()));
+    let e = on(nats, n, s, 16).await;
 
     let mut refused = policy(1);
     refused.action = OrchestrationAction::Rebalance as i32;
-    service.publish(&refused).await;
-    service.publish(&policy(2)).await;
+    e.service.publish(&refused).await;
+    e.service.publish(&policy(2)).await;
     assert_eq!(
-        service.outbox().depth(),
+        e.service.outbox().depth(),
         0,
         "nothing waits behind the refused policy"
     );
-    assert_eq!(metrics.outbox_dropped.get(), 1);
-    assert_eq!(stored(&bus).await, vec!["while-down-2".to_string()]);
-    shutdown.cancel();
+    assert_eq!(e.metrics.outbox_dropped.get(), 1);
+    assert_eq!(stored(&e.bus).await, vec!["while-down-2".to_string()]);
 }

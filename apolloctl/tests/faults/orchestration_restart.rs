@@ -36,6 +36,22 @@ async fn migrations(bus: &Bus) -> HashMap<String, Vec<String>> {
     by_pod
 }
 
+/// Two idle workers and a hot node, reported through ingest.
+async fn report_overload(ic: &mut InsightServiceClient<tonic::transport::Channel>) {
+    for insight in [
+        node("worker-1", 0.10, vec![]),
+        node("worker-2", 0.30, vec![]),
+        hot_node("hot-1"),
+    ] {
+        let r = ic
+            .report_cluster_insight(insight)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.success, "{r:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestration_killed_after_a_migration_does_not_move_the_pod_again() {
     let nats = TestNats::start().await;
@@ -59,22 +75,7 @@ async fn orchestration_killed_after_a_migration_does_not_move_the_pod_again() {
     assert!(bus.wait_ready(BOUND).await);
 
     let mut ic = InsightServiceClient::connect(ingest.url()).await.unwrap();
-    let overload = || {
-        [
-            node("worker-1", 0.10, vec![]),
-            node("worker-2", 0.30, vec![]),
-            hot_node("hot-1"),
-        ]
-    };
-    for insight in overload() {
-        assert!(
-            ic.report_cluster_insight(insight)
-                .await
-                .unwrap()
-                .into_inner()
-                .success
-        );
-    }
+    report_overload(&mut ic).await;
     wait_until("a migration off hot-1", BOUND, || {
         let bus = bus.clone();
         async move { !migrations(&bus).await.is_empty() }
@@ -91,15 +92,7 @@ async fn orchestration_killed_after_a_migration_does_not_move_the_pod_again() {
         .metric("apollo_orchestration_moves_in_flight")
         .await;
     // The same overload again, then enough planning cycles to act on it.
-    for insight in overload() {
-        assert!(
-            ic.report_cluster_insight(insight)
-                .await
-                .unwrap()
-                .into_inner()
-                .success
-        );
-    }
+    report_overload(&mut ic).await;
     wait_until("planning cycles after the restart", BOUND, || async {
         orchestration
             .metric("apollo_orchestration_plan_cycles_total")
