@@ -153,6 +153,15 @@ pub struct Config {
     /// How long a slow subscriber's full buffer is tolerated before its stream ends.
     #[arg(long, env = "APOLLO_ORCH_SUBSCRIBER_STALL", default_value = "10s", value_parser = parse_duration)]
     pub subscriber_stall: Duration,
+    /// Open `SubscribePolicies` streams at most; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "APOLLO_ORCH_MAX_SUBSCRIBERS", default_value_t = 256)]
+    pub max_subscribers: usize,
+    /// A subscriber's durable consumer is deleted by NATS after this long without a stream.
+    #[arg(long, env = "APOLLO_ORCH_SUBSCRIBER_EXPIRY", default_value = "24h", value_parser = parse_duration)]
+    pub subscriber_expiry: Duration,
+    /// Policies and results kept, in order, while NATS cannot store them; past this the oldest are dropped.
+    #[arg(long, env = "APOLLO_ORCH_POLICY_OUTBOX", default_value_t = 4096)]
+    pub policy_outbox: usize,
     /// Where approved policies are executed.
     #[arg(long, env = "APOLLO_ORCH_EXECUTOR", value_enum, default_value = "none")]
     pub executor: ExecutorKind,
@@ -232,6 +241,18 @@ impl Config {
         }
         if self.subscriber_buffer == 0 {
             return Err("--subscriber-buffer must be at least 1".into());
+        }
+        if self.policy_outbox == 0 {
+            return Err("--policy-outbox must be at least 1".into());
+        }
+        if self.max_subscribers == 0 {
+            return Err("--max-subscribers must be at least 1".into());
+        }
+        if self.subscriber_expiry < Duration::from_secs(1) {
+            return Err(format!(
+                "--subscriber-expiry ({:?}) must be at least 1s",
+                self.subscriber_expiry
+            ));
         }
         self.view.validate()?;
         if self.kube.lease_renew.is_zero() || self.kube.lease_renew >= self.kube.lease_duration {
@@ -326,6 +347,9 @@ impl Config {
         DeliverySettings {
             buffer: self.subscriber_buffer,
             stall: self.subscriber_stall,
+            max_subscribers: self.max_subscribers,
+            expiry: self.subscriber_expiry,
+            outbox: self.policy_outbox,
         }
     }
 
@@ -342,5 +366,51 @@ impl Config {
             }),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flags: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["--grpc-addr", "127.0.0.1:0"];
+        all.extend_from_slice(flags);
+        let c: Config = apollo_common::config::parse_flags(&all).map_err(|e| e.to_string())?;
+        c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn subscriber_outbox_and_expiry_bounds_are_validated() {
+        assert!(config(&[]).is_ok());
+        for (flags, why) in [
+            (
+                &["--max-subscribers", "0"][..],
+                "--max-subscribers must be at least 1",
+            ),
+            (
+                &["--policy-outbox", "0"][..],
+                "--policy-outbox must be at least 1",
+            ),
+            (
+                &["--subscriber-expiry", "100ms"][..],
+                "--subscriber-expiry (100ms) must be at least 1s",
+            ),
+        ] {
+            let err = config(flags).expect_err(why);
+            assert_eq!(err, why, "{flags:?}");
+        }
+        let c = config(&[
+            "--max-subscribers",
+            "3",
+            "--policy-outbox",
+            "7",
+            "--subscriber-expiry",
+            "2h",
+        ])
+        .unwrap();
+        let d = c.delivery();
+        assert_eq!((d.max_subscribers, d.outbox), (3, 7));
+        assert_eq!(d.expiry, Duration::from_secs(7200));
     }
 }

@@ -224,6 +224,11 @@ impl Engine {
         true
     }
 
+    /// The latest forecast of `node`, if any.
+    pub fn forecast(&self, node: &str) -> Option<ResourcePrediction> {
+        lock(&self.inner.forecasts).get(node).cloned()
+    }
+
     /// The view the planners see at `now`.
     pub fn planning_view(&self, now: SystemTime) -> PlanningView {
         let cfg = &self.inner.cfg;
@@ -427,9 +432,69 @@ impl Engine {
         })
     }
 
+    /// How far back the engine's own policies and results matter after a
+    /// restart (see [`restore_policy`](Self::restore_policy)).
+    pub fn restore_window(&self) -> std::time::Duration {
+        lock(&self.inner.planning).rails.memory()
+    }
+
+    /// Takes back a policy this engine issued before a restart, read from
+    /// the policy stream (its audit trail): it is in the book again (so
+    /// results for it are accepted and `GetOrchestrationPolicy` answers as
+    /// before), and a migration is under way and in cooldown for the rails,
+    /// so the same pod is not moved again inside its cooldown.
+    pub fn restore_policy(&self, p: OrchestrationPolicy, now: SystemTime) {
+        // Already known (issued here, or restored before): what the engine
+        // holds is at least as current.
+        if lock(&self.inner.book).by_id.contains_key(&p.request_id) {
+            return;
+        }
+        let dry_run = policy::is_dry_run(&p);
+        if !dry_run {
+            if let Some(Target::Migration(m)) = &p.target {
+                let at = p
+                    .created_at
+                    .as_ref()
+                    .and_then(crate::forecast::to_system_time)
+                    .unwrap_or(now);
+                if !m.source_node.is_empty() && !m.target_node.is_empty() {
+                    let mut planning = lock(&self.inner.planning);
+                    planning.rails.tick(now);
+                    planning.rails.remember(
+                        format!("{}/{}", m.pod_namespace, m.pod_name),
+                        &m.source_node,
+                        &m.target_node,
+                        at,
+                    );
+                    self.inner
+                        .metrics
+                        .in_flight
+                        .set(planning.rails.in_flight() as i64);
+                }
+            }
+        }
+        let state = if dry_run {
+            PolicyState::DryRun
+        } else {
+            PolicyState::Pending
+        };
+        lock(&self.inner.book).insert(p, state);
+    }
+
+    /// Takes back an execution result published before a restart (from the
+    /// feedback stream), after [`restore_policy`](Self::restore_policy); not
+    /// counted as a new report.
+    pub fn restore_result(&self, r: &ExecutionResult) -> Result<(), EngineError> {
+        self.apply_report(r, false).map(drop)
+    }
+
     /// Applies an execution result; idempotent per request id. A failed move
     /// backs off its pod and target node.
     pub fn report(&self, r: &ExecutionResult) -> Result<Reported, EngineError> {
+        self.apply_report(r, true)
+    }
+
+    fn apply_report(&self, r: &ExecutionResult, count: bool) -> Result<Reported, EngineError> {
         let id = r.request_id.trim();
         if id.is_empty() {
             return Err(EngineError::Invalid {
@@ -460,7 +525,9 @@ impl Engine {
             });
         }
         if let Some(resp) = book.reports.get(id) {
-            self.inner.metrics.report("duplicate");
+            if count {
+                self.inner.metrics.report("duplicate");
+            }
             return Ok(Reported {
                 response: resp.clone(),
                 duplicate: true,
@@ -491,9 +558,11 @@ impl Engine {
                 r.success,
             );
         }
-        self.inner
-            .metrics
-            .report(if r.success { "success" } else { "failure" });
+        if count {
+            self.inner
+                .metrics
+                .report(if r.success { "success" } else { "failure" });
+        }
         Ok(Reported {
             response,
             duplicate: false,

@@ -10,11 +10,19 @@
 //! Payloads obey the orchestrator's rules before anything is sent (non-zero
 //! required integers, non-empty and distinct source/target, its storage class
 //! names); a policy that cannot be expressed fails without a request.
-//! 5xx answers, timeouts and connection errors are retried with exponential
-//! backoff up to the policy's `max_retries`; 4xx answers are not retried.
+//! Retries (exponential backoff, up to the policy's `max_retries`) only where
+//! sending twice is harmless: a request the orchestrator did not take
+//! (connection refused, 503, 429) is sent again, whatever it is; one whose
+//! outcome is unknown (a timeout, another 5xx, a broken connection) is sent
+//! again only if it is idempotent (status polls, autoscaling, which sets
+//! absolute replica counts). A migration or provisioning request with an
+//! unknown outcome fails as such rather than risk a second move or volume.
+//! 4xx answers are never retried.
 //! Every outcome becomes an `ExecutionResult` fed through the same path as
 //! `ReportExecutionResult`. Dry-run policies never reach the executor.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use apollo_proto::{
@@ -47,15 +55,58 @@ pub struct ExecutorConfig {
     pub target_cpu_percent: u32,
 }
 
+/// Policies being executed, by request id.
+type Running = Arc<Mutex<HashMap<String, OrchestrationPolicy>>>;
+
 /// Hands policies to the executor task.
 #[derive(Debug, Clone)]
 pub struct ExecutorHandle {
     tx: mpsc::Sender<OrchestrationPolicy>,
     results: mpsc::Sender<ExecutionResult>,
     metrics: Metrics,
+    running: Running,
+    finished: Arc<tokio::sync::Notify>,
+}
+
+fn lock(running: &Running) -> MutexGuard<'_, HashMap<String, OrchestrationPolicy>> {
+    running.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ExecutorHandle {
+    /// Policies being executed now.
+    pub fn running(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Waits until no execution is under way.
+    pub async fn idle(&self) {
+        loop {
+            let finished = self.finished.notified();
+            if self.running() == 0 {
+                return;
+            }
+            finished.await;
+        }
+    }
+
+    /// Gives up on the executions still under way (at shutdown): each
+    /// becomes a failed result saying it was not done, and their own
+    /// outcomes, should they still arrive, are discarded.
+    pub fn abandon(&self) -> Vec<ExecutionResult> {
+        let abandoned: Vec<_> = lock(&self.running).drain().map(|(_, p)| p).collect();
+        abandoned
+            .iter()
+            .map(|p| {
+                self.metrics.execution("abandoned");
+                result(
+                    p,
+                    Err("not done: the engine shut down before the orchestrator finished; the outcome is unknown".into()),
+                    0,
+                )
+            })
+            .collect()
+    }
+
     /// Queues a policy; a full queue fails it at once (reported as a result).
     pub fn submit(&self, p: OrchestrationPolicy) {
         if let Err(e) = self.tx.try_send(p) {
@@ -76,15 +127,19 @@ impl ExecutorHandle {
 enum CallError {
     /// 4xx: the request is wrong; retrying cannot help.
     Rejected(u16, String),
-    /// 5xx, timeout or connection error: worth retrying.
-    Transient(String),
+    /// The orchestrator did not take the request (no connection, 503, 429):
+    /// sending it again is safe.
+    NotTaken(String),
+    /// No usable answer (timeout, other 5xx, connection lost mid-way): the
+    /// orchestrator may have acted on it.
+    Unknown(String),
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Rejected(code, body) => write!(f, "rejected with {code}: {body}"),
-            Self::Transient(e) => write!(f, "{e}"),
+            Self::NotTaken(e) | Self::Unknown(e) => write!(f, "{e}"),
         }
     }
 }
@@ -239,21 +294,31 @@ impl OrchestratorClient {
             .body(Full::new(payload))
             .map_err(|e| CallError::Rejected(0, format!("bad request for {url}: {e}")))?;
         let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| CallError::Transient(format!("{method} {url}: {e}")))?;
+            let resp = self.http.request(req).await.map_err(|e| {
+                let what = format!("{method} {url}: {e}");
+                if e.is_connect() {
+                    CallError::NotTaken(what)
+                } else {
+                    CallError::Unknown(what)
+                }
+            })?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| CallError::Transient(format!("{method} {url}: reading body: {e}")))?
+                .map_err(|e| CallError::Unknown(format!("{method} {url}: reading body: {e}")))?
                 .to_bytes();
             let text = String::from_utf8_lossy(&bytes).into_owned();
+            if status == hyper::StatusCode::SERVICE_UNAVAILABLE
+                || status == hyper::StatusCode::TOO_MANY_REQUESTS
+            {
+                return Err(CallError::NotTaken(format!(
+                    "{method} {url}: {status}: {text}"
+                )));
+            }
             if status.is_server_error() {
-                return Err(CallError::Transient(format!(
+                return Err(CallError::Unknown(format!(
                     "{method} {url}: {status}: {text}"
                 )));
             }
@@ -265,7 +330,7 @@ impl OrchestratorClient {
         tokio::time::timeout(self.cfg.request_timeout, exchange)
             .await
             .unwrap_or_else(|_| {
-                Err(CallError::Transient(format!(
+                Err(CallError::Unknown(format!(
                     "{method} {url}: no answer within {:?}",
                     self.cfg.request_timeout
                 )))
@@ -278,18 +343,25 @@ impl OrchestratorClient {
         path: &str,
         body: Option<&Value>,
         retries: u32,
+        idempotent: bool,
     ) -> Result<Value, CallError> {
         let mut delay = self.cfg.backoff;
         let mut attempt = 0;
         loop {
-            match self.call(method, path, body).await {
-                Err(CallError::Transient(e)) if attempt < retries => {
+            let outcome = self.call(method, path, body).await;
+            let again = match &outcome {
+                Err(CallError::NotTaken(e)) => Some(e),
+                Err(CallError::Unknown(e)) if idempotent => Some(e),
+                _ => None,
+            };
+            match again {
+                Some(e) if attempt < retries => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "orchestrator call failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                other => return other,
+                _ => return outcome,
             }
         }
     }
@@ -299,10 +371,18 @@ impl OrchestratorClient {
         let (path, body) = request_for(p, self.cfg.target_cpu_percent)?;
         let constraints = p.constraints.clone().unwrap_or_default();
         let retries = constraints.max_retries.max(0) as u32;
+        // Autoscaling sets absolute replica counts: sending it twice is
+        // harmless. A second migration or volume is not.
+        let idempotent = path == "/api/v1/autoscaling";
         let answer = self
-            .call_with_retries("POST", path, Some(&body), retries)
+            .call_with_retries("POST", path, Some(&body), retries, idempotent)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                CallError::Unknown(e) if !idempotent => {
+                    format!("outcome unknown, not sent again: {e}")
+                }
+                e => e.to_string(),
+            })?;
         if path != "/api/v1/migrations" {
             return Ok(());
         }
@@ -318,7 +398,13 @@ impl OrchestratorClient {
         let started = Instant::now();
         loop {
             let status = self
-                .call_with_retries("GET", &format!("/api/v1/migrations/{id}"), None, retries)
+                .call_with_retries(
+                    "GET",
+                    &format!("/api/v1/migrations/{id}"),
+                    None,
+                    retries,
+                    true,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(outcome) = migration_outcome(id, &status) {
@@ -393,12 +479,16 @@ pub fn spawn(
 ) -> ExecutorHandle {
     let (tx, mut rx) = mpsc::channel::<OrchestrationPolicy>(cfg.queue.max(1));
     let client = OrchestratorClient::new(cfg);
+    let running: Running = Arc::default();
+    let finished = Arc::new(tokio::sync::Notify::new());
     let handle = ExecutorHandle {
         tx,
         results: results.clone(),
         metrics: metrics.clone(),
+        running: running.clone(),
+        finished: finished.clone(),
     };
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
     tokio::spawn(async move {
         loop {
             let p = tokio::select! {
@@ -411,9 +501,19 @@ pub fn spawn(
             let client = client.clone();
             let results = results.clone();
             let metrics = metrics.clone();
+            let (running, finished) = (running.clone(), finished.clone());
+            lock(&running).insert(p.request_id.clone(), p.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
                 let outcome = client.execute(&p).await;
+                // Abandoned at shutdown: already reported as not done.
+                let abandoned = lock(&running).remove(&p.request_id).is_none();
+                finished.notify_waiters();
+                if abandoned {
+                    tracing::info!(request_id = %p.request_id, "execution finished after it was abandoned");
+                    drop(permit);
+                    return;
+                }
                 metrics.execution(if outcome.is_ok() {
                     "success"
                 } else {

@@ -138,6 +138,17 @@ fn key(ns: Option<&String>, name: Option<&String>) -> String {
     )
 }
 
+/// Objects of one kind by `namespace/name`.
+fn by_key<K: kube::Resource>(objects: &[K]) -> HashMap<String, &K> {
+    objects
+        .iter()
+        .map(|o| {
+            let m = o.meta();
+            (key(m.namespace.as_ref(), m.name.as_ref()), o)
+        })
+        .collect()
+}
+
 fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
     meta.owner_references
         .as_ref()?
@@ -188,36 +199,9 @@ impl Metadata {
     /// Resolves owners (Pod -> ReplicaSet -> Deployment, StatefulSet,
     /// DaemonSet, static pods), PDBs, annotations, PVC mounts and node roles.
     pub fn build(o: &Objects) -> Self {
-        let rs: HashMap<String, &ReplicaSet> = o
-            .replica_sets
-            .iter()
-            .map(|r| {
-                (
-                    key(r.metadata.namespace.as_ref(), r.metadata.name.as_ref()),
-                    r,
-                )
-            })
-            .collect();
-        let deploy: HashMap<String, &Deployment> = o
-            .deployments
-            .iter()
-            .map(|d| {
-                (
-                    key(d.metadata.namespace.as_ref(), d.metadata.name.as_ref()),
-                    d,
-                )
-            })
-            .collect();
-        let sts: HashMap<String, &StatefulSet> = o
-            .stateful_sets
-            .iter()
-            .map(|s| {
-                (
-                    key(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()),
-                    s,
-                )
-            })
-            .collect();
+        let rs = by_key(&o.replica_sets);
+        let deploy = by_key(&o.deployments);
+        let sts = by_key(&o.stateful_sets);
         let empty = BTreeMap::new();
         let mut pods = HashMap::new();
         for pod in &o.pods {

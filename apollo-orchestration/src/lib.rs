@@ -19,7 +19,9 @@ pub mod engine;
 pub mod executor;
 pub mod forecast;
 pub mod kubernetes;
+pub mod mailbox;
 pub mod metrics;
+pub mod outbox;
 pub mod placement;
 pub mod planner;
 pub mod policy;
@@ -123,8 +125,10 @@ pub async fn serve_with_kubernetes(
         engine.clone(),
         bus.clone(),
         config.delivery(),
-        executor,
-        work.clone(),
+        executor.clone(),
+        // Subscription streams end with a status as soon as shutdown
+        // starts, so the server's drain does not wait for them.
+        shutdown.child_token(),
     );
     let unavailable = if let Some(client) = kube {
         tokio::spawn(kubernetes::follow_metadata(
@@ -164,18 +168,34 @@ pub async fn serve_with_kubernetes(
             }
         });
     }
+    tokio::spawn(service.outbox().clone().run(work.clone()));
     tokio::spawn(service::follow_forecasts(
         bus.clone(),
         engine.clone(),
         work.clone(),
     ));
-    tokio::spawn(service::planning_loop(
-        service.clone(),
-        view.clone(),
-        config.plan_interval,
-        config.plan_min_gap,
-        work.clone(),
-    ));
+    // Planning starts once the engine has taken back what it published
+    // before a restart (cooldowns, moves under way, its policy book); the
+    // service reports SERVING only then.
+    let (restored_tx, restored) = tokio::sync::watch::channel(false);
+    {
+        // Planning stops as soon as shutdown starts: nothing new is issued
+        // or executed while the rest drains.
+        let (service, view, bus, engine, work) = (
+            service.clone(),
+            view.clone(),
+            bus.clone(),
+            engine.clone(),
+            shutdown.clone(),
+        );
+        let (interval, min_gap) = (config.plan_interval, config.plan_min_gap);
+        tokio::spawn(async move {
+            if service::restore_until_done(&bus, &engine, &work).await {
+                restored_tx.send_replace(true);
+                service::planning_loop(service, view, interval, min_gap, work).await;
+            }
+        });
+    }
     tracing::info!(
         dry_run = config.rails.dry_run,
         executor = ?config.executor,
@@ -183,19 +203,65 @@ pub async fn serve_with_kubernetes(
         "planning"
     );
 
+    let outbox = service.outbox().clone();
+    let finishing = service.clone();
+    let grace = config.observability.shutdown_grace;
     let api = OrchestrationPolicyServiceServer::new(service);
     shell
         .start(
             listeners,
             api,
-            view.serving_readiness(&bus, shutdown.clone()),
+            all_of(
+                view.serving_readiness(&bus, shutdown.clone()),
+                restored,
+                shutdown.clone(),
+            ),
             shutdown,
         )
         .await?
         .drain(async move {
+            // Executions under way get half the grace period to finish;
+            // the rest are recorded as not done (a failed result saying
+            // so), published with everything else waiting in the outbox.
+            if let Some(executor) = &executor {
+                if tokio::time::timeout(grace / 2, executor.idle()).await.is_err() {
+                    for r in executor.abandon() {
+                        tracing::warn!(request_id = %r.request_id, "execution abandoned at shutdown");
+                        if let Err(status) = finishing.apply_result(&r).await {
+                            tracing::warn!(request_id = %r.request_id, %status, "abandoned execution not recorded");
+                        }
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(grace / 4, outbox.flushed()).await;
             work.cancel();
+            let waiting = outbox.depth();
+            if waiting > 0 {
+                tracing::error!(waiting, "shutting down with policies or results not stored");
+            }
             bus.drain().await;
         })
         .await?;
     Ok(())
+}
+
+/// True while both `a` and `b` are.
+fn all_of(
+    mut a: tokio::sync::watch::Receiver<bool>,
+    mut b: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let both = *a.borrow_and_update() && *b.borrow_and_update();
+            tx.send_replace(both);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = a.changed() => if r.is_err() { return },
+                r = b.changed() => if r.is_err() { return },
+            }
+        }
+    });
+    rx
 }

@@ -39,8 +39,14 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Open `SubscribePolicies` streams.
     pub subscribers: Gauge,
+    /// Policies queued for subscribers and not yet taken by their streams.
+    pub subscriber_queued: Gauge,
     /// Streams ended because the subscriber did not keep up.
     pub slow_subscribers: Counter,
+    /// Policies and results waiting in the outbox for NATS.
+    pub outbox_depth: Gauge,
+    /// Messages the outbox dropped: oldest first when full, or refused for good.
+    pub outbox_dropped: Counter,
     /// Policies that could not be stored on JetStream.
     pub publish_failures: Counter,
     /// Bus messages (forecasts, alerts) that could not be decoded.
@@ -138,13 +144,28 @@ impl Metrics {
             self.subscribers.clone(),
         );
         r.register(
+            "subscriber_queued",
+            "Policies queued for subscribers, not yet taken by their gRPC streams",
+            self.subscriber_queued.clone(),
+        );
+        r.register(
             "slow_subscribers",
             "Subscriptions ended because their buffer stayed full",
             self.slow_subscribers.clone(),
         );
         r.register(
+            "outbox_depth",
+            "Policies and results waiting for NATS to be stored",
+            self.outbox_depth.clone(),
+        );
+        r.register(
+            "outbox_dropped",
+            "Policies and results dropped: the outbox was full (--policy-outbox), or NATS refused them for good",
+            self.outbox_dropped.clone(),
+        );
+        r.register(
             "publish_failures",
-            "Policies or results that could not be stored on JetStream",
+            "Attempts to store a policy or result on JetStream that failed (retried from the outbox)",
             self.publish_failures.clone(),
         );
         r.register(

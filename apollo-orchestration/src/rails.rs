@@ -415,6 +415,33 @@ impl Rails {
         Ok(())
     }
 
+    /// Remembers a move issued before a restart (read back from the policy
+    /// stream) as [`approve`](Self::approve) recorded it: under way since
+    /// `at` (until reported or `in_flight_timeout`), the pod in cooldown,
+    /// its source node departed.
+    pub fn remember(&mut self, pod_key: String, from: &str, to: &str, at: SystemTime) {
+        let m = Move {
+            from: from.to_string(),
+            to: to.to_string(),
+            at,
+        };
+        self.in_flight.insert(pod_key.clone(), m.clone());
+        self.departed
+            .entry(pod_key.clone())
+            .or_default()
+            .push((m.from.clone(), at));
+        self.last_move.insert(pod_key, m);
+    }
+
+    /// How far back moves matter to the rails (cooldown, ping-pong window,
+    /// moves under way).
+    pub fn memory(&self) -> std::time::Duration {
+        self.cfg
+            .cooldown
+            .max(self.cfg.ping_pong_window)
+            .max(self.cfg.in_flight_timeout)
+    }
+
     /// A move finished (reported by the executor or a subscriber). A failure
     /// backs off the pod and its target.
     pub fn finish(&mut self, pod_key: &str, target: &str, success: bool) {

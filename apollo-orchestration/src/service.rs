@@ -15,7 +15,10 @@
 //!
 //! A slow subscriber has a bounded buffer (`--subscriber-buffer`); if it stays
 //! full for `--subscriber-stall`, the stream ends with RESOURCE_EXHAUSTED (and
-//! the subscriber resumes on reconnect). The planner never waits for it.
+//! the subscriber resumes on reconnect). The buffer is emptied at once when a
+//! stream is cut off, so a client that never reads again (its HTTP/2 window
+//! full) holds only the final status. The planner never waits for it. When
+//! the server shuts down, every stream ends at once with UNAVAILABLE.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -24,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use apollo_common::bus::{encode_token, from_json, StreamKind};
 use apollo_common::shutdown::CancellationToken;
-use apollo_common::Bus;
+use apollo_common::{Bus, BusError};
 use apollo_proto::orchestration_policy_service_server::OrchestrationPolicyService;
 use apollo_proto::{
     ExecutionResult, OrchestrationAction, OrchestrationPolicy, OrchestrationPolicyRequest,
@@ -32,11 +35,13 @@ use apollo_proto::{
 };
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError};
 use crate::executor::ExecutorHandle;
+use crate::mailbox::{mailbox, MailboxWriter, Refused};
+use crate::outbox::{Outbox, Outgoing};
 use crate::policy::{action_token, is_dry_run, namespace_of};
 
 /// Fully qualified gRPC service name (for health).
@@ -49,6 +54,12 @@ pub struct DeliverySettings {
     pub buffer: usize,
     /// How long a full buffer is tolerated before the stream ends.
     pub stall: Duration,
+    /// Open streams at most.
+    pub max_subscribers: usize,
+    /// Idle time after which NATS deletes a subscriber's durable consumer.
+    pub expiry: Duration,
+    /// Policies and results kept while NATS cannot store them.
+    pub outbox: usize,
 }
 
 /// Stream of policies to one subscriber.
@@ -61,8 +72,13 @@ pub struct PolicyService {
     bus: Bus,
     delivery: DeliverySettings,
     executor: Option<ExecutorHandle>,
-    active: Arc<Mutex<HashMap<String, CancellationToken>>>,
-    shutdown: CancellationToken,
+    outbox: Outbox,
+    /// Open streams by consumer name, with the generation of the newest.
+    active: Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Cancelled when the server starts shutting down: streams end with
+    /// UNAVAILABLE at once instead of being reset at the end of the grace.
+    streams: CancellationToken,
     events: Option<crate::kubernetes::EventRecorder>,
     leadership: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -71,6 +87,10 @@ impl std::fmt::Debug for PolicyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyService").finish_non_exhaustive()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn status(e: EngineError) -> Status {
@@ -102,15 +122,18 @@ impl PolicyService {
         bus: Bus,
         delivery: DeliverySettings,
         executor: Option<ExecutorHandle>,
-        shutdown: CancellationToken,
+        streams: CancellationToken,
     ) -> Self {
+        let outbox = Outbox::new(bus.clone(), delivery.outbox, engine.metrics().clone());
         Self {
             engine,
             bus,
+            outbox,
             delivery,
             executor,
             active: Arc::default(),
-            shutdown,
+            generation: Arc::default(),
+            streams,
             events: None,
             leadership: None,
         }
@@ -134,7 +157,14 @@ impl PolicyService {
         self.leadership.as_ref().is_none_or(|l| *l.borrow())
     }
 
-    /// Stores an issued policy on JetStream and hands it to the executor.
+    /// The outbox of policies and results waiting for NATS; its
+    /// [`run`](Outbox::run) task must be started beside the service.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Stores an issued policy on JetStream (through the outbox, so an
+    /// outage delays it rather than loses it) and hands it to the executor.
     pub async fn publish(&self, policy: &OrchestrationPolicy) {
         let action = OrchestrationAction::try_from(policy.action)
             .unwrap_or(OrchestrationAction::Unspecified);
@@ -150,10 +180,9 @@ impl PolicyService {
                 return;
             }
         };
-        if let Err(err) = self.bus.publish(subject, policy).await {
-            self.engine.metrics().publish_failures.inc();
-            tracing::warn!(%err, request_id = %policy.request_id, "policy not stored");
-        }
+        self.outbox
+            .send(subject, Outgoing::Policy(policy.clone()))
+            .await;
         // What `apolloctl explain` shows: the policy with its reason and the
         // numbers behind it (contributing factors), kept for the record TTL.
         let record = serde_json::json!({
@@ -187,10 +216,7 @@ impl PolicyService {
                 .subjects()
                 .orchestration_feedback(&action_token(reported.action), &reported.namespace)
                 .map_err(Status::from)?;
-            if let Err(err) = self.bus.publish(subject, r).await {
-                self.engine.metrics().publish_failures.inc();
-                tracing::warn!(%err, request_id = %r.request_id, "execution result not stored");
-            }
+            self.outbox.send(subject, Outgoing::Result(r.clone())).await;
         }
         Ok(reported.response)
     }
@@ -209,6 +235,8 @@ impl PolicyService {
             deliver_policy: consumer::DeliverPolicy::New,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: (self.delivery.buffer as i64 + 16).max(64),
+            // Subscribers that never come back do not leave consumers behind.
+            inactive_threshold: self.delivery.expiry,
             ..Default::default()
         };
         stream
@@ -244,103 +272,122 @@ fn validate_subscription(sub: &PolicySubscription) -> Result<(), Status> {
     Ok(())
 }
 
-/// Copies policies from the subscriber's consumer into its buffer until the
-/// client goes away, the stream is replaced, or the buffer stalls.
-async fn pump(
-    mut messages: consumer::pull::Stream,
+/// Ends a subscription stream because the subscriber did not keep up.
+fn cut_off(sub: &PolicySubscription, stall: Duration, capacity: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "subscriber {} did not take policies for {} ms with {} buffered; reconnect with the same subscriber_id to resume",
+        sub.subscriber_id,
+        stall.as_millis(),
+        capacity
+    ))
+}
+
+/// Why a stream's cancel token fired.
+fn cancelled(shutdown: &CancellationToken) -> Status {
+    if shutdown.is_cancelled() {
+        Status::unavailable(
+            "the server is shutting down; reconnect with the same subscriber_id to resume",
+        )
+    } else {
+        Status::aborted("replaced by a newer stream with the same subscriber_id")
+    }
+}
+
+/// Copies policies from the subscriber's consumer into its mailbox until the
+/// client goes away, the stream is replaced, the server shuts down, or the
+/// mailbox stays full for `stall`.
+struct Pump {
+    messages: consumer::pull::Stream,
     sub: PolicySubscription,
-    tx: mpsc::Sender<Result<OrchestrationPolicy, Status>>,
-    end: tokio::sync::oneshot::Sender<Status>,
+    mailbox: MailboxWriter,
     stall: Duration,
     cancel: CancellationToken,
+    shutdown: CancellationToken,
     engine: Engine,
-) {
-    let capacity = tx.max_capacity();
-    let mut delivered: VecDeque<jetstream::Message> = VecDeque::new();
-    let ack_taken = |delivered: &mut VecDeque<jetstream::Message>, tx: &mpsc::Sender<_>| {
-        let buffered = capacity - tx.capacity();
-        let mut taken = Vec::new();
-        while delivered.len() > buffered {
-            if let Some(m) = delivered.pop_front() {
-                taken.push(m);
+}
+
+impl Pump {
+    async fn run(self) {
+        let Pump {
+            mut messages,
+            sub,
+            mailbox,
+            stall,
+            cancel,
+            shutdown,
+            engine,
+        } = self;
+        // Handed to the mailbox, oldest first; the first `len - queued` of
+        // them the gRPC side has taken.
+        let mut delivered: VecDeque<jetstream::Message> = VecDeque::new();
+        let outcome: Option<Status> = loop {
+            let taken = delivered.len().saturating_sub(mailbox.queued());
+            for m in delivered.drain(..taken) {
+                let _ = m.ack().await;
             }
-        }
-        taken
-    };
-    let outcome: Option<Status> = loop {
-        for m in ack_taken(&mut delivered, &tx) {
-            let _ = m.ack().await;
-        }
-        let next = tokio::select! {
-            _ = cancel.cancelled() => break Some(Status::aborted("replaced by a newer stream with the same subscriber_id, or the server is shutting down")),
-            _ = tx.closed() => break None,
-            n = messages.next() => n,
-            // Wake up now and then to acknowledge what the client has taken.
-            _ = tokio::time::sleep(Duration::from_millis(200)), if !delivered.is_empty() => continue,
-        };
-        let msg = match next {
-            Some(Ok(m)) => m,
-            Some(Err(err)) => {
-                tracing::warn!(%err, subscriber = %sub.subscriber_id, "subscription consumer");
-                break Some(Status::unavailable(format!(
-                    "policy stream interrupted: {err}"
-                )));
-            }
-            None => break Some(Status::unavailable("policy stream ended")),
-        };
-        let shared = apollo_common::shared_metrics::shared();
-        let family = apollo_common::shared_metrics::FamilyLabels {
-            family: "policy.orchestration".into(),
-        };
-        shared.bus_consumed.get_or_create(&family).inc();
-        let policy: OrchestrationPolicy = match from_json(&msg.payload) {
-            Ok(p) => p,
-            Err(err) => {
-                engine.metrics().bad_messages.inc();
-                shared.rejected(family.family, "undecodable");
-                tracing::warn!(%err, subject = %msg.subject, "undecodable policy on the stream");
-                let _ = msg.ack_with(AckKind::Term).await;
+            let next = tokio::select! {
+                _ = cancel.cancelled() => break Some(cancelled(&shutdown)),
+                _ = mailbox.reader_gone_wait() => break None,
+                n = messages.next() => n,
+                // Wake up now and then to acknowledge what the client has taken.
+                _ = tokio::time::sleep(Duration::from_millis(200)), if !delivered.is_empty() => continue,
+            };
+            let msg = match next {
+                Some(Ok(m)) => m,
+                Some(Err(err)) => {
+                    tracing::warn!(%err, subscriber = %sub.subscriber_id, "subscription consumer");
+                    break Some(Status::unavailable(format!(
+                        "policy stream interrupted: {err}"
+                    )));
+                }
+                None => break Some(Status::unavailable("policy stream ended")),
+            };
+            let shared = apollo_common::shared_metrics::shared();
+            let family = apollo_common::shared_metrics::FamilyLabels {
+                family: "policy.orchestration".into(),
+            };
+            shared.bus_consumed.get_or_create(&family).inc();
+            let policy: OrchestrationPolicy = match from_json(&msg.payload) {
+                Ok(p) => p,
+                Err(err) => {
+                    engine.metrics().bad_messages.inc();
+                    shared.rejected(family.family, "undecodable");
+                    tracing::warn!(%err, subject = %msg.subject, "undecodable policy on the stream");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            if !matches(&sub, &policy) {
+                let _ = msg.ack().await;
                 continue;
             }
+            delivered.push_back(msg);
+            let pushed = tokio::select! {
+                _ = cancel.cancelled() => break Some(cancelled(&shutdown)),
+                r = mailbox.push(policy, stall) => r,
+            };
+            match pushed {
+                Ok(()) => {}
+                Err(Refused::ReaderGone) => break None,
+                Err(Refused::Stalled) => {
+                    engine.metrics().slow_subscribers.inc();
+                    tracing::warn!(subscriber = %sub.subscriber_id, "slow subscriber cut off");
+                    break Some(cut_off(&sub, stall, mailbox.capacity()));
+                }
+            }
         };
-        if !matches(&sub, &policy) {
-            let _ = msg.ack().await;
-            continue;
+        // What the gRPC side took is acknowledged; what is still queued is
+        // dropped with the mailbox and handed back (NAK), as is anything the
+        // client may not have read, so a resumed stream gets it again.
+        let queued = mailbox.close(outcome);
+        let taken = delivered.len().saturating_sub(queued);
+        for m in delivered.drain(..taken) {
+            let _ = m.ack().await;
         }
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => { delivered.push_back(msg); break Some(Status::aborted("replaced by a newer stream with the same subscriber_id, or the server is shutting down")); }
-            p = tokio::time::timeout(stall, tx.reserve()) => p,
-        };
-        match permit {
-            Ok(Ok(permit)) => {
-                permit.send(Ok(policy));
-                delivered.push_back(msg);
-            }
-            Ok(Err(_)) => {
-                delivered.push_back(msg);
-                break None;
-            }
-            Err(_) => {
-                engine.metrics().slow_subscribers.inc();
-                delivered.push_back(msg);
-                break Some(Status::resource_exhausted(format!(
-                    "subscriber {} did not take policies for {}s with {} buffered; reconnect with the same subscriber_id to resume",
-                    sub.subscriber_id,
-                    stall.as_secs(),
-                    capacity
-                )));
-            }
+        for m in delivered {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
         }
-    };
-    // Whether the client read what is still unacknowledged cannot be known
-    // once it is gone: hand it back, so a resumed stream gets it again.
-    for m in delivered {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
     }
-    if let Some(s) = outcome {
-        let _ = end.send(s);
-    }
-    engine.metrics().subscribers.dec();
 }
 
 #[tonic::async_trait]
@@ -402,7 +449,41 @@ impl OrchestrationPolicyService for PolicyService {
         let name = consumer_name(&sub.subscriber_id)
             .and_then(|n| validate_subscription(&sub).map(|_| n))
             .inspect_err(|_| self.engine.metrics().rejected("subscribe", "invalid"))?;
-        let consumer = self.open_consumer(&name).await?;
+        let cancel = self.streams.child_token();
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            // Checked and reserved at once, before a consumer is created: a
+            // refused subscriber leaves nothing behind. A stream replacing
+            // one with the same id takes its place.
+            let mut active = lock(&self.active);
+            if !active.contains_key(&name) && active.len() >= self.delivery.max_subscribers {
+                self.engine
+                    .metrics()
+                    .rejected("subscribe", "too_many_subscribers");
+                return Err(Status::resource_exhausted(format!(
+                    "{} policy subscriptions are open, the most this server takes (--max-subscribers); close one or reconnect later",
+                    active.len()
+                )));
+            }
+            if let Some((_, old)) = active.insert(name.clone(), (generation, cancel.clone())) {
+                old.cancel();
+            }
+        }
+        let release = |active: &Mutex<HashMap<String, (u64, CancellationToken)>>| {
+            let mut active = lock(active);
+            if active.get(&name).is_some_and(|(g, _)| *g == generation) {
+                active.remove(&name);
+            }
+        };
+        let consumer = match self.open_consumer(&name).await {
+            Ok(c) => c,
+            Err(e) => {
+                release(&self.active);
+                return Err(e);
+            }
+        };
         // One policy per pull, and pull requests that expire within a
         // second: when a subscriber goes away, at most one policy is in
         // flight to it, and it comes back after `ack_wait`.
@@ -412,33 +493,46 @@ impl OrchestrationPolicyService for PolicyService {
             .expires(Duration::from_secs(1))
             .heartbeat(Duration::from_millis(400))
             .messages()
-            .await
-            .map_err(|e| Status::unavailable(format!("subscription messages: {e}")))?;
-        let cancel = self.shutdown.child_token();
-        if let Some(old) = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), cancel.clone())
-        {
-            old.cancel();
-        }
-        let (tx, rx) = mpsc::channel(self.delivery.buffer.max(1));
-        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+            .await;
+        let messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                release(&self.active);
+                return Err(Status::unavailable(format!("subscription messages: {e}")));
+            }
+        };
+        let on_drop = {
+            let active = self.active.clone();
+            let engine = self.engine.clone();
+            let name = name.clone();
+            Box::new(move || {
+                let mut active = lock(&active);
+                if active.get(&name).is_some_and(|(g, _)| *g == generation) {
+                    active.remove(&name);
+                }
+                engine.metrics().subscribers.dec();
+            })
+        };
+        let (writer, reader) = mailbox(
+            self.delivery.buffer.max(1),
+            self.engine.metrics().subscriber_queued.clone(),
+            on_drop,
+        );
         self.engine.metrics().subscribers.inc();
         tracing::info!(subscriber = %sub.subscriber_id, consumer = %name, "policy subscription opened");
-        tokio::spawn(pump(
-            messages,
-            sub,
-            tx,
-            end_tx,
-            self.delivery.stall,
-            cancel,
-            self.engine.clone(),
-        ));
-        let tail = futures::stream::once(end_rx).filter_map(|r| async move { r.ok().map(Err) });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail);
-        Ok(Response::new(Box::pin(stream)))
+        tokio::spawn(
+            Pump {
+                messages,
+                sub,
+                mailbox: writer,
+                stall: self.delivery.stall,
+                cancel,
+                shutdown: self.streams.clone(),
+                engine: self.engine.clone(),
+            }
+            .run(),
+        );
+        Ok(Response::new(Box::pin(reader.into_stream())))
     }
 }
 
@@ -502,8 +596,26 @@ pub async fn planning_loop(
             }
         });
     }
+    if let Some(mut leadership) = service.leadership.clone() {
+        // Taking over the Lease is a reason to act at once (restore, plan).
+        let wake = wake.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = leadership.changed() => if r.is_err() { return },
+                }
+                wake.notify_one();
+            }
+        });
+    }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The caller restored before the first cycle; a replica that takes over
+    // the Lease later restores again first, for what the previous leader
+    // issued meanwhile (its cooldowns and moves under way).
+    let mut leading = service.is_leader();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -512,7 +624,14 @@ pub async fn planning_loop(
         }
         if !service.is_leader() {
             // Standby: serve reads, plan nothing until the Lease is ours.
+            leading = false;
             continue;
+        }
+        if !leading {
+            if !restore_until_done(&service.bus, &service.engine, &shutdown).await {
+                return;
+            }
+            leading = true;
         }
         let cycle = service.engine.plan(SystemTime::now());
         if !cycle.issued.is_empty() || !cycle.blocked.is_empty() {
@@ -535,10 +654,137 @@ pub async fn planning_loop(
     }
 }
 
+/// Reads back the policies and execution results this engine published
+/// within its restore window (the rails' memory: cooldown, ping-pong window,
+/// moves under way) and hands them to the engine, so a restarted engine
+/// keeps the cooldowns it had. Returns how many policies and results.
+pub async fn restore(bus: &Bus, engine: &Engine) -> Result<(usize, usize), BusError> {
+    let now = SystemTime::now();
+    let since = now
+        .checked_sub(engine.restore_window())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let prefix = bus.subjects().prefix().to_string();
+    let mut policies = 0;
+    replay_since(
+        bus,
+        StreamKind::Policy,
+        format!("{prefix}.policy.orchestration.>"),
+        since,
+        |payload| match from_json::<OrchestrationPolicy>(payload) {
+            Ok(p) => {
+                engine.restore_policy(p, now);
+                policies += 1;
+            }
+            Err(err) => {
+                engine.metrics().bad_messages.inc();
+                tracing::warn!(%err, "undecodable policy on the stream, not restored");
+            }
+        },
+    )
+    .await?;
+    let mut results = 0;
+    replay_since(
+        bus,
+        StreamKind::Feedback,
+        format!("{prefix}.feedback.orchestration.>"),
+        since,
+        |payload| match from_json::<ExecutionResult>(payload) {
+            Ok(r) => {
+                // A result for a policy older than the window finds none.
+                if engine.restore_result(&r).is_ok() {
+                    results += 1;
+                }
+            }
+            Err(err) => {
+                engine.metrics().bad_messages.inc();
+                tracing::warn!(%err, "undecodable execution result on the stream, not restored");
+            }
+        },
+    )
+    .await?;
+    Ok((policies, results))
+}
+
+/// Hands every message stored on `filter` since `since` to `apply`, in
+/// stream order, up to what was there when the replay started.
+async fn replay_since(
+    bus: &Bus,
+    kind: StreamKind,
+    filter: String,
+    since: SystemTime,
+    mut apply: impl FnMut(&[u8]),
+) -> Result<(), BusError> {
+    let failed = |reason: String| BusError::JetStream {
+        what: format!("replay of {filter}"),
+        reason,
+    };
+    let stream = bus.get_stream(kind).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.clone(),
+            deliver_policy: consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from(since),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let pending = consumer.cached_info().num_pending;
+    if pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut seen = 0;
+    while seen < pending {
+        match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                apply(&m.payload);
+                seen += 1;
+            }
+            Ok(Some(Err(e))) => return Err(failed(e.to_string())),
+            Ok(None) => return Err(failed("ended early".into())),
+            Err(_) => return Err(failed(format!("stalled after {seen} of {pending}"))),
+        }
+    }
+    Ok(())
+}
+
+/// [`restore`], retried until it succeeds or `shutdown`; false on shutdown.
+pub async fn restore_until_done(bus: &Bus, engine: &Engine, shutdown: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            ready = bus.wait_ready(Duration::from_secs(5)) => if !ready { continue },
+        }
+        match restore(bus, engine).await {
+            Ok((policies, results)) => {
+                tracing::info!(
+                    policies,
+                    results,
+                    "policy book and rails restored from the streams"
+                );
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "restoring from the streams failed, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Keeps the engine's forecasts current from `apollo.forecast.>` (latest per
-/// node first, then new ones).
+/// node first, then new ones), following the stream anew after every
+/// reconnection.
 pub async fn follow_forecasts(bus: Bus, engine: Engine, shutdown: CancellationToken) {
     let subject = format!("{}.forecast.>", bus.subjects().prefix());
+    let mut ready = bus.readiness();
     loop {
         if !bus.wait_ready(Duration::from_secs(5)).await {
             if shutdown.is_cancelled() {
@@ -562,6 +808,13 @@ pub async fn follow_forecasts(bus: Bus, engine: Engine, shutdown: CancellationTo
         loop {
             let m = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                // Connection lost: follow anew as soon as it is back rather
+                // than wait for the consumer's missed heartbeats.
+                r = ready.wait_for(|r| !*r) => {
+                    if r.is_err() { return }
+                    tracing::info!("NATS gone; following forecasts anew when back");
+                    break;
+                }
                 m = messages.next() => m,
             };
             match m {

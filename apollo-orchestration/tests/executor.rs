@@ -1,6 +1,7 @@
 //! The REST executor against a local HTTP server implementing the
-//! AI-Storage Orchestrator's endpoints: retries on 5xx and timeouts, none on
-//! 4xx, status polling, payload rules.
+//! AI-Storage Orchestrator's endpoints: retries where sending twice is
+//! harmless (503 and 429 always, timeouts and other 5xx only for idempotent
+//! requests), none on 4xx, status polling, payload rules.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,17 +26,24 @@ struct Seen {
 #[derive(Clone)]
 struct Orchestrator {
     seen: Arc<Mutex<Seen>>,
-    /// 500s before the first accepted migration.
+    /// Failures before the first accepted migration.
     failures: Arc<Mutex<u32>>,
+    /// The status of those failures.
+    failure: StatusCode,
+    /// Take migrations and never answer.
+    hang: bool,
 }
 
 async fn migrations(State(o): State<Orchestrator>, body: String) -> (StatusCode, String) {
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     o.seen.lock().unwrap().posts.push(("migrations".into(), v));
+    if o.hang {
+        std::future::pending::<()>().await;
+    }
     let mut f = o.failures.lock().unwrap();
     if *f > 0 {
         *f -= 1;
-        return (StatusCode::INTERNAL_SERVER_ERROR, "busy".into());
+        return (o.failure, "busy".into());
     }
     (
         StatusCode::CREATED,
@@ -86,10 +94,20 @@ async fn provisioning(State(o): State<Orchestrator>, body: String) -> (StatusCod
 }
 
 async fn serve(failures: u32) -> (String, Orchestrator) {
-    let o = Orchestrator {
+    serve_failing(failures, StatusCode::SERVICE_UNAVAILABLE).await
+}
+
+async fn serve_failing(failures: u32, failure: StatusCode) -> (String, Orchestrator) {
+    serve_with(Orchestrator {
         seen: Arc::default(),
         failures: Arc::new(Mutex::new(failures)),
-    };
+        failure,
+        hang: false,
+    })
+    .await
+}
+
+async fn serve_with(o: Orchestrator) -> (String, Orchestrator) {
     let app = axum::Router::new()
         .route("/api/v1/migrations", post(migrations))
         .route("/api/v1/migrations/{id}", get(migration_status))
@@ -142,11 +160,11 @@ fn migrate(from: &str, to: &str) -> OrchestrationPolicy {
 }
 
 #[tokio::test]
-async fn migration_retries_server_errors_then_polls_to_completion() {
+async fn migration_retries_while_the_orchestrator_is_unavailable_then_polls_to_completion() {
     let (url, o) = serve(2).await;
     client(url).execute(&migrate("hot", "w1")).await.unwrap();
     let seen = o.seen.lock().unwrap();
-    assert_eq!(seen.posts.len(), 3, "two 500s, then accepted");
+    assert_eq!(seen.posts.len(), 3, "two 503s, then accepted");
     assert_eq!(seen.polls, 3, "running, running, completed");
     let body = &seen.posts[2].1;
     assert_eq!(body["pod_name"], "prep");
@@ -160,18 +178,32 @@ async fn migration_retries_server_errors_then_polls_to_completion() {
 }
 
 #[tokio::test]
-async fn server_errors_beyond_the_retry_budget_fail() {
+async fn unavailability_beyond_the_retry_budget_fails() {
     let (url, o) = serve(10).await;
     let err = client(url)
         .execute(&migrate("hot", "w1"))
         .await
         .unwrap_err();
-    assert!(err.contains("500"), "{err}");
+    assert!(err.contains("503"), "{err}");
     assert_eq!(
         o.seen.lock().unwrap().posts.len(),
         4,
         "first try plus 3 retries"
     );
+}
+
+#[tokio::test]
+async fn a_migration_answered_with_500_is_not_sent_again() {
+    let (url, o) = serve_failing(10, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let err = client(url)
+        .execute(&migrate("hot", "w1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("500") && err.contains("outcome unknown"),
+        "{err}"
+    );
+    assert_eq!(o.seen.lock().unwrap().posts.len(), 1);
 }
 
 #[tokio::test]
@@ -212,7 +244,7 @@ async fn unknown_migration_status_is_a_failure_without_retries() {
 }
 
 #[tokio::test]
-async fn slow_replies_time_out_and_are_retried() {
+async fn a_slow_provisioning_reply_times_out_and_is_not_sent_again() {
     let (url, o) = serve(0).await;
     let mut p = policy(
         OrchestrationAction::Provision,
@@ -227,8 +259,9 @@ async fn slow_replies_time_out_and_are_retried() {
     p.constraints.as_mut().unwrap().max_retries = 1;
     let err = client(url).execute(&p).await.unwrap_err();
     assert!(err.contains("no answer within"), "{err}");
+    assert!(err.contains("outcome unknown"), "{err}");
     let seen = o.seen.lock().unwrap();
-    assert_eq!(seen.posts.len(), 2);
+    assert_eq!(seen.posts.len(), 1, "a second volume is worse than none");
     assert_eq!(seen.posts[0].1["storage_class"], "high-iops");
     assert_eq!(seen.posts[0].1["storage_size"], "100Gi");
 }
@@ -256,4 +289,51 @@ async fn payloads_the_orchestrator_would_reject_are_never_sent() {
     );
     assert!(c.execute(&zero).await.is_err());
     assert!(o.seen.lock().unwrap().posts.is_empty());
+}
+
+#[tokio::test]
+async fn a_hanging_orchestrator_fills_a_bounded_queue_and_the_rest_fail_at_once() {
+    let (url, o) = serve_with(Orchestrator {
+        seen: Arc::default(),
+        failures: Arc::default(),
+        failure: StatusCode::OK,
+        hang: true,
+    })
+    .await;
+    let metrics = apollo_orchestration::metrics::Metrics::default();
+    let (results_tx, mut results) = tokio::sync::mpsc::channel(64);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = apollo_orchestration::executor::spawn(
+        ExecutorConfig {
+            base_url: url,
+            request_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(10),
+            backoff: Duration::from_millis(10),
+            queue: 2,
+            target_cpu_percent: 70,
+        },
+        metrics.clone(),
+        results_tx,
+        shutdown.clone(),
+    );
+    // Submitting never waits, however stuck the orchestrator.
+    for i in 0..20 {
+        let mut p = migrate("hot", "w1");
+        p.request_id = format!("r-{i}");
+        handle.submit(p);
+    }
+    // What found no room failed at once, as results.
+    let mut failed = Vec::new();
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(500), results.recv()).await {
+        assert!(!r.success);
+        assert_eq!(r.failure_reason, "executor queue full");
+        failed.push(r.request_id);
+    }
+    let running = o.seen.lock().unwrap().posts.len();
+    assert!(running <= 4, "at most 4 executions at once, saw {running}");
+    // At most 4 running, one waiting for a slot and 2 queued: at least 13
+    // of the 20 refused.
+    assert!(failed.len() >= 13, "{failed:?}");
+    assert_eq!(metrics.execution_count("queue_full"), failed.len() as u64);
+    shutdown.cancel();
 }

@@ -655,7 +655,7 @@ mod two_replicas {
     use apollo_common::testing::TestNats;
     use apollo_proto::insight_service_client::InsightServiceClient;
     use apollo_proto::orchestration_policy_service_client::OrchestrationPolicyServiceClient;
-    use apollo_proto::PolicySubscription;
+    use apollo_proto::{OrchestrationPolicyRequest, PolicySubscription};
     use tonic::transport::Channel;
 
     async fn connect(addr: std::net::SocketAddr) -> Channel {
@@ -784,6 +784,31 @@ mod two_replicas {
             (holder(&api).as_deref() == Some(other)).then_some(())
         })
         .await;
+        // The new leader takes back what the old one issued before it plans
+        // (it never planned before): it answers with the old leader's policy
+        // for the pod, rather than a move of its own.
+        let other_addr = addrs[if other == "orch-a" { 0 } else { 1 }];
+        let mut survivor = OrchestrationPolicyServiceClient::new(connect(other_addr).await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = survivor
+                .get_orchestration_policy(OrchestrationPolicyRequest {
+                    pod_name: m.pod_name.clone(),
+                    pod_namespace: "ml".into(),
+                    requested_action: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if p.request_id == first.request_id {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new leader does not know the old leader's policy: {p:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         all.cancel();
     }
 }

@@ -9,3 +9,4 @@ mod scenario;
 mod cluster;
 mod engine_restart;
 mod nats_restart;
+mod orchestration_restart;
