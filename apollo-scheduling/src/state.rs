@@ -321,6 +321,11 @@ struct Books {
     /// Nodes left out of the snapshot because their insight is stale.
     stale: HashSet<String>,
     assumed: HashMap<PodKey, Assumed>,
+    /// Assume order, oldest first: `(seq, pod)`, entries whose assumption
+    /// ended since are skipped and compacted away.
+    assume_order: VecDeque<(u64, PodKey)>,
+    /// `--max-assumed`.
+    max_assumed: usize,
     /// Requests reported by the latest insight applied per node.
     reported: HashMap<String, Requested>,
     /// Next assume order number.
@@ -382,6 +387,8 @@ pub struct AssumptionEnds {
     pub bind_failed: u64,
     /// Re-applied on a fresh insight, it no longer fit the node.
     pub no_longer_fits: u64,
+    /// The oldest assumption, dropped to stay within `--max-assumed`.
+    pub evicted: u64,
 }
 
 /// Counters the service exports.
@@ -494,6 +501,7 @@ impl ClusterState {
                 .nodes()
                 .map(|n| (n.name.clone(), Requested::of(n)))
                 .collect(),
+            max_assumed: cfg.max_assumed,
             ..Books::default()
         };
         let counters = StateStats {
@@ -1356,6 +1364,7 @@ fn assume_locked(
             let seq = books.next_seq;
             books.next_seq += 1;
             let baseline = books.reported.get(node).cloned();
+            books.assume_order.push_back((seq, pod.clone()));
             books.assumed.insert(
                 pod,
                 Assumed {
@@ -1369,12 +1378,39 @@ fn assume_locked(
                     bound_at: None,
                 },
             );
+            evict_past_cap(books, snap);
             true
         }
         Err(err) => {
             tracing::debug!(node, %err, "placement not assumed");
             false
         }
+    }
+}
+
+/// Ends the oldest assumptions while more than `--max-assumed` are held, and
+/// drops order entries of assumptions that ended otherwise.
+fn evict_past_cap(books: &mut Books, snap: &mut Draft) {
+    let live = |assumed: &HashMap<PodKey, Assumed>, seq: u64, pod: &PodKey| {
+        assumed.get(pod).is_some_and(|a| a.seq == seq)
+    };
+    while books.assumed.len() > books.max_assumed.max(1) {
+        let Some((seq, pod)) = books.assume_order.pop_front() else {
+            break;
+        };
+        if !live(&books.assumed, seq, &pod) {
+            continue;
+        }
+        if let Some(a) = books.assumed.remove(&pod) {
+            let _ = snap.forget(&a.placement);
+            books.ended.evicted += 1;
+        }
+    }
+    if books.assume_order.len() > 2 * books.assumed.len() + 64 {
+        let assumed = &books.assumed;
+        books
+            .assume_order
+            .retain(|(seq, pod)| live(assumed, *seq, pod));
     }
 }
 
@@ -1490,6 +1526,46 @@ mod tests {
             state.read().gpu_allocated_milli()
         );
         assert!(w.books.assumed.len() > 10);
+    }
+
+    #[test]
+    fn assumptions_past_the_cap_evict_the_oldest() {
+        let (view, _, pods) = openb();
+        let cfg = EngineConfig {
+            max_assumed: 5,
+            ..EngineConfig::default()
+        };
+        let state = Arc::new(ClusterState::new(view, cfg));
+        state.resync();
+        let engine = Engine::new(Arc::clone(&state));
+        let empty = state.read().gpu_allocated_milli();
+        let mut named = Vec::new();
+        for (i, pod) in pods.iter().filter(|p| p.num_gpu > 0).take(20).enumerate() {
+            let req = request_for(pod, i as u64);
+            if !engine.decide(&req).node_preferences.is_empty() {
+                named.push(req);
+            }
+        }
+        assert!(named.len() >= 10, "only {} placements", named.len());
+        let s = state.stats();
+        assert_eq!(s.assumed, 5);
+        assert_eq!(s.ended.evicted, named.len() as u64 - 5);
+        // The five youngest stay; the evicted ones left the snapshot too.
+        for (i, req) in named.iter().enumerate() {
+            let kept = state
+                .assumed_node(&req.pod_namespace, &req.pod_name)
+                .is_some();
+            assert_eq!(kept, i >= named.len() - 5, "pod {i}");
+        }
+        let w = state.writing();
+        let held: u64 = w
+            .books
+            .assumed
+            .values()
+            .flat_map(|a| a.placement.gpus.iter().map(|&(_, m)| u64::from(m)))
+            .sum();
+        assert_eq!(state.read().gpu_allocated_milli(), empty + held);
+        assert!(w.books.assume_order.len() <= 2 * 5 + 64);
     }
 
     #[test]
