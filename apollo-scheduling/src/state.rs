@@ -901,7 +901,9 @@ impl ClusterState {
         self.writing().draft.set_forecast(node, summary).is_ok()
     }
 
-    /// Follows `apollo.forecast.>` until `shutdown` (reconnects after errors).
+    /// Follows `apollo.forecast.>` until `shutdown`: re-subscribes after
+    /// stream errors, and as soon as the connection is back after a loss
+    /// (the way [`ClusterView::follow`] does for insights).
     pub fn spawn_forecast_follower(
         self: &Arc<Self>,
         bus: Bus,
@@ -932,6 +934,13 @@ impl ClusterState {
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        // Connection lost: follow anew once it is back rather
+                        // than wait for the consumer's missed heartbeats.
+                        r = ready.wait_for(|r| !*r) => {
+                            if r.is_err() { return }
+                            tracing::info!("NATS gone; following forecasts anew when back");
+                            break;
+                        }
                         m = messages.next() => m,
                     };
                     match next {
