@@ -767,7 +767,8 @@ impl ClusterState {
     /// Applies view changes until `shutdown`, on a blocking thread: the
     /// changes waiting are coalesced per node and applied in batches (see
     /// [`ClusterState::sync_nodes`]), so neither the runtime's workers nor the
-    /// decisions wait on them.
+    /// decisions wait on them. Cancel `shutdown` before the runtime is
+    /// dropped: the runtime waits for its blocking threads.
     pub fn spawn_view_follower(
         self: &Arc<Self>,
         shutdown: CancellationToken,
