@@ -110,7 +110,10 @@ pub async fn serve_with_kubernetes(
         )
     });
     let ready = match &collector {
-        Some(c) => all_ready(vec![bus.readiness(), c.readiness()], shutdown.clone()),
+        Some(c) => all_ready(
+            vec![bus.readiness(), c.synced_once(shutdown.clone())],
+            shutdown.clone(),
+        ),
         None => bus.readiness(),
     };
     let insight = InsightServiceServer::new(IngestService::with_publisher(publisher));

@@ -161,6 +161,7 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 
 struct Harness {
     api: fake_api::FakeApi,
+    grpc_addr: SocketAddr,
     insights: async_nats::Subscriber,
     metrics_addr: SocketAddr,
     exporter_down: Arc<AtomicBool>,
@@ -172,6 +173,11 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(Duration::from_secs(60)).await
+    }
+
+    /// With `--collect-stale-after` set to `stale_after`.
+    async fn start_with(stale_after: Duration) -> Self {
         let nats = TestNats::start().await;
         let shutdown = CancellationToken::new();
         let api = fake_api::FakeApi::serve(
@@ -229,11 +235,12 @@ impl Harness {
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.collector.collect_kubernetes = true;
         config.collector.interval = INTERVAL;
-        config.collector.stale_after = Duration::from_secs(60);
+        config.collector.stale_after = stale_after;
         config.collector.scrape_timeout = Duration::from_secs(2);
         // Small pages so the initial lists need `continue`.
         config.collector.page_size = 2;
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc.local_addr().unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = http.local_addr().unwrap();
         let task = tokio::spawn(apollo_ingest::serve_with_kubernetes(
@@ -244,6 +251,7 @@ impl Harness {
         ));
         Self {
             api,
+            grpc_addr,
             insights,
             metrics_addr,
             exporter_down,
@@ -488,5 +496,159 @@ async fn api_outage_keeps_last_state_and_recovers() {
         i.node_resources.unwrap().cpu_requested_cores == 0.5
     })
     .await;
+    h.stop().await;
+}
+
+/// Waits until the metrics satisfy `ok`; returns them.
+async fn wait_metrics(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let m = metrics_text(addr).await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never {what}:\n{m}");
+        tokio::time::sleep(INTERVAL / 3).await;
+    }
+}
+
+/// The API server process gone (connections refused, open watches cut) and
+/// back on the same port: ingest keeps serving node agents' reports and
+/// stays SERVING, the collector shows the outage in its metrics, and once the
+/// server is back its watches resume by themselves and a round reports every
+/// node exactly once, changes made during the outage included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_gone_and_back_ingest_keeps_serving_and_the_view_recovers() {
+    use apollo_proto::{insight_service_client::InsightServiceClient, NodeResources};
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+
+    // An outage longer than --collect-stale-after: the collector stops
+    // publishing its view, which must not take ingest out of service.
+    let mut h = Harness::start_with(Duration::from_secs(1)).await;
+    h.wait_for("cpu-1", "first insight", |_| true).await;
+    wait_metrics(h.metrics_addr, "a current view", |m| {
+        sample(m, "apollo_collector_view_current") == Some(1.0)
+    })
+    .await;
+    let endpoint = format!("http://{}", h.grpc_addr);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let mut ingest = InsightServiceClient::new(channel);
+    let serving = |r: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, _>| {
+        r.map(|r| r.into_inner().status).ok() == Some(ServingStatus::Serving as i32)
+    };
+    assert!(serving(
+        health
+            .check(HealthCheckRequest {
+                service: String::new()
+            })
+            .await
+    ));
+
+    h.api.stop().await;
+    let refused = tokio::net::TcpStream::connect(h.api.url().trim_start_matches("http://")).await;
+    assert!(refused.is_err(), "the API server's port still accepts");
+    let m = wait_metrics(h.metrics_addr, "the outage noticed", |m| {
+        sample(m, "apollo_collector_source_up{source=\"kubernetes\"}") == Some(0.0)
+            && sample(m, "apollo_collector_view_current") == Some(0.0)
+    })
+    .await;
+    assert!(
+        sample(
+            &m,
+            "apollo_collector_insights_total{outcome=\"skipped_stale\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "apollo_collector_watch_errors_total").unwrap() >= 1.0,
+        "{m}"
+    );
+
+    // The rest keeps working: ingest serves and stores a node agent's report.
+    let agent = ClusterInsight {
+        node_name: "agent-1".into(),
+        node_resources: Some(NodeResources {
+            cpu_allocatable_cores: 8.0,
+            memory_allocatable_bytes: 32 * GIB,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let r = ingest
+        .report_cluster_insight(agent)
+        .await
+        .expect("ingest answers during the API outage")
+        .into_inner();
+    assert!(r.success, "{r:?}");
+    h.wait_for("agent-1", "the agent's report stored", |_| true)
+        .await;
+    assert!(
+        serving(
+            health
+                .check(HealthCheckRequest {
+                    service: String::new()
+                })
+                .await
+        ),
+        "ingest stopped serving because the Kubernetes API is down"
+    );
+
+    // Changes made while the collector cannot see them.
+    h.api
+        .apply(fake_api::node("cpu-2", "16", "64Gi", 0, &["worker"]));
+    h.api.delete("Pod", "ml/web");
+    h.api.restart().await.expect("the same port again");
+
+    h.wait_for("cpu-2", "the node added during the outage", |_| true)
+        .await;
+    h.wait_for("cpu-1", "the pod deleted during the outage", |i| {
+        i.node_resources.unwrap().cpu_requested_cores == 0.5
+    })
+    .await;
+    let m = wait_metrics(h.metrics_addr, "the collector back to current", |m| {
+        sample(m, "apollo_collector_source_up{source=\"kubernetes\"}") == Some(1.0)
+            && sample(m, "apollo_collector_view_current") == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        sample(&m, "apollo_collector_objects{resource=\"nodes\"}"),
+        Some(3.0),
+        "{m}"
+    );
+
+    // One whole round after recovery: each node exactly once.
+    let mut rounds: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let complete = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no whole round: {rounds:?}"
+        );
+        let i = h.next().await;
+        if i.node_name == "agent-1" {
+            continue;
+        }
+        let t = i.collected_at.unwrap();
+        rounds
+            .entry(t.seconds * 1_000_000_000 + i64::from(t.nanos))
+            .or_default()
+            .push(i.node_name);
+        // A round is whole once a later one has started.
+        if rounds.len() >= 3 {
+            break rounds.values().nth(1).unwrap().clone();
+        }
+    };
+    let mut names = complete;
+    names.sort();
+    assert_eq!(names, ["cpu-1", "cpu-2", "gpu-1"]);
     h.stop().await;
 }

@@ -71,6 +71,15 @@ pub struct EngineConfig {
     /// insight shows it and no report confirms it.
     #[arg(long = "assume-ttl", env = "APOLLO_ASSUME_TTL", default_value = "60s", value_parser = parse_duration)]
     pub assume_ttl: Duration,
+    /// Most pods assumed at once. Past it the oldest assumption ends
+    /// (counted as `evicted`), so decisions without feedback or insights
+    /// cannot grow the engine's memory without bound within the TTL.
+    #[arg(
+        long = "max-assumed",
+        env = "APOLLO_MAX_ASSUMED",
+        default_value_t = 50_000
+    )]
+    pub max_assumed: usize,
     /// Half-life of a node's bind-failure penalty.
     #[arg(long = "failure-penalty-decay", env = "APOLLO_FAILURE_PENALTY_DECAY", default_value = "5m", value_parser = parse_duration)]
     pub failure_penalty_decay: Duration,
@@ -112,6 +121,9 @@ impl EngineConfig {
                 "--overload-threshold must be in (0, 1], got {}",
                 self.overload_threshold
             ));
+        }
+        if self.max_assumed == 0 {
+            return bad("--max-assumed must be positive".into());
         }
         if self.failure_penalty_decay.is_zero() {
             return bad("--failure-penalty-decay must be positive".into());

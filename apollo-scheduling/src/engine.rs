@@ -3,7 +3,8 @@
 //! assumed on its top node.
 //!
 //! [`Engine::decide`] never fails and never blocks on I/O: it reads the
-//! cluster view (one map lookup) and ranks under the snapshot's read lock.
+//! cluster view (one map lookup) and ranks on the published snapshot, which
+//! no update locks (see [`crate::state`]).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -103,7 +104,7 @@ impl Engine {
         {
             if let Some(top) = decision.preferences.first() {
                 let pipeline = w.pipeline.clone().map(|p| (p, w.pipeline_step.clone()));
-                self.state.assume(
+                self.state.assume_or_defer(
                     (req.pod_namespace.clone(), req.pod_name.clone()),
                     &request_id,
                     &top.node_name,

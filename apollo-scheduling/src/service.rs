@@ -195,7 +195,7 @@ impl Metrics {
         );
         r.register(
             "assumptions_ended",
-            "Assumed placements ended, by how (listed, bound_then_seen, covered, expired, bind_failed, no_longer_fits)",
+            "Assumed placements ended, by how (listed, bound_then_seen, covered, expired, bind_failed, no_longer_fits, evicted past --max-assumed)",
             self.assumptions_ended.clone(),
         );
         r.register(
@@ -219,6 +219,7 @@ impl Metrics {
             ("expired", e.expired),
             ("bind_failed", e.bind_failed),
             ("no_longer_fits", e.no_longer_fits),
+            ("evicted", e.evicted),
         ] {
             // The state keeps running totals; the counter follows them.
             let c = self.assumptions_ended.get_or_create(&EndLabel { how });

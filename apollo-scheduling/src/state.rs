@@ -2,12 +2,20 @@
 //! [`ClusterView`] change feed, forecasts from `apollo.forecast.>`, placements
 //! assumed when a policy is issued, and bind-failure penalties from feedback.
 //!
-//! Concurrency: the snapshot sits behind an `RwLock`; decisions hold the read
-//! lock while ranking, writers hold the write lock only for one small
-//! incremental update (one node's insight, forecast or placement). Bookkeeping
-//! (assumptions, penalties, staleness) has its own mutex, always taken
-//! *before* the snapshot lock; forecasts and the pipeline index have leaf
-//! mutexes that are never held while taking another lock.
+//! Concurrency: decisions never wait on updates. They rank on a published,
+//! immutable [`ClusterSnapshot`] that writers replace whole (an atomic
+//! pointer swap, [`arc_swap`]). Writers (node insights, forecasts,
+//! assumptions, feedback, the sweeper) take one mutex, change a second copy
+//! (the *draft*), then publish it; the copy readers let go of becomes the
+//! next draft once the changes made since are replayed on it (left-right),
+//! and is cloned instead only while a decision still reads it. View changes
+//! are coalesced per node and applied in batches off the request path (a
+//! blocking thread, at most [`MAX_BATCH`] nodes per hold of the mutex). The
+//! assumption a decision makes is applied at once when no writer holds the
+//! mutex, otherwise queued and applied by that writer before it publishes,
+//! so a burst's next decision sees it as soon as that batch is out.
+//! Forecasts and the pipeline index have leaf mutexes that are never held
+//! while taking another lock.
 //!
 //! # Assume cache
 //!
@@ -58,8 +66,10 @@
 //! assumption then waits for rule 1, 2 or the TTL, the pod counted twice
 //! meanwhile.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use apollo_common::bus::{from_json, Bus, StreamKind};
@@ -67,15 +77,16 @@ use apollo_common::cluster_view::ViewChange;
 use apollo_common::shutdown::CancellationToken;
 use apollo_common::ClusterView;
 use apollo_proto::{ClusterInsight, ResourcePrediction};
+use arc_swap::ArcSwap;
 use futures::StreamExt;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::config::EngineConfig;
 use crate::decision::DelayHint;
 use crate::demand::PodDemand;
 use crate::fgd::{ShapeDistribution, DEFAULT_COVERAGE};
 use crate::scorer::NodeScorer;
-use crate::snapshot::{ClusterSnapshot, NodeForecast, NodeState, Placement};
+use crate::snapshot::{ClusterSnapshot, NodeForecast, NodeState, Placement, SnapshotError};
 use crate::workload::{PipelineRef, Workload};
 
 /// Namespace and name of a pod.
@@ -92,6 +103,148 @@ const MAX_UPSTREAM: usize = 8;
 const INSUFFICIENT_HISTORY: &str = "insufficient-history";
 /// A penalty below this is dropped.
 const PENALTY_FLOOR: f64 = 0.01;
+/// Nodes (or pods) applied per hold of the writers' mutex, which bounds how
+/// long a feedback report or the sweeper can wait behind a batch of view
+/// changes.
+pub const MAX_BATCH: usize = 128;
+
+/// One change made to the draft snapshot, kept so that the copy readers let
+/// go of can be brought up to date by replaying it. Replaying the same
+/// changes on an equal snapshot gives an equal snapshot (GPU picks included).
+#[derive(Debug, Clone)]
+enum SnapOp {
+    Upsert(NodeState),
+    Remove(String),
+    Forecast(String, Option<NodeForecast>),
+    Penalty(String, f64),
+    Assume(String, PodDemand),
+    Forget(Placement),
+    ObservePod(PodDemand),
+    RefreshShapes,
+}
+
+impl SnapOp {
+    fn replay(self, snap: &mut ClusterSnapshot) {
+        match self {
+            Self::Upsert(n) => snap.upsert_node(n),
+            Self::Remove(n) => {
+                snap.remove_node(&n);
+            }
+            Self::Forecast(n, f) => {
+                let _ = snap.set_forecast(&n, f);
+            }
+            Self::Penalty(n, p) => {
+                let _ = snap.set_bind_failure_penalty(&n, p);
+            }
+            Self::Assume(n, d) => {
+                let _ = snap.assume(&n, &d);
+            }
+            Self::Forget(p) => {
+                let _ = snap.forget(&p);
+            }
+            Self::ObservePod(d) => snap.observe_pod(&d),
+            Self::RefreshShapes => snap.refresh_shapes(),
+        }
+    }
+}
+
+/// The writers' copy of the snapshot and the changes made to it since it was
+/// last published. Reads go through `Deref`; every change goes through a
+/// method here so that it is logged.
+#[derive(Debug, Default)]
+struct Draft {
+    snap: ClusterSnapshot,
+    log: Vec<SnapOp>,
+}
+
+impl Deref for Draft {
+    type Target = ClusterSnapshot;
+
+    fn deref(&self) -> &ClusterSnapshot {
+        &self.snap
+    }
+}
+
+impl Draft {
+    fn upsert_node(&mut self, node: NodeState) {
+        self.log.push(SnapOp::Upsert(node.clone()));
+        self.snap.upsert_node(node);
+    }
+
+    fn remove_node(&mut self, name: &str) {
+        if self.snap.remove_node(name).is_some() {
+            self.log.push(SnapOp::Remove(name.to_string()));
+        }
+    }
+
+    fn set_forecast(
+        &mut self,
+        name: &str,
+        forecast: Option<NodeForecast>,
+    ) -> Result<(), SnapshotError> {
+        self.snap.set_forecast(name, forecast.clone())?;
+        self.log.push(SnapOp::Forecast(name.to_string(), forecast));
+        Ok(())
+    }
+
+    fn set_bind_failure_penalty(&mut self, name: &str, penalty: f64) -> Result<(), SnapshotError> {
+        self.snap.set_bind_failure_penalty(name, penalty)?;
+        self.log.push(SnapOp::Penalty(name.to_string(), penalty));
+        Ok(())
+    }
+
+    fn assume(&mut self, node: &str, demand: &PodDemand) -> Result<Placement, SnapshotError> {
+        let placement = self.snap.assume(node, demand)?;
+        self.log
+            .push(SnapOp::Assume(node.to_string(), demand.clone()));
+        Ok(placement)
+    }
+
+    fn forget(&mut self, placement: &Placement) -> Result<(), SnapshotError> {
+        self.snap.forget(placement)?;
+        self.log.push(SnapOp::Forget(placement.clone()));
+        Ok(())
+    }
+
+    fn observe_pod(&mut self, demand: &PodDemand) {
+        self.snap.observe_pod(demand);
+        self.log.push(SnapOp::ObservePod(demand.clone()));
+    }
+
+    fn refresh_shapes(&mut self) {
+        self.snap.refresh_shapes();
+        self.log.push(SnapOp::RefreshShapes);
+    }
+}
+
+/// What the writers' mutex guards.
+#[derive(Debug)]
+struct Writer {
+    books: Books,
+    draft: Draft,
+}
+
+/// An assumption a decision made while a writer held the mutex.
+#[derive(Debug)]
+struct DeferredAssume {
+    pod: PodKey,
+    request_id: String,
+    node: String,
+    demand: PodDemand,
+    pipeline: Option<(PipelineRef, String)>,
+}
+
+/// A node's change, prepared before the writers' mutex is taken.
+enum Prepared {
+    Gone,
+    Stale,
+    Fresh {
+        node: Box<NodeState>,
+        insight: Arc<ClusterInsight>,
+        stored_at: SystemTime,
+    },
+    Invalid(SnapshotError),
+}
 
 #[derive(Debug, Clone)]
 struct Assumed {
@@ -168,6 +321,11 @@ struct Books {
     /// Nodes left out of the snapshot because their insight is stale.
     stale: HashSet<String>,
     assumed: HashMap<PodKey, Assumed>,
+    /// Assume order, oldest first: `(seq, pod)`, entries whose assumption
+    /// ended since are skipped and compacted away.
+    assume_order: VecDeque<(u64, PodKey)>,
+    /// `--max-assumed`.
+    max_assumed: usize,
     /// Requests reported by the latest insight applied per node.
     reported: HashMap<String, Requested>,
     /// Next assume order number.
@@ -229,6 +387,8 @@ pub struct AssumptionEnds {
     pub bind_failed: u64,
     /// Re-applied on a fresh insight, it no longer fit the node.
     pub no_longer_fits: u64,
+    /// The oldest assumption, dropped to stay within `--max-assumed`.
+    pub evicted: u64,
 }
 
 /// Counters the service exports.
@@ -262,10 +422,53 @@ pub enum FeedbackEffect {
 pub struct ClusterState {
     cfg: EngineConfig,
     view: ClusterView,
-    snapshot: RwLock<ClusterSnapshot>,
-    books: Mutex<Books>,
+    /// What decisions rank on; replaced whole by writers, never locked.
+    published: ArcSwap<ClusterSnapshot>,
+    /// Bookkeeping and the draft snapshot (see the module doc).
+    writer: Mutex<Writer>,
+    /// Assumptions waiting for the writer that held the mutex.
+    deferred: Mutex<Vec<DeferredAssume>>,
+    /// Counters as of the last publish, read without the writers' mutex.
+    counters: Mutex<StateStats>,
+    stale_count: AtomicUsize,
     forecasts: Mutex<HashMap<String, ForecastSeries>>,
     pipelines: Mutex<Pipelines>,
+}
+
+/// Holds the writers' mutex; publishes the draft when dropped.
+struct Writing<'a> {
+    state: &'a ClusterState,
+    guard: Option<MutexGuard<'a, Writer>>,
+}
+
+impl Deref for Writing<'_> {
+    type Target = Writer;
+
+    fn deref(&self) -> &Writer {
+        self.guard.as_ref().expect("guard held until drop")
+    }
+}
+
+impl DerefMut for Writing<'_> {
+    fn deref_mut(&mut self) -> &mut Writer {
+        self.guard.as_mut().expect("guard held until drop")
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            self.state.finish(&mut guard);
+            drop(guard);
+            // An assumption queued after this writer drained the queue and
+            // before it let go is applied by whoever gets the mutex next.
+            if !lock(&self.state.deferred).is_empty() {
+                if let Some(w) = self.state.try_writing() {
+                    drop(w);
+                }
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -298,13 +501,27 @@ impl ClusterState {
                 .nodes()
                 .map(|n| (n.name.clone(), Requested::of(n)))
                 .collect(),
+            max_assumed: cfg.max_assumed,
             ..Books::default()
+        };
+        let counters = StateStats {
+            nodes: snapshot.len(),
+            ..StateStats::default()
         };
         Self {
             cfg,
             view,
-            snapshot: RwLock::new(snapshot),
-            books: Mutex::new(books),
+            published: ArcSwap::from_pointee(snapshot.clone()),
+            writer: Mutex::new(Writer {
+                books,
+                draft: Draft {
+                    snap: snapshot,
+                    log: Vec::new(),
+                },
+            }),
+            deferred: Mutex::default(),
+            counters: Mutex::new(counters),
+            stale_count: AtomicUsize::new(0),
             forecasts: Mutex::default(),
             pipelines: Mutex::default(),
         }
@@ -320,82 +537,182 @@ impl ClusterState {
         &self.cfg
     }
 
-    /// Read access to the snapshot (hold it briefly).
-    pub fn read(&self) -> RwLockReadGuard<'_, ClusterSnapshot> {
-        self.snapshot.read().unwrap_or_else(|p| p.into_inner())
+    /// The latest published snapshot: taken without waiting on any writer.
+    /// Hold it for one decision; a writer publishing meanwhile copies
+    /// instead of reusing it.
+    pub fn read(&self) -> arc_swap::Guard<Arc<ClusterSnapshot>> {
+        self.published.load()
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, ClusterSnapshot> {
-        self.snapshot.write().unwrap_or_else(|p| p.into_inner())
+    /// Takes the writers' mutex and applies the queued assumptions.
+    fn writing(&self) -> Writing<'_> {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.started(guard)
     }
 
-    /// Sizes for metrics.
-    pub fn stats(&self) -> StateStats {
-        let books = lock(&self.books);
-        let nodes = self.read().len();
-        StateStats {
-            nodes,
+    /// [`ClusterState::writing`] when no one holds the mutex.
+    fn try_writing(&self) -> Option<Writing<'_>> {
+        match self.writer.try_lock() {
+            Ok(guard) => Some(self.started(guard)),
+            Err(TryLockError::Poisoned(p)) => Some(self.started(p.into_inner())),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn started<'a>(&'a self, mut guard: MutexGuard<'a, Writer>) -> Writing<'a> {
+        self.apply_deferred(&mut guard);
+        Writing {
+            state: self,
+            guard: Some(guard),
+        }
+    }
+
+    fn apply_deferred(&self, w: &mut Writer) {
+        let queued = std::mem::take(&mut *lock(&self.deferred));
+        for d in queued {
+            assume_locked(w, d.pod, &d.request_id, &d.node, &d.demand, d.pipeline);
+        }
+    }
+
+    /// Applies what was queued meanwhile and publishes the draft.
+    fn finish(&self, w: &mut Writer) {
+        self.apply_deferred(w);
+        if !w.draft.log.is_empty() {
+            let fresh = std::mem::take(&mut w.draft.snap);
+            let log = std::mem::take(&mut w.draft.log);
+            let old = self.published.swap(Arc::new(fresh));
+            w.draft.snap = match Arc::try_unwrap(old) {
+                Ok(mut snap) => {
+                    for op in log {
+                        op.replay(&mut snap);
+                    }
+                    snap
+                }
+                // A decision still ranks on the old copy: start from the new one.
+                Err(_) => ClusterSnapshot::clone(&self.published.load()),
+            };
+        }
+        let books = &w.books;
+        self.stale_count.store(books.stale.len(), Ordering::Relaxed);
+        *lock(&self.counters) = StateStats {
+            nodes: w.draft.len(),
             stale_nodes: books.stale.len(),
             assumed: books.assumed.len(),
             penalised: books.penalties.len(),
             ended: books.ended,
-        }
+        };
+    }
+
+    /// Sizes for metrics, as of the last publish.
+    pub fn stats(&self) -> StateStats {
+        *lock(&self.counters)
     }
 
     /// Nodes known but stale.
     pub fn stale_nodes(&self) -> usize {
-        lock(&self.books).stale.len()
+        self.stale_count.load(Ordering::Relaxed)
     }
 
     // ---- view changes -------------------------------------------------------------------
 
     /// Brings one node up to date with the view.
     pub fn sync_node(&self, name: &str) {
-        let entry = self.view.node(name);
-        let mut books = lock(&self.books);
-        let Some(entry) = entry else {
-            books.insight_at.remove(name);
-            books.stale.remove(name);
-            books.reported.remove(name);
-            books.assumed.retain(|_, a| a.placement.node != name);
-            self.write().remove_node(name);
-            return;
+        self.sync_nodes(std::iter::once(name.to_string()));
+    }
+
+    /// Brings these nodes up to date with the view, at most [`MAX_BATCH`]
+    /// per hold of the writers' mutex and one publish per hold. Insights are
+    /// decoded before the mutex is taken.
+    pub fn sync_nodes(&self, names: impl IntoIterator<Item = String>) {
+        let mut names = names.into_iter().peekable();
+        while names.peek().is_some() {
+            let chunk: Vec<(String, Prepared)> = names
+                .by_ref()
+                .take(MAX_BATCH)
+                .map(|n| {
+                    let p = self.prepare(&n);
+                    (n, p)
+                })
+                .collect();
+            let mut seen = Vec::new();
+            {
+                let mut w = self.writing();
+                for (name, prepared) in chunk {
+                    let ended = self.sync_prepared(&mut w, &name, prepared);
+                    seen.extend(ended.into_iter().map(|a| (a, name.clone())));
+                }
+            }
+            for (a, node) in &seen {
+                self.record_pipeline(a, node);
+            }
+        }
+    }
+
+    fn prepare(&self, name: &str) -> Prepared {
+        let Some(entry) = self.view.node(name) else {
+            return Prepared::Gone;
         };
         if entry.is_stale(self.cfg.stale_after) {
-            if books.insight_at.remove(name).is_some() {
-                self.write().remove_node(name);
-            }
-            books.reported.remove(name);
-            books.stale.insert(name.to_string());
-            return;
+            return Prepared::Stale;
         }
-        let forecast = lock(&self.forecasts)
+        match NodeState::from_insight(&entry.value) {
+            Ok(node) => Prepared::Fresh {
+                node: Box::new(node),
+                insight: Arc::clone(&entry.value),
+                stored_at: entry.stored_at,
+            },
+            Err(err) => Prepared::Invalid(err),
+        }
+    }
+
+    /// Applies one prepared node change; returns the assumptions its insight
+    /// ended (their pods run on the node).
+    fn sync_prepared(&self, w: &mut Writer, name: &str, prepared: Prepared) -> Vec<Assumed> {
+        let Writer { books, draft } = w;
+        let (mut node, insight, stored_at) = match prepared {
+            Prepared::Gone => {
+                books.insight_at.remove(name);
+                books.stale.remove(name);
+                books.reported.remove(name);
+                books.assumed.retain(|_, a| a.placement.node != name);
+                draft.remove_node(name);
+                return Vec::new();
+            }
+            Prepared::Stale => {
+                if books.insight_at.remove(name).is_some() {
+                    draft.remove_node(name);
+                }
+                books.reported.remove(name);
+                books.stale.insert(name.to_string());
+                return Vec::new();
+            }
+            Prepared::Invalid(err) => {
+                tracing::warn!(node = name, %err, "insight not applied");
+                return Vec::new();
+            }
+            Prepared::Fresh {
+                node,
+                insight,
+                stored_at,
+            } => (node, insight, stored_at),
+        };
+        // The forecast and bind penalty are the engine's, not the insight's.
+        node.forecast = lock(&self.forecasts)
             .get(name)
             .and_then(|f| f.summary.clone());
-        let penalty = books.penalties.get(name).map(|p| p.value);
-        let mut snap = self.write();
-        if let Err(err) = snap.apply_insight(&entry.value) {
-            tracing::warn!(node = name, %err, "insight not applied");
-            return;
-        }
+        node.bind_failure_penalty = books.penalties.get(name).map_or_else(
+            || draft.node(name).map_or(0.0, |n| n.bind_failure_penalty),
+            |p| p.value,
+        );
+        draft.upsert_node(*node);
         books.stale.remove(name);
-        books.insight_at.insert(name.to_string(), entry.stored_at);
-        let _ = snap.set_forecast(name, forecast);
-        if let Some(p) = penalty {
-            let _ = snap.set_bind_failure_penalty(name, p);
-        }
-        let collected_at = entry
-            .value
+        books.insight_at.insert(name.to_string(), stored_at);
+        let collected_at = insight
             .collected_at
             .as_ref()
             .and_then(to_system_time)
-            .unwrap_or(entry.stored_at);
-        let seen = settle_assumptions(&mut books, &mut snap, &entry.value, collected_at);
-        drop(snap);
-        drop(books);
-        for a in &seen {
-            self.record_pipeline(a, name);
-        }
+            .unwrap_or(stored_at);
+        settle_assumptions(books, draft, &insight, collected_at)
     }
 
     /// Records a pod's pipeline membership from its signature.
@@ -438,37 +755,76 @@ impl ClusterState {
             .into_iter()
             .map(|e| e.value.node_name.clone())
             .collect();
-        names.extend(lock(&self.books).insight_at.keys().cloned());
-        for n in &names {
-            self.sync_node(n);
-        }
+        names.extend(self.writing().books.insight_at.keys().cloned());
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort_unstable();
+        self.sync_nodes(names);
         for e in self.view.pods() {
             self.sync_pod(&e.value.pod_namespace, &e.value.pod_name);
         }
     }
 
-    /// Applies view changes until `shutdown`.
+    /// Applies view changes until `shutdown`, on a blocking thread: the
+    /// changes waiting are coalesced per node and applied in batches (see
+    /// [`ClusterState::sync_nodes`]), so neither the runtime's workers nor the
+    /// decisions wait on them. Cancel `shutdown` before the runtime is
+    /// dropped: the runtime waits for its blocking threads.
     pub fn spawn_view_follower(
         self: &Arc<Self>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         let mut rx = self.view.subscribe();
-        tokio::spawn(async move {
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
             me.resync();
             loop {
-                let change = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    c = rx.recv() => c,
-                };
-                match change {
-                    Ok(ViewChange::Node(name)) => me.sync_node(&name),
-                    Ok(ViewChange::Pod { namespace, name }) => me.sync_pod(&namespace, &name),
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::debug!(missed = n, "view changes lagged, resyncing");
-                        me.resync();
+                let first = runtime.block_on(async {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => None,
+                        c = rx.recv() => Some(c),
                     }
-                    Err(RecvError::Closed) => return,
+                });
+                let Some(first) = first else { return };
+                let mut nodes = BTreeSet::new();
+                let mut pods = BTreeSet::new();
+                let mut lagged = false;
+                let mut closed = false;
+                let mut next = Some(first);
+                while let Some(change) = next.take() {
+                    match change {
+                        Ok(ViewChange::Node(name)) => {
+                            nodes.insert(name);
+                        }
+                        Ok(ViewChange::Pod { namespace, name }) => {
+                            pods.insert((namespace, name));
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            tracing::debug!(missed = n, "view changes lagged, resyncing");
+                            lagged = true;
+                        }
+                        Err(RecvError::Closed) => closed = true,
+                    }
+                    if closed || nodes.len() + pods.len() >= MAX_BATCH {
+                        break;
+                    }
+                    next = match rx.try_recv() {
+                        Ok(c) => Some(Ok(c)),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                    };
+                }
+                if lagged {
+                    me.resync();
+                } else {
+                    me.sync_nodes(nodes);
+                    for (namespace, name) in &pods {
+                        me.sync_pod(namespace, name);
+                    }
+                }
+                if closed {
+                    return;
                 }
             }
         })
@@ -490,8 +846,7 @@ impl ClusterState {
             // "unknown", not "overloaded" (the forecaster raises no alert on it
             // either), so it must not push pods away from new nodes.
             lock(&self.forecasts).remove(node);
-            let _books = lock(&self.books);
-            return self.write().set_forecast(node, None).is_ok();
+            return self.writing().draft.set_forecast(node, None).is_ok();
         }
         let now = SystemTime::now();
         let until = now + self.cfg.forecast_horizon;
@@ -544,11 +899,12 @@ impl ClusterState {
                 summary: summary.clone(),
             },
         );
-        let _books = lock(&self.books);
-        self.write().set_forecast(node, summary).is_ok()
+        self.writing().draft.set_forecast(node, summary).is_ok()
     }
 
-    /// Follows `apollo.forecast.>` until `shutdown` (reconnects after errors).
+    /// Follows `apollo.forecast.>` until `shutdown`: re-subscribes after
+    /// stream errors, and as soon as the connection is back after a loss
+    /// (the way [`ClusterView::follow`] does for insights).
     pub fn spawn_forecast_follower(
         self: &Arc<Self>,
         bus: Bus,
@@ -579,6 +935,13 @@ impl ClusterState {
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        // Connection lost: follow anew once it is back rather
+                        // than wait for the consumer's missed heartbeats.
+                        r = ready.wait_for(|r| !*r) => {
+                            if r.is_err() { return }
+                            tracing::info!("NATS gone; following forecasts anew when back");
+                            break;
+                        }
                         m = messages.next() => m,
                     };
                     match next {
@@ -700,44 +1063,41 @@ impl ClusterState {
         demand: &PodDemand,
         pipeline: Option<(PipelineRef, String)>,
     ) -> bool {
-        let mut books = lock(&self.books);
-        let mut snap = self.write();
-        if let Some(old) = books.assumed.remove(&pod) {
-            let _ = snap.forget(&old.placement);
+        assume_locked(&mut self.writing(), pod, request_id, node, demand, pipeline)
+    }
+
+    /// [`ClusterState::assume`] without waiting: when a writer holds the
+    /// mutex the assumption is queued, and that writer applies it before it
+    /// publishes.
+    pub fn assume_or_defer(
+        &self,
+        pod: PodKey,
+        request_id: &str,
+        node: &str,
+        demand: &PodDemand,
+        pipeline: Option<(PipelineRef, String)>,
+    ) {
+        if let Some(mut w) = self.try_writing() {
+            assume_locked(&mut w, pod, request_id, node, demand, pipeline);
+            return;
         }
-        if demand.num_gpu > 0 {
-            snap.observe_pod(demand);
-        }
-        match snap.assume(node, demand) {
-            Ok(placement) => {
-                let seq = books.next_seq;
-                books.next_seq += 1;
-                let baseline = books.reported.get(node).cloned();
-                books.assumed.insert(
-                    pod,
-                    Assumed {
-                        request_id: request_id.to_string(),
-                        demand: demand.clone(),
-                        placement,
-                        since: Instant::now(),
-                        pipeline,
-                        seq,
-                        baseline,
-                        bound_at: None,
-                    },
-                );
-                true
-            }
-            Err(err) => {
-                tracing::debug!(node, %err, "placement not assumed");
-                false
-            }
+        lock(&self.deferred).push(DeferredAssume {
+            pod,
+            request_id: request_id.to_string(),
+            node: node.to_string(),
+            demand: demand.clone(),
+            pipeline,
+        });
+        // The writer may have let go between the attempt and the push.
+        if let Some(w) = self.try_writing() {
+            drop(w);
         }
     }
 
     /// Node a pod is assumed on.
     pub fn assumed_node(&self, namespace: &str, name: &str) -> Option<String> {
-        lock(&self.books)
+        self.writing()
+            .books
             .assumed
             .get(&(namespace.to_string(), name.to_string()))
             .map(|a| a.placement.node.clone())
@@ -752,13 +1112,13 @@ impl ClusterState {
         success: bool,
         node: &str,
     ) -> FeedbackEffect {
-        let mut books = lock(&self.books);
+        let mut w = self.writing();
+        let Writer { books, draft: snap } = &mut *w;
         let current = books
             .assumed
             .get(pod)
             .filter(|a| request_id.is_empty() || a.request_id == request_id)
             .cloned();
-        let mut snap = self.write();
         if !success {
             if let Some(a) = &current {
                 let _ = snap.forget(&a.placement);
@@ -796,8 +1156,7 @@ impl ClusterState {
                     // The node's state lags the bind; the next insight accounts for it.
                     tracing::debug!(node, %err, "reported placement not assumable");
                     books.assumed.remove(pod);
-                    drop(snap);
-                    drop(books);
+                    drop(w);
                     self.record_pipeline(&a, node);
                     return FeedbackEffect::Confirmed;
                 }
@@ -807,8 +1166,7 @@ impl ClusterState {
         a.bound_at = Some(SystemTime::now());
         let bound = a.placement.node.clone();
         books.assumed.insert(pod.clone(), a.clone());
-        drop(snap);
-        drop(books);
+        drop(w);
         self.record_pipeline(&a, &bound);
         FeedbackEffect::Confirmed
     }
@@ -824,7 +1182,8 @@ impl ClusterState {
     pub fn sweep(&self) {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let mut books = lock(&self.books);
+        let mut w = self.writing();
+        let Writer { books, draft: snap } = &mut *w;
         let ttl = self.cfg.assume_ttl;
         let expired: Vec<PodKey> = books
             .assumed
@@ -839,7 +1198,6 @@ impl ClusterState {
             .map(|(n, _)| n.clone())
             .collect();
         let half_life = self.cfg.failure_penalty_decay;
-        let mut snap = self.write();
         if snap.shapes().pending() > 0 {
             snap.refresh_shapes();
         }
@@ -911,7 +1269,7 @@ fn to_system_time(ts: &apollo_proto::Timestamp) -> Option<SystemTime> {
 /// Returns the ended assumptions (their pods run on the node).
 fn settle_assumptions(
     books: &mut Books,
-    snap: &mut ClusterSnapshot,
+    snap: &mut Draft,
     insight: &ClusterInsight,
     collected_at: SystemTime,
 ) -> Vec<Assumed> {
@@ -995,6 +1353,77 @@ fn settle_assumptions(
     ended
 }
 
+/// Assumes the pod on `node` in the draft (see [`ClusterState::assume`]).
+fn assume_locked(
+    w: &mut Writer,
+    pod: PodKey,
+    request_id: &str,
+    node: &str,
+    demand: &PodDemand,
+    pipeline: Option<(PipelineRef, String)>,
+) -> bool {
+    let Writer { books, draft: snap } = w;
+    if let Some(old) = books.assumed.remove(&pod) {
+        let _ = snap.forget(&old.placement);
+    }
+    if demand.num_gpu > 0 {
+        snap.observe_pod(demand);
+    }
+    match snap.assume(node, demand) {
+        Ok(placement) => {
+            let seq = books.next_seq;
+            books.next_seq += 1;
+            let baseline = books.reported.get(node).cloned();
+            books.assume_order.push_back((seq, pod.clone()));
+            books.assumed.insert(
+                pod,
+                Assumed {
+                    request_id: request_id.to_string(),
+                    demand: demand.clone(),
+                    placement,
+                    since: Instant::now(),
+                    pipeline,
+                    seq,
+                    baseline,
+                    bound_at: None,
+                },
+            );
+            evict_past_cap(books, snap);
+            true
+        }
+        Err(err) => {
+            tracing::debug!(node, %err, "placement not assumed");
+            false
+        }
+    }
+}
+
+/// Ends the oldest assumptions while more than `--max-assumed` are held, and
+/// drops order entries of assumptions that ended otherwise.
+fn evict_past_cap(books: &mut Books, snap: &mut Draft) {
+    let live = |assumed: &HashMap<PodKey, Assumed>, seq: u64, pod: &PodKey| {
+        assumed.get(pod).is_some_and(|a| a.seq == seq)
+    };
+    while books.assumed.len() > books.max_assumed.max(1) {
+        let Some((seq, pod)) = books.assume_order.pop_front() else {
+            break;
+        };
+        if !live(&books.assumed, seq, &pod) {
+            continue;
+        }
+        if let Some(a) = books.assumed.remove(&pod) {
+            let _ = snap.forget(&a.placement);
+            books.ended.evicted += 1;
+        }
+    }
+    if books.assume_order.len() > 2 * books.assumed.len() + 64 {
+        let assumed = &books.assumed;
+        books
+            .assume_order
+            .retain(|(seq, pod)| live(assumed, *seq, pod));
+    }
+}
+
 fn add(total: &mut (i128, i128, i128), x: (i128, i128, i128)) {
     total.0 += x.0;
     total.1 += x.1;
@@ -1004,6 +1433,150 @@ fn add(total: &mut (i128, i128, i128), x: (i128, i128, i128)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Engine;
+    use crate::simulate::{insight_for, load_nodes, load_pods, request_for, TracePod};
+
+    /// The openb excerpt's nodes in a view and a state that follows it.
+    fn openb() -> (ClusterView, Arc<ClusterState>, Vec<TracePod>) {
+        let data =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/alibaba-gpu-2023");
+        let nodes = load_nodes(&data.join("openb_node_list_gpu_node.csv")).expect("node list");
+        let pods = load_pods(&data.join("openb_pod_list_default.csv")).expect("pod list");
+        let view = ClusterView::new();
+        let now = SystemTime::now();
+        for n in &nodes {
+            view.upsert_node(insight_for(n), now, 0);
+        }
+        let state = Arc::new(ClusterState::new(view.clone(), EngineConfig::default()));
+        state.resync();
+        (view, state, pods)
+    }
+
+    fn nodes_of(snap: &ClusterSnapshot) -> Vec<NodeState> {
+        let mut v: Vec<NodeState> = snap.nodes().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    #[test]
+    fn a_decision_does_not_wait_for_a_writer_and_its_assumption_follows() {
+        let (_view, state, pods) = openb();
+        let (_twin_view, twin, _) = openb();
+        let engine = Arc::new(Engine::new(Arc::clone(&state)));
+        let gpu_pod = pods.iter().find(|p| p.num_gpu > 0).expect("a GPU pod");
+        let req = request_for(gpu_pod, 0);
+
+        // A writer (a batch of view changes, say) holds the mutex meanwhile.
+        let held = state.writing();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (e, r) = (Arc::clone(&engine), req.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(e.decide(&r));
+        });
+        // A bound against a deadlock, not a speed test.
+        let policy = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the decision waited for the writer");
+        let top = policy.node_preferences[0].node_name.clone();
+        assert_eq!(lock(&state.deferred).len(), 1, "assumption queued");
+        drop(held);
+        assert!(lock(&state.deferred).is_empty());
+        assert_eq!(
+            state
+                .assumed_node(&req.pod_namespace, &req.pod_name)
+                .as_deref(),
+            Some(top.as_str())
+        );
+        assert_eq!(state.stats().assumed, 1);
+
+        // The same decision on an equal state without a writer in the way.
+        let reference = Engine::new(Arc::clone(&twin)).decide(&req);
+        assert_eq!(reference.decision, policy.decision);
+        assert_eq!(reference.node_preferences, policy.node_preferences);
+        assert_eq!(nodes_of(&state.read()), nodes_of(&twin.read()));
+    }
+
+    #[test]
+    fn the_published_copy_and_the_draft_agree_after_replay_and_after_copy() {
+        let (view, state, pods) = openb();
+        let engine = Engine::new(Arc::clone(&state));
+        let names: Vec<String> = state.read().nodes().map(|n| n.name.clone()).collect();
+        for (i, pod) in pods.iter().take(60).enumerate() {
+            // Every third round a reader keeps the old copy: the writer copies.
+            let reader = (i % 3 == 0).then(|| state.read());
+            let req = request_for(pod, i as u64);
+            let policy = engine.decide(&req);
+            drop(reader);
+            if let Some(top) = policy.node_preferences.first() {
+                if i % 4 == 0 {
+                    state.feedback(
+                        &(req.pod_namespace.clone(), req.pod_name.clone()),
+                        &policy.request_id,
+                        false,
+                        &top.node_name,
+                    );
+                }
+            }
+            let n = &names[i % names.len()];
+            let mut insight = (*view.node(n).expect("node").value).clone();
+            if let Some(r) = insight.node_resources.as_mut() {
+                r.cpu_available_cores = r.cpu_allocatable_cores * (1.0 - (i % 90) as f64 / 100.0);
+            }
+            view.upsert_node(insight, SystemTime::now(), 0);
+            state.sync_node(n);
+            if i % 10 == 0 {
+                state.sweep();
+            }
+            let draft = nodes_of(&state.writing().draft);
+            assert_eq!(nodes_of(&state.read()), draft, "round {i}");
+        }
+        let w = state.writing();
+        assert_eq!(
+            w.draft.gpu_allocated_milli(),
+            state.read().gpu_allocated_milli()
+        );
+        assert!(w.books.assumed.len() > 10);
+    }
+
+    #[test]
+    fn assumptions_past_the_cap_evict_the_oldest() {
+        let (view, _, pods) = openb();
+        let cfg = EngineConfig {
+            max_assumed: 5,
+            ..EngineConfig::default()
+        };
+        let state = Arc::new(ClusterState::new(view, cfg));
+        state.resync();
+        let engine = Engine::new(Arc::clone(&state));
+        let empty = state.read().gpu_allocated_milli();
+        let mut named = Vec::new();
+        for (i, pod) in pods.iter().filter(|p| p.num_gpu > 0).take(20).enumerate() {
+            let req = request_for(pod, i as u64);
+            if !engine.decide(&req).node_preferences.is_empty() {
+                named.push(req);
+            }
+        }
+        assert!(named.len() >= 10, "only {} placements", named.len());
+        let s = state.stats();
+        assert_eq!(s.assumed, 5);
+        assert_eq!(s.ended.evicted, named.len() as u64 - 5);
+        // The five youngest stay; the evicted ones left the snapshot too.
+        for (i, req) in named.iter().enumerate() {
+            let kept = state
+                .assumed_node(&req.pod_namespace, &req.pod_name)
+                .is_some();
+            assert_eq!(kept, i >= named.len() - 5, "pod {i}");
+        }
+        let w = state.writing();
+        let held: u64 = w
+            .books
+            .assumed
+            .values()
+            .flat_map(|a| a.placement.gpus.iter().map(|&(_, m)| u64::from(m)))
+            .sum();
+        assert_eq!(state.read().gpu_allocated_milli(), empty + held);
+        assert!(w.books.assume_order.len() <= 2 * 5 + 64);
+    }
 
     #[test]
     fn penalties_halve_per_half_life() {

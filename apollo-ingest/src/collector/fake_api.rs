@@ -70,12 +70,24 @@ pub struct Calls {
     pub metrics_calls: AtomicU64,
 }
 
+/// The HTTP server task and the token that stops it.
+#[derive(Debug)]
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Handle on a running fake API server.
 #[derive(Clone, Debug)]
 pub struct FakeApi {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<Notify>,
     down: Arc<AtomicBool>,
+    /// Set while the server is stopped: open watches end.
+    stopped: Arc<AtomicBool>,
+    running: Arc<Mutex<Option<Running>>>,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
     metrics_down: Arc<AtomicBool>,
     calls: Arc<Calls>,
     bookmark_every: Duration,
@@ -171,27 +183,70 @@ impl FakeApi {
         bookmark_every: Duration,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
-        let url = format!("http://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
         let api = Self {
             inner: Arc::default(),
             changed: Arc::new(Notify::new()),
             down: Arc::default(),
+            stopped: Arc::default(),
+            running: Arc::default(),
+            addr,
+            shutdown,
             metrics_down: Arc::default(),
             calls: Arc::default(),
             bookmark_every,
-            url,
+            url: format!("http://{addr}"),
         };
-        let me = api.clone();
+        api.spawn_server(listener);
+        Ok(api)
+    }
+
+    fn spawn_server(&self, listener: TcpListener) {
+        let me = self.clone();
         let app = Router::new().fallback(move |uri: Uri| {
             let me = me.clone();
             async move { me.handle(uri) }
         });
-        tokio::spawn(async move {
+        let stop = self.shutdown.child_token();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .with_graceful_shutdown(async move { token.cancelled().await })
                 .await;
         });
-        Ok(api)
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, task });
+    }
+
+    /// Stops the HTTP server as a crashed API server would be gone: open
+    /// watches end, connections close and the port refuses connections.
+    /// The objects are kept for [`FakeApi::restart`].
+    pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(Running { stop, task }) = running {
+            stop.cancel();
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Serves again on the same address, with the objects and history kept
+    /// (a watch resuming from its last resourceVersion gets what changed).
+    pub async fn restart(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        self.stopped.store(false, Ordering::SeqCst);
+        self.spawn_server(listener);
+        Ok(())
     }
 
     /// Base URL (`http://127.0.0.1:port`).
@@ -435,7 +490,7 @@ impl FakeApi {
         let stream = async_stream(move |tx| async move {
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
-                if me.down.load(Ordering::SeqCst) {
+                if me.down.load(Ordering::SeqCst) || me.stopped.load(Ordering::SeqCst) {
                     return;
                 }
                 let notified = me.changed.notified();

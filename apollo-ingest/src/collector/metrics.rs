@@ -68,6 +68,7 @@ pub struct CollectorMetrics {
     scrape_errors: Family<SourceReason, Counter>,
     data_problems: Family<SourceReason, Counter>,
     nodes_gone: Counter,
+    view_current: Gauge,
 }
 
 impl CollectorMetrics {
@@ -89,12 +90,18 @@ impl CollectorMetrics {
             scrape_errors: Family::default(),
             data_problems: Family::default(),
             nodes_gone: Counter::default(),
+            view_current: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("apollo_collector");
         r.register(
             "watch_events",
             "Kubernetes watch events applied",
             m.watch_events.clone(),
+        );
+        r.register(
+            "view_current",
+            "1 while the Node and Pod views are synced and current, so insights are published; 0 while the Kubernetes API has failed for --collect-stale-after (ingest keeps serving reports)",
+            m.view_current.clone(),
         );
         r.register(
             "watch_errors",
@@ -199,6 +206,11 @@ impl CollectorMetrics {
     /// One round took `seconds`.
     pub fn cycle(&self, seconds: f64) {
         self.cycle.observe(seconds);
+    }
+
+    /// Whether the collector's view is current (it publishes insights).
+    pub fn view_current(&self, current: bool) {
+        self.view_current.set(i64::from(current));
     }
 
     /// Health of a source, 0-1.

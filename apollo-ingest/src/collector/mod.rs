@@ -10,10 +10,14 @@
 //! - Every interval the insights are built ([`aggregate`]) and published.
 //!
 //! Failure handling: a watch that fails keeps its last good content and
-//! retries with backoff; after `--collect-stale-after` without a working
-//! Node or Pod watch nothing is published (the view is too old to be
-//! reported as current) and readiness turns false. Deleted nodes stop being
-//! reported and are listed as gone.
+//! retries with backoff (kube-runtime's watcher resumes from its last
+//! resourceVersion, or lists anew); after `--collect-stale-after` without a
+//! working Node or Pod watch nothing is published (the view is too old to be
+//! reported as current), `apollo_collector_view_current` turns 0 and
+//! [`Collector::readiness`] false, until the watches work again. The ingest
+//! service waits for the first sync only ([`Collector::synced_once`]): it
+//! keeps serving node agents' reports through a Kubernetes API outage.
+//! Deleted nodes stop being reported and are listed as gone.
 
 pub mod aggregate;
 pub mod exposition;
@@ -234,6 +238,27 @@ impl Collector {
         self.ready.clone()
     }
 
+    /// Turns true once the views were first synced and stays true: what
+    /// gates the ingest service's readiness. A later Kubernetes API outage
+    /// stops the collector's publishing (and shows in
+    /// `apollo_collector_view_current`), not the reports node agents send.
+    pub fn synced_once(&self, shutdown: CancellationToken) -> watch::Receiver<bool> {
+        let mut ready = self.ready.clone();
+        let (tx, rx) = watch::channel(*ready.borrow());
+        tokio::spawn(async move {
+            let synced = tokio::select! {
+                _ = shutdown.cancelled() => false,
+                r = ready.wait_for(|r| *r) => r.is_ok(),
+            };
+            if synced {
+                let _ = tx.send(true);
+                // Hold the sender so the value stays.
+                shutdown.cancelled().await;
+            }
+        });
+        rx
+    }
+
     /// The collector's view of the cluster.
     pub fn state(&self) -> &SharedState {
         &self.state
@@ -357,8 +382,12 @@ impl Round {
                 (insights, stats, true)
             }
         };
+        self.metrics.view_current(current);
         self.ready.send_if_modified(|r| {
             let changed = *r != current;
+            if changed {
+                tracing::info!(current, "kubernetes view currency changed");
+            }
             *r = current;
             changed
         });
