@@ -8,5 +8,6 @@ mod scenario;
 
 mod cluster;
 mod engine_restart;
+mod graceful_shutdown;
 mod nats_restart;
 mod orchestration_restart;
