@@ -554,7 +554,13 @@ pub async fn serve(
     let view = ClusterView::with_limits(config.view.clone());
     view.register_metrics(&mut registry);
     let state = Arc::new(ClusterState::new(view.clone(), config.engine.clone()));
-    state.spawn_view_follower(shutdown.clone());
+    // The follower runs on a blocking thread, which a runtime waits for when
+    // it is dropped: stop it whenever this function ends or is dropped, not
+    // only on `shutdown`, so an embedding program (or a failing test) never
+    // hangs on exit.
+    let follower_stop = shutdown.child_token();
+    let _stop_follower = follower_stop.clone().drop_guard();
+    state.spawn_view_follower(follower_stop);
     view.follow(bus.clone(), shutdown.clone());
     state.spawn_forecast_follower(bus.clone(), shutdown.clone());
     let engine = Arc::new(Engine::new(state));
