@@ -7,7 +7,7 @@
 //! left, so no process outlives the stack and every port is freed.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
@@ -210,15 +210,24 @@ fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A port: the wanted one when it is free, else one the OS picks.
-fn port(wanted: Option<u16>) -> anyhow::Result<u16> {
+/// A port: the wanted one when it is free, else one the OS picks, never
+/// one already in `taken` (the OS may hand a port out again before the
+/// process it was picked for has bound it); the port is added to `taken`.
+fn port(wanted: Option<u16>, taken: &mut HashSet<u16>) -> anyhow::Result<u16> {
     if let Some(p) = wanted {
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if !taken.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            taken.insert(p);
             return Ok(p);
         }
     }
-    let l = TcpListener::bind(("127.0.0.1", 0)).context("no free local port")?;
-    Ok(l.local_addr()?.port())
+    for _ in 0..64 {
+        let l = TcpListener::bind(("127.0.0.1", 0)).context("no free local port")?;
+        let p = l.local_addr()?.port();
+        if taken.insert(p) {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no free local port outside those already given to the stack")
 }
 
 /// Last `n` lines of a file.
@@ -257,16 +266,18 @@ impl Stack {
             .tempdir()
             .context("cannot create a work directory")?
             .keep();
+        let mut taken = HashSet::new();
         let (nats, nats_url) = match &opts.nats_url {
             Some(url) => (None, url.clone()),
             None => {
                 let binary = nats_binary()?;
                 let wanted = (!opts.free_ports)
                     .then_some(4222)
-                    .filter(|p| port(Some(*p)).ok() == Some(*p));
+                    .filter(|p| port(Some(*p), &mut taken).ok() == Some(*p));
                 let (child, port) =
                     apollo_common::nats_server::spawn(&binary, wanted, &work_dir.join("nats"))
                         .with_context(|| format!("cannot start {}", binary.display()))?;
+                taken.insert(port);
                 (Some(child), format!("nats://127.0.0.1:{port}"))
             }
         };
@@ -283,8 +294,8 @@ impl Stack {
         };
         for service in Service::ALL {
             let (g, m) = service.standard_ports();
-            let grpc_port = port((!opts.free_ports).then_some(g))?;
-            let metrics_port = port((!opts.free_ports).then_some(m))?;
+            let grpc_port = port((!opts.free_ports).then_some(g), &mut taken)?;
+            let metrics_port = port((!opts.free_ports).then_some(m), &mut taken)?;
             let grpc: SocketAddr = ([127, 0, 0, 1], grpc_port).into();
             let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
             let log = stack.work_dir.join(format!("{}.log", service.binary()));
