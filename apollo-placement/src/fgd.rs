@@ -101,6 +101,9 @@ pub struct ShapeDistribution {
     model_demand: BTreeMap<Vec<String>, f64>,
     /// GPU requested (milli-GPU) by all GPU pods in `model_demand`.
     gpu_demand: f64,
+    /// CPU (milli-cores) the typical GPU shapes request per whole GPU,
+    /// weighted by popularity (0 without typical GPU shapes).
+    cpu_per_gpu: f64,
 }
 
 impl Default for ShapeDistribution {
@@ -130,6 +133,7 @@ impl ShapeDistribution {
             model_counts: BTreeMap::new(),
             model_demand: BTreeMap::new(),
             gpu_demand: 0.0,
+            cpu_per_gpu: 0.0,
         }
     }
 
@@ -195,6 +199,14 @@ impl ShapeDistribution {
         self.gpu_demand
     }
 
+    /// CPU (milli-cores) the typical GPU pods request per whole GPU they
+    /// request, weighted by popularity: how much CPU a node's free GPUs
+    /// will take with them when typical pods fill them (0 without typical
+    /// GPU shapes).
+    pub fn cpu_per_gpu(&self) -> f64 {
+        self.cpu_per_gpu
+    }
+
     /// Pods observed since the last refresh.
     pub fn pending(&self) -> u64 {
         self.observed_since_refresh
@@ -257,6 +269,18 @@ impl ShapeDistribution {
                 weight: t.weight,
             })
             .collect();
+        let (cpu, gpu) = self
+            .typical
+            .iter()
+            .filter(|t| t.shape.gpu_milli > 0 && t.shape.num_gpu > 0)
+            .fold((0.0, 0.0), |(c, g), t| {
+                (
+                    c + t.weight * t.shape.cpu_milli as f64,
+                    g + t.weight * f64::from(t.shape.num_gpu) * f64::from(t.shape.gpu_milli)
+                        / f64::from(crate::demand::MILLI_PER_GPU),
+                )
+            });
+        self.cpu_per_gpu = if gpu > 0.0 { cpu / gpu } else { 0.0 };
         self.model_demand.clone_from(&self.model_counts);
         self.gpu_demand = self.model_demand.values().sum();
         self.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
@@ -408,5 +432,17 @@ mod tests {
         let whole = ShapeDistribution::from_weights([(shape(1000, 2, 1000), 1.0)]);
         assert_eq!(whole.fragmentation(10_000, &[1000, 1000, 400]), 400.0);
         assert_eq!(whole.fragmentation(10_000, &[1000, 600, 400]), 2000.0);
+    }
+
+    #[test]
+    fn cpu_per_gpu_weighs_typical_gpu_shapes_by_popularity() {
+        let d = ShapeDistribution::from_weights([
+            (shape(4000, 1, 500), 1.0),
+            (shape(8000, 2, 1000), 1.0),
+            (shape(16000, 0, 0), 2.0),
+        ]);
+        // (4000 + 8000) / (0.5 + 2) GPUs; CPU-only shapes take no GPU.
+        assert!((d.cpu_per_gpu() - 4800.0).abs() < 1e-9);
+        assert_eq!(ShapeDistribution::default().cpu_per_gpu(), 0.0);
     }
 }

@@ -10,6 +10,7 @@
 //! | factor | applies when | value |
 //! |---|---|---|
 //! | packing | always (CPU-only pods: only while no observed pod restricts its GPU models, see [`ScoreWeights::constrained_cpu_pod_packing`]) | share of the node's GPU capacity allocated after the placement (CPU share on GPU-less nodes) |
+//! | CPU surplus | CPU-only pod, and some observed pod restricts its GPU models (see [`ScoreWeights::cpu_surplus`]) | share of the pod's CPU the node gives without cutting into the CPU its free GPUs will need |
 //! | balance | always | `1 - abs(free GPU share - free CPU share)` after the placement (0.5 on GPU-less nodes) |
 //! | model reserve | GPU pod, and some observed pod restricts its GPU models | `1 / (1 + pressure)` of the node's GPU model (see [`ClusterSnapshot::model_pressure`]): keeps the models that restricted pods need for them |
 //! | fragmentation (FGD) | always | `1 / (1 + exp(dF / 1000))`, `dF` = increase of the node's GPU fragmentation in milli-GPU (see [`crate::fgd`]) rounded to `frag_resolution`; 0.5 = no change |
@@ -68,11 +69,24 @@ pub struct ScoreWeights {
     /// observed pod restricts its GPU models. Packing sends a CPU-only pod to
     /// the node whose GPUs are fullest; while the model reserve holds GPU
     /// pods off the scarce models, the partly used nodes of those models are
-    /// the fullest, and CPU-only pods drained the CPU their remaining GPUs
-    /// needed (on the openb cpu250 list with a third of the GPU pods
-    /// restricted, 19 % of the G3 GPUs sat free on nodes short of CPU).
-    /// Default 0 (tuned with seeds 1-10, reported on 42-51).
+    /// the fullest, and without [`ScoreWeights::cpu_surplus`] CPU-only pods
+    /// drained the CPU their remaining GPUs needed (on the openb cpu250 list
+    /// with a third of the GPU pods restricted, 19 % of the G3 GPUs sat free
+    /// on nodes short of CPU). With the surplus factor guarding that CPU,
+    /// packing helps again. Default 1 (tuned with seeds 1-10, reported on
+    /// 42-51).
     pub constrained_cpu_pod_packing: f64,
+    /// CPU surplus for pods without GPUs once some observed pod restricts its
+    /// GPU models: the share of the pod's CPU that comes out of CPU the
+    /// node's free GPUs will not need (free GPU times the typical GPU pods'
+    /// CPU per GPU, [`crate::fgd::ShapeDistribution::cpu_per_gpu`]). Sends
+    /// CPU-only pods to CPU the GPU pods cannot use, so GPUs are not left
+    /// free on nodes without the CPU to use them.
+    /// Default 0.05 (tuned with seeds 1-10, reported on 42-51).
+    pub cpu_surplus: f64,
+    /// Multiplier of [`ScoreWeights::cpu_surplus`] while no observed pod
+    /// restricts its GPU models. Default 0.
+    pub cpu_surplus_unconstrained: f64,
     /// Resolution (milli-GPU) at which fragmentation increases are told apart:
     /// increases are rounded to a multiple of it, so placements that fragment
     /// almost equally are decided by packing and then by node name (which
@@ -101,7 +115,9 @@ impl Default for ScoreWeights {
             balance: 0.01,
             model_reserve: 0.05,
             model_reserve_by_free: 1.0,
-            constrained_cpu_pod_packing: 0.0,
+            constrained_cpu_pod_packing: 1.0,
+            cpu_surplus: 0.05,
+            cpu_surplus_unconstrained: 0.0,
             frag_resolution: 40.0,
             failure_penalty: 0.5,
             exclude_predicted_overload: true,
@@ -286,6 +302,12 @@ impl NodeScorer {
             w.packing
         };
         let w_balance = w.balance;
+        let w_surplus = match (demand.num_gpu, snapshot.has_model_pressure()) {
+            (0, true) => w.cpu_surplus,
+            (0, false) => w.cpu_surplus * w.cpu_surplus_unconstrained,
+            _ => 0.0,
+        };
+        let cpu_per_gpu = snapshot.shapes().cpu_per_gpu();
         with_delta_memo(|memo| {
             for (idx, entry) in snapshot.nodes.iter().enumerate() {
                 match snapshot.fit_reason(idx, demand, &filter) {
@@ -326,6 +348,10 @@ impl NodeScorer {
                     + w_packing * packing
                     + w_balance * balance;
                 let mut den = w.fragmentation + w_packing + w_balance;
+                if w_surplus > 0.0 {
+                    num += w_surplus * cpu_surplus(hot, demand.cpu_milli, cpu_per_gpu);
+                    den += w_surplus;
+                }
                 if !pressures.is_empty() {
                     num += w.model_reserve / (1.0 + snapshot.node_model_pressure(idx, &pressures));
                     den += w.model_reserve;
@@ -512,6 +538,20 @@ fn packing_and_balance(c: &crate::snapshot::NodeHot, cpu_milli: u64, gpu_milli: 
         (1.0 - gpu_share).clamp(0.0, 1.0),
         (1.0 - (gpu_share - cpu_share).abs()).clamp(0.0, 1.0),
     )
+}
+
+/// Share of a CPU-only pod's `cpu_milli` that the node can give without
+/// touching the CPU its free GPUs will need when typical GPU pods
+/// (`cpu_per_gpu` milli-cores per GPU) fill them: 1 = all of it from surplus,
+/// 0 = all of it from CPU that leaves free GPUs short.
+fn cpu_surplus(c: &crate::snapshot::NodeHot, cpu_milli: u64, cpu_per_gpu: f64) -> f64 {
+    if cpu_milli == 0 || c.gpu_free_total == 0 {
+        return 1.0;
+    }
+    let need = c.gpu_free_total as f64 / f64::from(crate::demand::MILLI_PER_GPU) * cpu_per_gpu;
+    let after = c.cpu_free.saturating_sub(cpu_milli) as f64;
+    let short = (need - after).clamp(0.0, cpu_milli as f64);
+    1.0 - short / cpu_milli as f64
 }
 
 fn predicted_overload(node: &NodeState, demand: &PodDemand) -> bool {
@@ -767,20 +807,27 @@ mod tests {
             .with_gpu(1, 1000)
             .with_gpu_models(["T4"]);
 
-        // Packing for CPU-only pods (the weight before): the CPU-only pod goes
+        // Packing for CPU-only pods: the CPU-only pod goes
         // to the T4 node, the fuller one, and the T4 pod that needs its CPU
         // fits nowhere although a T4 GPU is free.
+        // The surplus factor is left out here: with one core per GPU
+        // typical, both nodes have CPU to spare, and it cannot tell them apart.
         let packing = NodeScorer::new(ScoreWeights {
             constrained_cpu_pod_packing: 1.0,
+            cpu_surplus: 0.0,
             ..ScoreWeights::default()
         });
         let mut s = cluster();
         assert_eq!(place(&packing, &mut s, &cpu_only).as_deref(), Some("b-t4"));
         assert_eq!(place(&packing, &mut s, &cpu_hungry_t4), None);
 
-        // Without it (the default) balance sends it to the G2 node and the T4
-        // pod gets the last T4 GPU.
-        let scorer = NodeScorer::default();
+        // Without it (the default before the surplus factor) balance sends
+        // it to the G2 node and the T4 pod gets the last T4 GPU.
+        let scorer = NodeScorer::new(ScoreWeights {
+            constrained_cpu_pod_packing: 0.0,
+            cpu_surplus: 0.0,
+            ..ScoreWeights::default()
+        });
         let mut s = cluster();
         assert_eq!(place(&scorer, &mut s, &cpu_only).as_deref(), Some("a-g2"));
         assert_eq!(
@@ -788,8 +835,8 @@ mod tests {
             Some("b-t4")
         );
 
-        // With no restricted pod observed, packing still applies to CPU-only
-        // pods (the unconstrained traces are unchanged).
+        // With no restricted pod observed, packing applies to CPU-only pods
+        // (the unconstrained traces are unchanged).
         let plain = || {
             let mut s = ClusterSnapshot::new(ShapeDistribution::from_pods(
                 std::iter::repeat_n(&any, 8),
@@ -805,5 +852,57 @@ mod tests {
         };
         let mut s = plain();
         assert_eq!(place(&scorer, &mut s, &cpu_only).as_deref(), Some("b-t4"));
+    }
+
+    #[test]
+    fn cpu_only_pods_take_cpu_that_free_gpus_will_not_need() {
+        // Typical GPU pods take 6 cores per GPU; a quarter may only use T4.
+        let any = PodDemand::new(6000, GIB).with_gpu(1, 1000);
+        let t4_only = any.clone().with_gpu_models(["T4"]);
+        let seen: Vec<PodDemand> = std::iter::repeat_n(any.clone(), 6)
+            .chain(std::iter::repeat_n(t4_only.clone(), 2))
+            .collect();
+        // A G2 node with two of eight GPUs free and just the 12 cores they
+        // need; a T4 node with one GPU free and 60 cores.
+        let cluster = || {
+            let mut s = ClusterSnapshot::new(ShapeDistribution::from_pods(seen.iter(), 1.0));
+            let mut g2 = NodeState::new("a-g2", 32_000, 128 * GIB).with_gpus(8, "G2");
+            g2.cpu_milli_allocated = 20_000;
+            for g in &mut g2.gpus[..6] {
+                g.allocated_milli = 1000;
+            }
+            let mut t4 = NodeState::new("b-t4", 64_000, 128 * GIB).with_gpus(2, "T4");
+            t4.cpu_milli_allocated = 4_000;
+            t4.gpus[0].allocated_milli = 1000;
+            s.upsert_node(g2);
+            s.upsert_node(t4);
+            assert!(s.has_model_pressure());
+            assert!((s.shapes().cpu_per_gpu() - 6000.0).abs() < 1e-9);
+            s
+        };
+        let cpu_only = PodDemand::new(4000, GIB);
+
+        // Without the surplus factor packing sends the CPU-only pod to the
+        // G2 node (its GPUs are the fuller ones); one of its free GPUs is then
+        // short of CPU and the third GPU pod fits nowhere.
+        let blind = NodeScorer::new(ScoreWeights {
+            cpu_surplus: 0.0,
+            ..ScoreWeights::default()
+        });
+        let mut s = cluster();
+        assert_eq!(place(&blind, &mut s, &cpu_only).as_deref(), Some("a-g2"));
+        assert!(place(&blind, &mut s, &any).is_some());
+        assert!(place(&blind, &mut s, &any).is_some());
+        assert_eq!(place(&blind, &mut s, &any), None);
+
+        // With it (the default) the CPU-only pod takes the T4 node's spare
+        // CPU and all three free GPUs are used.
+        let scorer = NodeScorer::default();
+        let mut s = cluster();
+        assert_eq!(place(&scorer, &mut s, &cpu_only).as_deref(), Some("b-t4"));
+        for _ in 0..3 {
+            assert!(place(&scorer, &mut s, &any).is_some());
+        }
+        assert_eq!(s.gpu_allocated_milli(), s.gpu_capacity_milli());
     }
 }

@@ -437,6 +437,10 @@ pub enum ShapeSource {
     Online,
     /// From the whole pod list up front (what the published FGD does).
     Trace,
+    /// Learned online as with [`ShapeSource::Online`], starting from the
+    /// counts of the whole pod list as a prior (the information the
+    /// published FGD has; in production, the shapes observed before).
+    Prior,
 }
 
 /// Parameters of one run.
@@ -533,6 +537,12 @@ pub struct FailureCount {
     pub gpu_milli: u64,
     /// Arrived request (% of capacity) at the first failure of this kind.
     pub first_at_pct: f64,
+    /// Of the failed pods, those that some node could have taken on GPUs
+    /// (allowed model, enough free GPU) but none of those nodes had the CPU
+    /// or memory left: pods lost to GPU stranded by CPU.
+    pub pods_cpu_short: u64,
+    /// Of `pods_cpu_short`, the pods that failed before 100 % arrived.
+    pub pods_cpu_short_before_100: u64,
 }
 
 /// Failed pods restricted to lists that include one GPU model.
@@ -563,11 +573,17 @@ pub struct ModelAllocation {
     /// of the trace's GPU pods: GPU that most GPU pods can no longer use for
     /// want of CPU.
     pub gpu_free_cpu_short_milli: u64,
+    /// CPU (milli-cores) that CPU-only pods were given on those nodes.
+    pub cpu_only_cpu_milli: u64,
 }
 
 /// Per-model GPU allocation of a snapshot, models by name; `cpu_short` is the
 /// free CPU below which a node's free GPU counts as held up by CPU.
-fn alloc_by_model(snap: &ClusterSnapshot, cpu_short: u64) -> Vec<ModelAllocation> {
+fn alloc_by_model(
+    snap: &ClusterSnapshot,
+    cpu_short: u64,
+    cpu_only: &std::collections::HashMap<String, u64>,
+) -> Vec<ModelAllocation> {
     let mut by: std::collections::BTreeMap<&str, ModelAllocation> =
         std::collections::BTreeMap::new();
     for n in snap.nodes() {
@@ -583,7 +599,9 @@ fn alloc_by_model(snap: &ClusterSnapshot, cpu_short: u64) -> Vec<ModelAllocation
                 cpu_capacity_milli: 0,
                 cpu_allocated_milli: 0,
                 gpu_free_cpu_short_milli: 0,
+                cpu_only_cpu_milli: 0,
             });
+        e.cpu_only_cpu_milli += cpu_only.get(&n.name).copied().unwrap_or(0);
         e.cpu_capacity_milli += n.cpu_milli_capacity;
         e.cpu_allocated_milli += n.cpu_milli_allocated;
         let short = n.cpu_milli_free() < cpu_short;
@@ -596,6 +614,31 @@ fn alloc_by_model(snap: &ClusterSnapshot, cpu_short: u64) -> Vec<ModelAllocation
         }
     }
     by.into_values().collect()
+}
+
+/// True when some node of `snap` has the GPUs `demand` asks for free but
+/// none of those nodes has its CPU and memory left.
+fn gpus_free_but_cpu_short(snap: &ClusterSnapshot, demand: &PodDemand) -> bool {
+    let mut gpu_fit = false;
+    for n in snap.nodes() {
+        let usable = n
+            .gpus
+            .iter()
+            .filter(|g| {
+                g.free_milli() >= demand.gpu_milli
+                    && (demand.gpu_models.is_empty()
+                        || demand.gpu_models.iter().any(|m| m.trim() == g.model.trim()))
+            })
+            .count();
+        if (usable as u64) < u64::from(demand.num_gpu) {
+            continue;
+        }
+        if n.cpu_milli_free() >= demand.cpu_milli && n.memory_bytes_free() >= demand.memory_bytes {
+            return false;
+        }
+        gpu_fit = true;
+    }
+    gpu_fit
 }
 
 /// Median CPU request (milli-cores) of the GPU pods of a pod list (0 without any).
@@ -774,7 +817,7 @@ impl ApolloSim {
         let cfg = EngineConfig::default();
         let state = match shapes {
             ShapeSource::Online => ClusterState::new(view.clone(), cfg),
-            ShapeSource::Trace => {
+            ShapeSource::Trace | ShapeSource::Prior => {
                 let demands: Vec<PodDemand> = pods.iter().map(TracePod::demand).collect();
                 let dist = ShapeDistribution::from_pods(demands.iter(), DEFAULT_COVERAGE);
                 ClusterState::with_snapshot(view.clone(), cfg, ClusterSnapshot::new(dist))
@@ -806,7 +849,7 @@ impl ApolloSim {
     /// binds it there and reports the node's new insight. Returns the policy.
     pub fn place(&mut self, pod: &TracePod, k: u64) -> SchedulingPolicy {
         self.arrivals += 1;
-        if self.shapes == ShapeSource::Online && self.arrivals.is_multiple_of(SWEEP_EVERY) {
+        if self.shapes != ShapeSource::Trace && self.arrivals.is_multiple_of(SWEEP_EVERY) {
             self.state.sweep();
         }
         let req = request_for(pod, k);
@@ -964,20 +1007,30 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
     let mut failures: std::collections::BTreeMap<PodKind, FailureCount> =
         std::collections::BTreeMap::new();
     let mut by_model: Option<Vec<ModelAllocation>> = None;
+    // CPU given to CPU-only pods, per node.
+    let mut cpu_only: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let cpu_short = median_gpu_pod_cpu(pods);
     let mut by_allowed: std::collections::BTreeMap<&str, ModelFailures> =
         std::collections::BTreeMap::new();
     for (k, &i) in order.iter().enumerate() {
-        let placed = match &mut placer {
+        let placed_on = match &mut placer {
             Placer::Apollo(sim) => {
                 let before = sim.gpu_allocated_milli();
                 let policy = sim.place(&pods[i], k as u64);
-                placed_by(&policy)
-                    && (pods[i].gpu_request() == 0 || sim.gpu_allocated_milli() > before)
+                (placed_by(&policy)
+                    && (pods[i].gpu_request() == 0 || sim.gpu_allocated_milli() > before))
+                    .then(|| policy.node_preferences[0].node_name.clone())
             }
-            Placer::Baseline(b, snap, ties) => b.place(snap, &demands[i], ties, &mut rng).is_some(),
+            Placer::Baseline(b, snap, ties) => {
+                b.place(snap, &demands[i], ties, &mut rng).map(|p| p.node)
+            }
         };
-        if !placed {
+        if let Some(node) = &placed_on {
+            if pods[i].num_gpu == 0 {
+                *cpu_only.entry(node.clone()).or_default() += pods[i].cpu_milli;
+            }
+        }
+        if placed_on.is_none() {
             failed += 1;
             let kind = PodKind::of(&pods[i]);
             let pct = 100.0 * arrived as f64 / capacity as f64;
@@ -987,11 +1040,19 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
                 pods_before_100: 0,
                 gpu_milli: 0,
                 first_at_pct: pct,
+                pods_cpu_short: 0,
+                pods_cpu_short_before_100: 0,
             });
             f.pods += 1;
             f.gpu_milli += pods[i].gpu_request();
             if arrived < capacity {
                 f.pods_before_100 += 1;
+            }
+            if pods[i].num_gpu > 0 && placer.gpus_free_but_cpu_short(&demands[i]) {
+                f.pods_cpu_short += 1;
+                if arrived < capacity {
+                    f.pods_cpu_short_before_100 += 1;
+                }
             }
             for m in &pods[i].gpu_spec {
                 let e = by_allowed
@@ -1009,7 +1070,7 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
         }
         arrived += pods[i].gpu_request();
         if by_model.is_none() && arrived >= capacity {
-            by_model = Some(placer.alloc_by_model(cpu_short));
+            by_model = Some(placer.alloc_by_model(cpu_short, &cpu_only));
         }
         let allocated = placer.gpu_allocated_milli();
         while arrived.saturating_mul(100) >= next_pct.saturating_mul(capacity) {
@@ -1027,8 +1088,9 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], cfg: &SimConfig) -> Result<Si
         failed_pods: failed,
         arrived_pods: order.len() as u64,
         failures: failures.into_values().collect(),
-        alloc_by_model_at_100: by_model.unwrap_or_else(|| placer.alloc_by_model(cpu_short)),
-        alloc_by_model_at_end: placer.alloc_by_model(cpu_short),
+        alloc_by_model_at_100: by_model
+            .unwrap_or_else(|| placer.alloc_by_model(cpu_short, &cpu_only)),
+        alloc_by_model_at_end: placer.alloc_by_model(cpu_short, &cpu_only),
         failures_by_allowed_model: by_allowed.into_values().collect(),
         curve,
         wall_s: start.elapsed().as_secs_f64(),
@@ -1055,10 +1117,23 @@ impl Placer {
         }
     }
 
-    fn alloc_by_model(&self, cpu_short: u64) -> Vec<ModelAllocation> {
+    fn alloc_by_model(
+        &self,
+        cpu_short: u64,
+        cpu_only: &std::collections::HashMap<String, u64>,
+    ) -> Vec<ModelAllocation> {
         match self {
-            Self::Apollo(sim) => alloc_by_model(&sim.state.read(), cpu_short),
-            Self::Baseline(_, snap, _) => alloc_by_model(snap, cpu_short),
+            Self::Apollo(sim) => alloc_by_model(&sim.state.read(), cpu_short, cpu_only),
+            Self::Baseline(_, snap, _) => alloc_by_model(snap, cpu_short, cpu_only),
+        }
+    }
+
+    /// True when some node has the GPUs `demand` asks for free (allowed
+    /// model, enough free share) but every such node lacks its CPU or memory.
+    fn gpus_free_but_cpu_short(&self, demand: &PodDemand) -> bool {
+        match self {
+            Self::Apollo(sim) => gpus_free_but_cpu_short(&sim.state.read(), demand),
+            Self::Baseline(_, snap, _) => gpus_free_but_cpu_short(snap, demand),
         }
     }
 }

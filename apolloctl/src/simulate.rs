@@ -27,6 +27,8 @@ pub(crate) enum Shapes {
     Online,
     /// From the whole pod list.
     Trace,
+    /// Learned online, starting from the whole pod list's shapes as a prior.
+    Prior,
 }
 
 /// Replay a pod list against a node list with placement policies.
@@ -73,7 +75,8 @@ pub(crate) struct Args {
     shapes: Shapes,
     /// Override an `apollo` scorer weight for a tuning run, `NAME=VALUE`
     /// (repeatable): fragmentation, packing, balance, model_reserve,
-    /// model_reserve_by_free, constrained_cpu_pod_packing, frag_resolution.
+    /// model_reserve_by_free, constrained_cpu_pod_packing, cpu_surplus,
+    /// cpu_surplus_unconstrained, frag_resolution.
     /// Published figures use the defaults.
     #[arg(long = "apollo-weight", value_name = "NAME=VALUE")]
     apollo_weights: Vec<String>,
@@ -178,8 +181,10 @@ fn parse_weights(overrides: &[String]) -> anyhow::Result<ScoreWeights> {
             "model_reserve_by_free" => &mut w.model_reserve_by_free,
             "frag_resolution" => &mut w.frag_resolution,
             "constrained_cpu_pod_packing" => &mut w.constrained_cpu_pod_packing,
+            "cpu_surplus" => &mut w.cpu_surplus,
+            "cpu_surplus_unconstrained" => &mut w.cpu_surplus_unconstrained,
             other => bail!(
-                "--apollo-weight: unknown weight {other:?} (expected fragmentation, packing, balance, model_reserve, model_reserve_by_free, constrained_cpu_pod_packing or frag_resolution)"
+                "--apollo-weight: unknown weight {other:?} (expected fragmentation, packing, balance, model_reserve, model_reserve_by_free, constrained_cpu_pod_packing, cpu_surplus, cpu_surplus_unconstrained or frag_resolution)"
             ),
         };
         *slot = v;
@@ -262,6 +267,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let shapes = match args.shapes {
         Shapes::Online => ShapeSource::Online,
         Shapes::Trace => ShapeSource::Trace,
+        Shapes::Prior => ShapeSource::Prior,
     };
     let total = policies.len() * seeds.len();
     let mut runs = Vec::with_capacity(total);
