@@ -84,6 +84,9 @@ pub struct ScoreWeights {
     /// free on nodes without the CPU to use them.
     /// Default 0.05 (tuned with seeds 1-10, reported on 42-51).
     pub cpu_surplus: f64,
+    /// Multiplier of the CPU per GPU that the CPU surplus counts a free GPU
+    /// to need (1 = the typical GPU shapes' mean). Default 1.
+    pub cpu_surplus_need: f64,
     /// Multiplier of [`ScoreWeights::cpu_surplus`] while no observed pod
     /// restricts its GPU models. Default 0.
     pub cpu_surplus_unconstrained: f64,
@@ -117,6 +120,7 @@ impl Default for ScoreWeights {
             model_reserve_by_free: 1.0,
             constrained_cpu_pod_packing: 1.0,
             cpu_surplus: 0.05,
+            cpu_surplus_need: 1.0,
             cpu_surplus_unconstrained: 0.0,
             frag_resolution: 40.0,
             failure_penalty: 0.5,
@@ -307,7 +311,7 @@ impl NodeScorer {
             (0, false) => w.cpu_surplus * w.cpu_surplus_unconstrained,
             _ => 0.0,
         };
-        let cpu_per_gpu = snapshot.shapes().cpu_per_gpu();
+        let cpu_per_gpu = snapshot.shapes().cpu_per_gpu() * w.cpu_surplus_need;
         with_delta_memo(|memo| {
             for (idx, entry) in snapshot.nodes.iter().enumerate() {
                 match snapshot.fit_reason(idx, demand, &filter) {
