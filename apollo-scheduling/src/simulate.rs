@@ -1212,4 +1212,30 @@ mod tests {
             ));
         }
     }
+
+    #[test]
+    fn cpu_short_failures_need_free_gpus_on_nodes_without_the_cpu() {
+        let nodes = [node("a", 2, "T4"), node("b", 8, "G2")];
+        let mut snap = snapshot_for(&nodes, ShapeDistribution::default()).unwrap();
+        // Node a: both T4 GPUs free, 2 of 64 cores left; node b: GPUs all taken.
+        snap.update_node("a", |n| n.cpu_milli_allocated = 62_000)
+            .unwrap();
+        snap.update_node("b", |n| {
+            for g in &mut n.gpus {
+                g.allocated_milli = 1000;
+            }
+        })
+        .unwrap();
+        let hungry = PodDemand::new(8_000, 1 << 30).with_gpu(1, 1000);
+        assert!(gpus_free_but_cpu_short(&snap, &hungry));
+        // Small enough for the CPU left: not CPU-short (it would fit).
+        let small = PodDemand::new(1_000, 1 << 30).with_gpu(1, 1000);
+        assert!(!gpus_free_but_cpu_short(&snap, &small));
+        // Only G2 allowed: no GPU of the model is free, so not CPU-short.
+        let g2_only = hungry.clone().with_gpu_models(["G2"]);
+        assert!(!gpus_free_but_cpu_short(&snap, &g2_only));
+        // Three GPUs: no node has them free at all.
+        let three = PodDemand::new(1_000, 1 << 30).with_gpu(3, 1000);
+        assert!(!gpus_free_but_cpu_short(&snap, &three));
+    }
 }
