@@ -391,7 +391,7 @@ pub fn load_openb(dir: &Path, step: f64) -> Result<Dataset, EvalError> {
 pub struct EvalConfig {
     /// Horizons (steps ahead) to score.
     pub horizons: Vec<usize>,
-    /// Model names (see [`models::MODEL_NAMES`], plus [`AUTO_CACHED`]).
+    /// Model names (see [`models::MODEL_NAMES`], plus [`HARNESS_MODELS`]).
     pub models: Vec<String>,
     /// Interval level.
     pub level: f64,
@@ -566,6 +566,25 @@ pub const AUTO_NOHOLD: &str = "auto_nohold";
 /// width is measured in the same run.
 pub const AUTO_NARROW: &str = "auto_narrow";
 
+/// Harness-only model name: `auto` with intervals at the nominal level
+/// ([`AutoConfig::calibrate_level`] off), so the out-of-sample level choice
+/// is measured in the same run.
+pub const AUTO_NOMINAL: &str = "auto_nominal";
+
+/// Harness-only model name: `auto` without the step-like guard
+/// ([`AutoConfig::naive_guard`] off), so its effect is measured in the same
+/// run.
+pub const AUTO_NOGUARD: &str = "auto_noguard";
+
+/// Every harness-only model name (accepted beside [`models::MODEL_NAMES`]).
+pub const HARNESS_MODELS: &[&str] = &[
+    AUTO_CACHED,
+    AUTO_NOHOLD,
+    AUTO_NARROW,
+    AUTO_NOMINAL,
+    AUTO_NOGUARD,
+];
+
 /// [`AutoSelector`] behind the stateless [`Model`] interface.
 struct CachedAuto(Mutex<AutoSelector>);
 
@@ -616,6 +635,20 @@ fn build_model(
         AUTO_NARROW => Ok(Box::new(
             Auto::new(AutoConfig {
                 combine_wide: None,
+                ..auto_config()
+            })
+            .with_global_lstm(global_lstm.cloned()),
+        )),
+        AUTO_NOGUARD => Ok(Box::new(
+            Auto::new(AutoConfig {
+                naive_guard: false,
+                ..auto_config()
+            })
+            .with_global_lstm(global_lstm.cloned()),
+        )),
+        AUTO_NOMINAL => Ok(Box::new(
+            Auto::new(AutoConfig {
+                calibrate_level: false,
                 ..auto_config()
             })
             .with_global_lstm(global_lstm.cloned()),
@@ -806,9 +839,7 @@ impl ModelSet {
         config.validate()?;
         for name in &cfg.models {
             if !models::MODEL_NAMES.contains(&name.as_str())
-                && name != AUTO_CACHED
-                && name != AUTO_NOHOLD
-                && name != AUTO_NARROW
+                && !HARNESS_MODELS.contains(&name.as_str())
             {
                 return Err(EvalError::UnknownModel(name.clone()));
             }

@@ -86,7 +86,9 @@ pub(crate) struct Args {
     /// Models to evaluate (`auto_cached` = `auto` with one selector kept per
     /// series across origins, as the service runs it; `auto_nohold` = `auto`
     /// without the hold rule and the last-plateau candidate; `auto_narrow` =
-    /// `auto` that never chooses the wide combination).
+    /// `auto` that never chooses the wide combination; `auto_nominal` =
+    /// `auto` with intervals at the nominal level; `auto_noguard` = `auto`
+    /// without the step-like guard).
     #[arg(
         long,
         value_delimiter = ',',
@@ -128,6 +130,10 @@ pub(crate) struct Args {
     /// Only the first N series of each dataset (quick runs).
     #[arg(long, env = "APOLLO_EVAL_LIMIT")]
     limit: Option<usize>,
+    /// Only series whose family contains one of these strings (e.g.
+    /// `gpu_memory`); every family when empty.
+    #[arg(long, value_delimiter = ',', env = "APOLLO_EVAL_FAMILIES")]
+    families: Vec<String>,
     /// Only every K-th series of each dataset (quick runs over all kinds).
     #[arg(long, default_value_t = 1, env = "APOLLO_EVAL_SAMPLE_EVERY")]
     sample_every: usize,
@@ -162,9 +168,7 @@ fn forecast_panels(
     } else {
         cfg.models
             .iter()
-            .find(|m| {
-                ![eval::AUTO_CACHED, eval::AUTO_NOHOLD, eval::AUTO_NARROW].contains(&m.as_str())
-            })
+            .find(|m| !eval::HARNESS_MODELS.contains(&m.as_str()))
             .cloned()
             .unwrap_or_else(|| "auto".into())
     };
@@ -237,16 +241,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     // Fail on a bad model name before loading traces.
     for m in &base.models {
         if apollo_forecaster::models::by_name(m).is_none()
-            && m != eval::AUTO_CACHED
-            && m != eval::AUTO_NOHOLD
-            && m != eval::AUTO_NARROW
+            && !eval::HARNESS_MODELS.contains(&m.as_str())
         {
             anyhow::bail!(
-                "unknown model `{m}` (known: {}, {}, {}, {})",
+                "unknown model `{m}` (known: {}, {})",
                 apollo_forecaster::models::MODEL_NAMES.join(", "),
-                eval::AUTO_CACHED,
-                eval::AUTO_NOHOLD,
-                eval::AUTO_NARROW
+                eval::HARNESS_MODELS.join(", ")
             );
         }
     }
@@ -274,6 +274,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     for (mut ds, default_h) in datasets {
         if args.sample_every > 1 {
             ds.series = ds.series.into_iter().step_by(args.sample_every).collect();
+        }
+        if !args.families.is_empty() {
+            ds.series
+                .retain(|s| args.families.iter().any(|f| s.family.contains(f.as_str())));
+            if ds.series.is_empty() {
+                anyhow::bail!("{}: no series of the families {:?}", ds.name, args.families);
+            }
         }
         if let Some(limit) = args.limit {
             ds.series.truncate(limit);

@@ -30,7 +30,17 @@
 //! newest [`HOLD_RUNS`] values are identical, and a last-plateau candidate
 //! forecasts the level a short dip returns to ([`AutoConfig::hold_flat`]);
 //! only from below: a rise above the plateau is a new level
-//! ([`AutoConfig::plateau_dips_only`]).
+//! ([`AutoConfig::plateau_dips_only`]). On step-like series (at least half
+//! of the backtest window's consecutive values repeat exactly) the last
+//! value is held on every repeat, and the last value is served outright
+//! unless the combination beats it on both halves of the backtest
+//! ([`AutoConfig::naive_guard`]).
+//!
+//! Intervals: the combination's backtest errors give conformal offsets at
+//! an interval level chosen per series out of sample
+//! ([`AutoConfig::calibrate_level`]): the smallest level whose offsets from
+//! the older half of the origins cover the nominal share of the newer
+//! half's errors.
 //!
 //! Level shifts: a CUSUM test on the recent window locates a shift; window
 //! candidates then ignore data before it and backtest origins before it are
@@ -304,6 +314,19 @@ pub struct AutoConfig {
     /// a few candidates (long horizons, smooth series) averaging more of
     /// them forecasts better; `None` always combines narrowly.
     pub combine_wide: Option<(usize, f64)>,
+    /// Chooses the interval level per series out of sample
+    /// ([`out_of_sample_level`]): offsets from the older half of the
+    /// backtest errors must cover the nominal share of the newer half.
+    /// Off uses the nominal level's quantiles of all backtest errors.
+    pub calibrate_level: bool,
+    /// On step-like series (at least half of the backtest window's
+    /// consecutive values repeat exactly) holds the last value whenever the
+    /// newest two values are identical, and serves the last value outright
+    /// when the combination (with that hold) does not beat it on both
+    /// halves of the backtest origins: there a backtest win rests on a few
+    /// events and need not repeat, and the window being forecast is often
+    /// calmer than the backtest's.
+    pub naive_guard: bool,
 }
 
 impl AutoConfig {
@@ -362,6 +385,8 @@ impl Default for AutoConfig {
             combine_within: COMBINE_WITHIN,
             plateau_dips_only: true,
             combine_wide: Some((10, 2.0)),
+            calibrate_level: true,
+            naive_guard: true,
         }
     }
 }
@@ -1098,7 +1123,13 @@ impl AutoSelector {
         // Hold rule: on the same origins, holding the last value exactly
         // wherever the newest `r` values are identical must not lose to the
         // combination (ties hold: an exact level is what a plateau repeats).
-        let hold_run = if self.config.hold_flat {
+        let repeats = y[first - 1..].windows(2).filter(|p| p[0] == p[1]).count();
+        let step_like = 2 * repeats >= n - first;
+        let hold_run = if self.config.naive_guard && step_like {
+            // Step-like: a repeat is a plateau more often than the
+            // backtest's few events suggest.
+            Some(HOLD_RUNS[0])
+        } else if self.config.hold_flat {
             let mut plain = 0.0;
             let mut held = [0.0; HOLD_RUNS.len()];
             let mut fired = [0usize; HOLD_RUNS.len()];
@@ -1125,8 +1156,42 @@ impl AutoSelector {
         } else {
             None
         };
-        // Combination errors give the interval offsets and the accuracy.
+        // Naive guard: the combination (with the hold rule) must beat the
+        // last value on both halves of the origins, or the series is served
+        // the last value.
+        let naive_fallback = self.config.naive_guard && step_like && half > 0 && {
+            let mut e_comb = [0.0; 2];
+            let mut e_naive = [0.0; 2];
+            for (oi, &t) in origins.iter().enumerate() {
+                let part = usize::from(oi >= half);
+                for k in 0..horizon.min(n - t) {
+                    let mut f = comb(oi, k);
+                    if f.is_nan() {
+                        continue;
+                    }
+                    if hold_run.is_some_and(|r| flat_before(y, t, r)) {
+                        f = y[t - 1];
+                    }
+                    let w = weight(t);
+                    e_comb[part] += w * (y[t + k] - f).abs();
+                    e_naive[part] += w * (y[t + k] - y[t - 1]).abs();
+                }
+            }
+            (0..2).any(|p| e_comb[p] >= e_naive[p] && e_naive[p] > 0.0)
+        };
+        let comb = |oi: usize, k: usize| -> f64 {
+            if naive_fallback {
+                y[origins[oi] - 1]
+            } else {
+                comb(oi, k)
+            }
+        };
+        let hold_run = hold_run.filter(|_| !naive_fallback);
+        // Combination errors give the interval offsets and the accuracy;
+        // the older half's errors apart, for the out-of-sample level.
         let mut errs: Vec<Vec<f64>> = vec![Vec::new(); horizon];
+        let mut errs_old: Vec<Vec<f64>> = vec![Vec::new(); horizon];
+        let mut errs_new: Vec<Vec<f64>> = vec![Vec::new(); horizon];
         let (mut abs_sum, mut act_sum, mut naive_sum) = (0.0, 0.0, 0.0);
         for (oi, &t) in origins.iter().enumerate() {
             for k in 0..horizon.min(n - t) {
@@ -1141,36 +1206,33 @@ impl AutoSelector {
                 let actual = y[t + k];
                 let e = actual - f;
                 errs[k].push(e);
+                if oi < half {
+                    errs_old[k].push(e);
+                } else {
+                    errs_new[k].push(e);
+                }
                 abs_sum += e.abs();
                 act_sum += actual.abs();
                 naive_sum += (actual - y[t - 1]).abs();
             }
         }
-        let p_lo = (1.0 - level) / 2.0;
-        let mut lower = vec![0.0; horizon];
-        let mut upper = vec![0.0; horizon];
-        for k in 0..horizon {
-            let e = &mut errs[k];
-            if e.len() >= 5 {
-                e.sort_by(f64::total_cmp);
-                lower[k] = conformal_quantile(e, p_lo).min(0.0);
-                upper[k] = conformal_quantile(e, 1.0 - p_lo).max(0.0);
-            } else if k > 0 {
-                let g = ((k + 1) as f64 / k as f64).sqrt();
-                lower[k] = lower[k - 1] * g;
-                upper[k] = upper[k - 1] * g;
-            }
-            if k > 0 {
-                lower[k] = lower[k].min(lower[k - 1]);
-                upper[k] = upper[k].max(upper[k - 1]);
-            }
-        }
+        let interval_level = if self.config.calibrate_level {
+            out_of_sample_level(&mut errs_old, &errs_new, level)
+        } else {
+            level
+        };
+        let (lower, upper) = interval_offsets(&mut errs, interval_level);
         let accuracy = if act_sum > 0.0 {
             Some((1.0 - abs_sum / act_sum).clamp(0.0, 1.0))
         } else {
             (!origins.is_empty()).then_some(if abs_sum == 0.0 { 1.0 } else { 0.0 })
         };
         let rel_mae = (naive_sum > 0.0).then(|| abs_sum / naive_sum);
+        let weights = if naive_fallback {
+            vec![vec![(Cand::Naive, 1.0)]; horizon]
+        } else {
+            weights
+        };
         let mut total: Vec<(Cand, f64)> = Vec::new();
         for step in &weights {
             for (c, w) in step {
@@ -1206,6 +1268,82 @@ impl AutoSelector {
             hold_run,
         }
     }
+}
+
+/// Levels [`out_of_sample_level`] may choose, ascending. The floor keeps a
+/// calm newer half from collapsing the interval of a series whose bursts
+/// lie further back.
+pub const LEVEL_GRID: [f64; 12] = [
+    0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995,
+];
+
+/// Fewest newer-half errors that may move the level off nominal.
+const LEVEL_MIN_ERRORS: usize = 40;
+
+/// Per-step interval offsets from signed errors (`errs[k]` for step `k`,
+/// sorted here) at `level`: conformal quantiles, grown like a random walk
+/// where a step has fewer than 5 errors, and never narrower than the step
+/// before.
+fn interval_offsets(errs: &mut [Vec<f64>], level: f64) -> (Vec<f64>, Vec<f64>) {
+    let horizon = errs.len();
+    let p_lo = (1.0 - level) / 2.0;
+    let mut lower = vec![0.0; horizon];
+    let mut upper = vec![0.0; horizon];
+    for k in 0..horizon {
+        let e = &mut errs[k];
+        if e.len() >= 5 {
+            if !e.is_sorted_by(|a, b| a <= b) {
+                e.sort_by(f64::total_cmp);
+            }
+            lower[k] = conformal_quantile(e, p_lo).min(0.0);
+            upper[k] = conformal_quantile(e, 1.0 - p_lo).max(0.0);
+        } else if k > 0 {
+            let g = ((k + 1) as f64 / k as f64).sqrt();
+            lower[k] = lower[k - 1] * g;
+            upper[k] = upper[k - 1] * g;
+        }
+        if k > 0 {
+            lower[k] = lower[k].min(lower[k - 1]);
+            upper[k] = upper[k].max(upper[k - 1]);
+        }
+    }
+    (lower, upper)
+}
+
+/// The interval level whose offsets, built from the older half of the
+/// backtest errors, cover at least `level` of the newer half's errors: the
+/// smallest such level in [`LEVEL_GRID`] (its top when none does). Backtest
+/// errors describe the series' recent past, not its future: where the
+/// older half held bursts the newer half did not, nominal offsets
+/// over-cover out of sample, and where the series got noisier they
+/// under-cover. With too few newer errors the level stays nominal.
+fn out_of_sample_level(old: &mut [Vec<f64>], new: &[Vec<f64>], level: f64) -> f64 {
+    let total: usize = new.iter().map(Vec::len).sum();
+    if total < LEVEL_MIN_ERRORS || old.iter().all(Vec::is_empty) {
+        return level;
+    }
+    for e in old.iter_mut() {
+        e.sort_by(f64::total_cmp);
+    }
+    let need = level * total as f64;
+    let mut chosen = LEVEL_GRID[LEVEL_GRID.len() - 1];
+    for &l in &LEVEL_GRID {
+        let (lower, upper) = interval_offsets(old, l);
+        let covered = new
+            .iter()
+            .enumerate()
+            .map(|(k, es)| {
+                es.iter()
+                    .filter(|e| **e >= lower[k] && **e <= upper[k])
+                    .count()
+            })
+            .sum::<usize>();
+        if covered as f64 >= need {
+            chosen = l;
+            break;
+        }
+    }
+    chosen
 }
 
 /// Per step, the best `top_k` candidates whose (step-smoothed) backtest MAE
@@ -1467,10 +1605,11 @@ mod tests {
         assert!(f.mean.iter().all(|v| *v == 31.5), "{:?}", f.mean);
         // The interval still has width: the plateau can end.
         assert!(f.lower[14] < 31.5 && f.upper[14] >= 31.5);
-        // Without the rule the smoothers that remember past dips move off
-        // the level.
+        // Without the rule (and the step-like guard, which holds too) the
+        // smoothers that remember past dips move off the level.
         let off = Auto::new(AutoConfig {
             hold_flat: false,
+            naive_guard: false,
             ..AutoConfig::default()
         })
         .forecast(&y, 15, 0.95)
@@ -1557,6 +1696,122 @@ mod tests {
             .forecast(&idle, 15, 0.95)
             .unwrap();
         assert!(f.mean.iter().all(|v| *v == 0.0), "{:?}", f.mean);
+    }
+
+    #[test]
+    fn step_like_series_holds_every_repeat_and_falls_back_to_the_last_value() {
+        // A busy step-like history (plateaus of 2-6 points, dips between)
+        // ending two points into a new plateau: the guard holds the last
+        // value; without it the backtest's smoothers move off the level.
+        let mut y = Vec::new();
+        let mut state: u64 = 99;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        while y.len() < 900 {
+            let level = 22.0 + 4.0 * next();
+            y.extend(std::iter::repeat_n(level, 2 + (5.0 * next()) as usize));
+            y.push(level * (0.5 + 0.4 * next()));
+        }
+        y.extend([24.7, 24.7]);
+        let guarded = Auto::new(AutoConfig::default())
+            .forecast(&y, 15, 0.95)
+            .unwrap();
+        assert!(
+            guarded.mean.iter().all(|v| *v == 24.7),
+            "{:?}",
+            guarded.mean
+        );
+        let off = Auto::new(AutoConfig {
+            naive_guard: false,
+            ..AutoConfig::default()
+        })
+        .forecast(&y, 15, 0.95)
+        .unwrap();
+        assert!(off.mean.iter().any(|v| *v != 24.7), "{}", off.model_type);
+        // A series that is not step-like (no exact repeats) is unaffected.
+        let smooth = noisy(40.0, 600, 5)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + i as f64 * 1e-3)
+            .collect::<Vec<_>>();
+        let a = Auto::new(AutoConfig::default())
+            .forecast(&smooth, 15, 0.95)
+            .unwrap();
+        let b = Auto::new(AutoConfig {
+            naive_guard: false,
+            ..AutoConfig::default()
+        })
+        .forecast(&smooth, 15, 0.95)
+        .unwrap();
+        assert_eq!(a.mean, b.mean);
+    }
+
+    #[test]
+    fn interval_level_follows_newer_half_coverage() {
+        // One step. Older half: errors -100..=100 (bursts); newer half: calm
+        // errors within +-2. Nominal offsets from the older half cover all of
+        // the newer half, so a lower level suffices.
+        let mut old = vec![(-100..=100).map(f64::from).collect::<Vec<_>>()];
+        let calm = vec![(0..60).map(|i| f64::from(i % 5) - 2.0).collect::<Vec<_>>()];
+        let l = out_of_sample_level(&mut old.clone(), &calm, 0.95);
+        assert_eq!(l, LEVEL_GRID[0], "calm newer half narrows to the floor");
+        // Newer half noisier than the older half: the level rises to the top.
+        let wild = vec![(0..600)
+            .map(|i| f64::from(i % 301) - 150.0)
+            .collect::<Vec<_>>()];
+        let l = out_of_sample_level(&mut old.clone(), &wild, 0.95);
+        assert_eq!(l, *LEVEL_GRID.last().unwrap());
+        // Newer half like the older half: close to nominal.
+        let same = vec![(0..402)
+            .map(|i| f64::from(i % 201) - 100.0)
+            .collect::<Vec<_>>()];
+        let l = out_of_sample_level(&mut old.clone(), &same, 0.95);
+        assert!((0.92..=0.96).contains(&l), "{l}");
+        // Too few newer errors: nominal.
+        let few = vec![vec![0.0; LEVEL_MIN_ERRORS - 1]];
+        assert_eq!(out_of_sample_level(&mut old, &few, 0.95), 0.95);
+    }
+
+    #[test]
+    fn interval_narrows_when_bursts_lie_only_in_the_older_backtest_half() {
+        // Bursts every 9 steps in the first part of the backtest window,
+        // calm noise after: the nominal interval of all backtest errors is
+        // sized by the bursts, the out-of-sample level is not.
+        let n = 900;
+        let calm_from = n - 200;
+        let y: Vec<f64> = (0..n)
+            .map(|t| {
+                let noise = ((t * 7919) % 11) as f64 * 0.1;
+                let burst = if t < calm_from && t % 9 == 0 {
+                    30.0
+                } else {
+                    0.0
+                };
+                20.0 + noise + burst
+            })
+            .collect();
+        let cal = Auto::new(AutoConfig::default())
+            .forecast(&y, 5, 0.95)
+            .unwrap();
+        let nominal = Auto::new(AutoConfig {
+            calibrate_level: false,
+            ..AutoConfig::default()
+        })
+        .forecast(&y, 5, 0.95)
+        .unwrap();
+        let width = |f: &Forecast| f.upper[4] - f.lower[4];
+        assert!(
+            width(&cal) < 0.5 * width(&nominal),
+            "calibrated {} nominal {}",
+            width(&cal),
+            width(&nominal)
+        );
+        // Still an interval around the calm noise.
+        assert!(width(&cal) > 0.0);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | `prophet` | changepoint trend + Fourier season, ridge regression (own code) | `max_train` |
 //! | `lagreg` | smartcore random forest on lag features, direct multi-step | `max_train`, <= 1,000 rows |
 //! | `lstm` | hand-written LSTM (no deep-learning dependency), global across series | see [`lstm`] |
-//! | `auto` | per-series backtest selection/combination of cheap candidates and full models (ETS, ARIMA, the forest by default; Prophet-style and a global LSTM when configured); holds the last value exactly on plateaus when the backtest agrees; combines widely where that wins on the newer half of the backtest | `max_train` |
+//! | `auto` | per-series backtest selection/combination of cheap candidates and full models (ETS, ARIMA, the forest by default; Prophet-style and a global LSTM when configured); holds the last value exactly on plateaus when the backtest agrees (on step-like series always, and serves the last value unless the combination wins both backtest halves); combines widely where that wins on the newer half of the backtest; interval level chosen out of sample | `max_train` |
 //!
 //! # Prediction intervals
 //! All models use the same split-conformal style method: the fitted model
