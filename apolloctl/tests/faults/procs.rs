@@ -100,6 +100,12 @@ impl Service {
         self.child = Some(child);
     }
 
+    /// Sets `key` for the next [`Service::spawn`].
+    pub(crate) fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Binary name.
     pub(crate) fn name(&self) -> &'static str {
         self.name
