@@ -132,6 +132,27 @@ impl Service {
         let _ = self.child.take().expect("running").wait();
     }
 
+    /// SIGTERM, and waits (at most `timeout`) until the process exited.
+    /// Returns the time from the signal to the exit and its status.
+    pub(crate) async fn sigterm(
+        &mut self,
+        timeout: Duration,
+    ) -> (Duration, std::process::ExitStatus) {
+        self.signal(Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("wait for the service") {
+                self.child = None;
+                return (start.elapsed(), status);
+            }
+            if start.elapsed() > timeout {
+                self.fail(&format!("still running {timeout:?} after SIGTERM"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Panics with `msg` and the last lines of the log.
     pub(crate) fn fail(&self, msg: &str) -> ! {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
