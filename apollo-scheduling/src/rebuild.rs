@@ -181,10 +181,12 @@ impl Windows {
     /// module doc).
     pub fn of(engine: &EngineConfig, service: &ServiceArgs) -> Self {
         let policies = engine.assume_ttl.saturating_mul(2);
-        let penalty = engine
-            .failure_penalty_decay
-            .mul_f64(PENALTY_HALF_LIVES)
-            .min(Duration::from_secs(7 * 24 * 3600));
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let penalty = Duration::try_from_secs_f64(
+            engine.failure_penalty_decay.as_secs_f64() * PENALTY_HALF_LIVES,
+        )
+        .unwrap_or(week)
+        .min(week);
         Self {
             policies,
             feedback: policies.max(penalty).max(service.feedback_dedup_ttl),
@@ -251,7 +253,8 @@ pub async fn rebuild(
         bus,
         StreamKind::Policy,
         format!("{}.policy.scheduling.>", subjects.prefix()),
-        now - windows.policies,
+        now.checked_sub(windows.policies)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
         max,
         deadline,
     )
@@ -260,7 +263,8 @@ pub async fn rebuild(
         bus,
         StreamKind::Feedback,
         format!("{}.feedback.scheduling.>", subjects.prefix()),
-        now - windows.feedback,
+        now.checked_sub(windows.feedback)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
         max,
         deadline,
     )
@@ -540,5 +544,15 @@ mod tests {
             Windows::of(&long_ttl, &service).feedback,
             Duration::from_secs(7200)
         );
+        // Absurd settings give windows that reach back to the epoch at most,
+        // not a panic.
+        let absurd = EngineConfig {
+            assume_ttl: Duration::MAX,
+            failure_penalty_decay: Duration::MAX,
+            ..EngineConfig::default()
+        };
+        let w = Windows::of(&absurd, &service);
+        assert_eq!(w.policies, Duration::MAX);
+        assert!(SystemTime::now().checked_sub(w.policies).is_none());
     }
 }
