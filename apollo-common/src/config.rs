@@ -323,6 +323,11 @@ pub struct ObservabilityArgs {
     /// Grace period for draining in-flight work on SIGTERM.
     #[arg(long = "shutdown-grace", env = "APOLLO_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// At the start of a shutdown, how long new gRPC calls are answered with
+    /// UNAVAILABLE (readiness already NOT_SERVING) before the server
+    /// refuses new streams; at most half the grace period. 0: refuse at once.
+    #[arg(long = "shutdown-pre-stop", env = "APOLLO_SHUTDOWN_PRE_STOP", default_value = "1s", value_parser = parse_duration)]
+    pub shutdown_pre_stop: Duration,
 }
 
 impl Default for ObservabilityArgs {

@@ -170,6 +170,7 @@ pub struct ServiceShell {
     limits: GrpcLimitArgs,
     metrics_addr: SocketAddr,
     grace: Duration,
+    pre_stop: Duration,
 }
 
 impl std::fmt::Debug for ServiceShell {
@@ -199,6 +200,10 @@ impl ServiceShell {
             limits: config.limits.clone(),
             metrics_addr: config.observability.metrics_addr,
             grace: config.observability.shutdown_grace,
+            pre_stop: crate::grpc::pre_stop_window(
+                config.observability.shutdown_pre_stop,
+                config.observability.shutdown_grace,
+            ),
         })
     }
 
@@ -266,13 +271,25 @@ impl ServiceShell {
         let routes = self.routes.add_service(api);
         let limits = GrpcLimitsLayer::new(&self.limits, limit_metrics);
         let incoming = crate::grpc_tls::incoming(listeners.grpc, self.tls.as_ref());
+        // On shutdown, new calls get UNAVAILABLE for the pre-stop window
+        // (clients retry elsewhere), then the server refuses new streams and
+        // lets the calls in progress finish.
+        let pre_stop = self.pre_stop;
+        let stopped = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(pre_stop).await;
+            }
+        };
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // Outermost, so calls the limits refuse are traced and counted too.
                 .layer(crate::grpc_telemetry::GrpcTelemetryLayer)
+                .layer(crate::grpc::StopGateLayer::new(shutdown.clone()))
                 .layer(limits)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
+                .serve_with_incoming_shutdown(incoming, stopped),
         );
         tracing::info!(service = self.name, grpc = %grpc_addr, metrics = %metrics_addr, tls = self.tls.is_some(), "serving");
         Ok(RunningService {

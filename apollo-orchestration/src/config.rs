@@ -162,6 +162,12 @@ pub struct Config {
     /// Policies and results kept, in order, while NATS cannot store them; past this the oldest are dropped.
     #[arg(long, env = "APOLLO_ORCH_POLICY_OUTBOX", default_value_t = 4096)]
     pub policy_outbox: usize,
+    /// File the outbox is written to when NATS has not stored everything by
+    /// the end of a shutdown, and published from first on the next start.
+    /// Unset: what is left is logged and lost. Needs a writable directory
+    /// that outlives the process (a volume).
+    #[arg(long, env = "APOLLO_OUTBOX_SPOOL")]
+    pub outbox_spool: Option<std::path::PathBuf>,
     /// Where approved policies are executed.
     #[arg(long, env = "APOLLO_ORCH_EXECUTOR", value_enum, default_value = "none")]
     pub executor: ExecutorKind,

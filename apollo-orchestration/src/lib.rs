@@ -27,6 +27,7 @@ pub mod planner;
 pub mod policy;
 pub mod rails;
 pub mod service;
+pub mod spool;
 pub mod view;
 
 use apollo_common::{
@@ -168,7 +169,13 @@ pub async fn serve_with_kubernetes(
             }
         });
     }
-    tokio::spawn(service.outbox().clone().run(work.clone()));
+    // What a previous run could not store goes first, ahead of anything
+    // this run issues; the spool is removed once all of it is stored.
+    let spool_cleared = config
+        .outbox_spool
+        .clone()
+        .map(|path| restore_spool(path, &service, &bus, &metrics, work.clone()));
+    let outbox_task = tokio::spawn(service.outbox().clone().run(work.clone()));
     tokio::spawn(service::follow_forecasts(
         bus.clone(),
         engine.clone(),
@@ -206,6 +213,18 @@ pub async fn serve_with_kubernetes(
     let outbox = service.outbox().clone();
     let finishing = service.clone();
     let grace = config.observability.shutdown_grace;
+    let spool_path = config.outbox_spool.clone();
+    let spool_metrics = metrics.clone();
+    // When shutdown started: the outbox keeps trying until three quarters
+    // of the grace period from then, leaving the rest for the spool and
+    // the bus drain.
+    let stopping = {
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            s.cancelled().await;
+            tokio::time::Instant::now()
+        })
+    };
     let api = OrchestrationPolicyServiceServer::new(service);
     shell
         .start(
@@ -233,16 +252,107 @@ pub async fn serve_with_kubernetes(
                     }
                 }
             }
-            let _ = tokio::time::timeout(grace / 4, outbox.flushed()).await;
+            let started = stopping
+                .await
+                .unwrap_or_else(|_| tokio::time::Instant::now());
+            let deadline = started + grace.mul_f64(0.75);
+            if !outbox.drained_by(deadline).await {
+                tracing::warn!(
+                    waiting = outbox.depth(),
+                    "outbox not stored within the drain deadline"
+                );
+            }
             work.cancel();
-            let waiting = outbox.depth();
-            if waiting > 0 {
-                tracing::error!(waiting, "shutting down with policies or results not stored");
+            // The outbox task and the spool remover end before the spool is
+            // written (a publish in flight finishes or fails first).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), outbox_task).await;
+            if let Some(cleared) = spool_cleared {
+                let _ = cleared.await;
+            }
+            let left = outbox.take_all();
+            match (&spool_path, left.is_empty()) {
+                (None, true) => {}
+                // Everything loaded from the spool left the outbox.
+                (Some(path), true) => {
+                    if let Err(err) = spool::remove(path) {
+                        tracing::warn!(%err, "outbox spool not removed");
+                    }
+                }
+                (Some(path), false) => match spool::write(path, &left) {
+                    Ok(n) => {
+                        spool_metrics.outbox_spool("written", n as u64);
+                        tracing::warn!(
+                            spooled = n,
+                            path = %path.display(),
+                            "policies and results not stored, spooled for the next start"
+                        );
+                    }
+                    Err(err) => tracing::error!(
+                        lost = left.len(),
+                        %err,
+                        "policies and results not stored and not spooled: lost"
+                    ),
+                },
+                (None, false) => tracing::error!(
+                    lost = left.len(),
+                    "policies and results not stored (no --outbox-spool): lost"
+                ),
             }
             bus.drain().await;
         })
         .await?;
     Ok(())
+}
+
+/// Queues what the spool at `path` holds ahead of everything else and
+/// returns the task that removes the file once all of it left the outbox
+/// (it ends early, leaving the file, when `work` is cancelled).
+fn restore_spool(
+    path: std::path::PathBuf,
+    service: &service::PolicyService,
+    bus: &Bus,
+    metrics: &metrics::Metrics,
+    work: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let loaded = match spool::load(&path, bus.subjects()) {
+        Ok(l) => l,
+        Err(err) => {
+            // Moved aside for someone to look at; the service runs on.
+            let aside = path.with_extension("unreadable");
+            let _ = std::fs::rename(&path, &aside);
+            tracing::error!(%err, kept = %aside.display(), "outbox spool not read");
+            return tokio::spawn(async {});
+        }
+    };
+    for (line, why) in &loaded.rejected {
+        tracing::error!(path = %path.display(), line, why, "outbox spool line skipped");
+    }
+    if !loaded.rejected.is_empty() {
+        let copy = path.with_extension("rejected");
+        if std::fs::copy(&path, &copy).is_ok() {
+            tracing::warn!(kept = %copy.display(), "outbox spool with skipped lines copied");
+        }
+    }
+    metrics.outbox_spool("rejected", loaded.rejected.len() as u64);
+    let n = loaded.messages.len();
+    if n == 0 && loaded.rejected.is_empty() {
+        return tokio::spawn(async {});
+    }
+    metrics.outbox_spool("loaded", n as u64);
+    tracing::info!(messages = n, path = %path.display(), "publishing the outbox spool first");
+    let outbox = service.outbox().clone();
+    let last = outbox.restore(loaded.messages);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = work.cancelled() => {}
+            _ = outbox.sent_past(last) => {
+                match spool::remove(&path) {
+                    Ok(()) => tracing::info!(messages = n, "outbox spool stored"),
+                    Err(err) => tracing::warn!(%err, "outbox spool stored but not removed"),
+                }
+            }
+        }
+    })
 }
 
 /// True while both `a` and `b` are.

@@ -20,6 +20,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpoolLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     rpc: &'static str,
     reason: &'static str,
@@ -49,6 +54,7 @@ pub struct Metrics {
     pub outbox_dropped: Counter,
     /// Policies that could not be stored on JetStream.
     pub publish_failures: Counter,
+    outbox_spool: Family<SpoolLabel, Counter>,
     /// Bus messages (forecasts, alerts) that could not be decoded.
     pub bad_messages: Counter,
     kube_reads: Family<OutcomeLabel, Counter>,
@@ -58,6 +64,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts `n` messages of the outbox spool by `op`: `loaded` (queued
+    /// from the spool on start), `rejected` (spool lines skipped), `written`
+    /// (left at shutdown and spooled).
+    pub fn outbox_spool(&self, op: &'static str, n: u64) {
+        self.outbox_spool
+            .get_or_create(&SpoolLabel { op })
+            .inc_by(n);
+    }
+
+    /// Messages of the outbox spool counted under `op` so far.
+    pub fn outbox_spool_count(&self, op: &'static str) -> u64 {
+        self.outbox_spool.get_or_create(&SpoolLabel { op }).get()
+    }
+
     /// Counts a Kubernetes metadata read.
     pub fn kube_reads(&self, outcome: &'static str) {
         self.kube_reads
@@ -162,6 +182,14 @@ impl Metrics {
             "outbox_dropped",
             "Policies and results dropped: the outbox was full (--policy-outbox), or NATS refused them for good",
             self.outbox_dropped.clone(),
+        );
+        for op in ["loaded", "rejected", "written"] {
+            let _ = self.outbox_spool.get_or_create(&SpoolLabel { op });
+        }
+        r.register(
+            "outbox_spool",
+            "Outbox messages through the spool file (--outbox-spool), by op: loaded on start, rejected (bad lines), written at shutdown",
+            self.outbox_spool.clone(),
         );
         r.register(
             "publish_failures",

@@ -169,6 +169,49 @@ impl Outbox {
         self.inner.wake.notify_one();
     }
 
+    /// Queues messages left from an earlier run (the spool), in order,
+    /// ahead of anything sent later. Returns the sequence number of the
+    /// last one (see [`Outbox::sent_past`]).
+    pub fn restore(&self, messages: Vec<(String, Outgoing)>) -> u64 {
+        for (subject, message) in messages {
+            self.push(subject, message);
+        }
+        self.lock().0
+    }
+
+    /// Resolves once every message up to sequence `seq` has left the
+    /// outbox (stored, refused or dropped).
+    pub async fn sent_past(&self, seq: u64) {
+        loop {
+            let done = self.lock().1.front().is_none_or(|e| e.seq > seq);
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until nothing waits or `deadline`, NATS up or not (the
+    /// [`run`](Outbox::run) task keeps trying meanwhile). True when empty.
+    pub async fn drained_by(&self, deadline: tokio::time::Instant) -> bool {
+        while self.depth() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Takes everything still waiting, in order (at shutdown, once the
+    /// [`run`](Outbox::run) task has stopped).
+    pub fn take_all(&self) -> Vec<(String, Outgoing)> {
+        let mut q = self.lock();
+        let taken = std::mem::take(&mut q.1);
+        self.inner.metrics.outbox_depth.set(0);
+        taken.into_iter().map(|e| (e.subject, e.message)).collect()
+    }
+
     /// Resolves once nothing waits (or at once while NATS is unavailable:
     /// nothing would be flushed).
     pub async fn flushed(&self) {

@@ -172,6 +172,19 @@ pub struct ServiceArgs {
     /// How long a reported request id is remembered.
     #[arg(long = "feedback-dedup-ttl", env = "APOLLO_FEEDBACK_DEDUP_TTL", default_value = "15m", value_parser = parse_duration)]
     pub feedback_dedup_ttl: Duration,
+    /// Most policies, and most scheduling results, read back per stream on
+    /// start to rebuild the assume cache and penalties (the newest are
+    /// kept); 0 turns the rebuild off.
+    #[arg(
+        long = "rebuild-max-messages",
+        env = "APOLLO_SCHED_REBUILD_MAX_MESSAGES",
+        default_value_t = 200_000
+    )]
+    pub rebuild_max_messages: usize,
+    /// Longest the start-up rebuild reads the streams; past it what was
+    /// read is applied and the engine reports SERVING.
+    #[arg(long = "rebuild-timeout", env = "APOLLO_SCHED_REBUILD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub rebuild_timeout: Duration,
 }
 
 impl Default for ServiceArgs {
@@ -204,6 +217,11 @@ impl Config {
         if self.service.publish_queue == 0 || self.service.publish_in_flight == 0 {
             return Err(Error::Config(
                 "--publish-queue and --publish-in-flight must be positive".into(),
+            ));
+        }
+        if self.service.rebuild_max_messages > 0 && self.service.rebuild_timeout.is_zero() {
+            return Err(Error::Config(
+                "--rebuild-timeout must be positive (turn the rebuild off with --rebuild-max-messages 0)".into(),
             ));
         }
         if self.service.feedback_dedup_capacity == 0 {

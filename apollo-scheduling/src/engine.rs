@@ -17,6 +17,7 @@ use apollo_proto::{
 use crate::config::EngineConfig;
 use crate::decision::{self, Decision, DecisionInput};
 use crate::demand::{CsdNeed, PodDemand};
+use crate::rebuild::Assumption;
 use crate::scorer::{NodeScorer, Ranking, ScoreWeights};
 use crate::state::ClusterState;
 use crate::storage::{resource_requirements, storage_requirements};
@@ -73,6 +74,15 @@ impl Engine {
     /// The policy for a pod: its workload from the view's signature and its
     /// labels and annotations. Always returns a policy with a fresh request id.
     pub fn decide(&self, req: &SchedulingPolicyRequest) -> SchedulingPolicy {
+        self.decide_assuming(req).0
+    }
+
+    /// [`Engine::decide`], with the placement the decision assumed (what a
+    /// restarted engine needs to assume it again; see [`crate::rebuild`]).
+    pub fn decide_assuming(
+        &self,
+        req: &SchedulingPolicyRequest,
+    ) -> (SchedulingPolicy, Option<Assumption>) {
         let signature = self.state.view().pod(&req.pod_namespace, &req.pod_name);
         if let Some(entry) = &signature {
             // The decision's span (in the caller's trace) points at the trace
@@ -83,16 +93,25 @@ impl Engine {
             );
         }
         let workload = Workload::derive(req, signature.as_ref().map(|e| e.value.as_ref()));
-        self.decide_workload(req, &workload)
+        self.decide_workload_assuming(req, &workload)
     }
 
     /// The policy for an already derived workload (the simulator builds the
     /// workload from a trace instead of labels).
     pub fn decide_workload(&self, req: &SchedulingPolicyRequest, w: &Workload) -> SchedulingPolicy {
+        self.decide_workload_assuming(req, w).0
+    }
+
+    fn decide_workload_assuming(
+        &self,
+        req: &SchedulingPolicyRequest,
+        w: &Workload,
+    ) -> (SchedulingPolicy, Option<Assumption>) {
         let request_id = uuid::Uuid::new_v4().to_string();
         let upstream = self.state.upstream_nodes(w);
         let demand = w.demand(upstream.clone());
         let decision = self.rank_and_decide(w, &demand);
+        let mut assumed = None;
 
         if self.assume
             && matches!(
@@ -109,8 +128,9 @@ impl Engine {
                     &request_id,
                     &top.node_name,
                     &demand,
-                    pipeline,
+                    pipeline.clone(),
                 );
+                assumed = Some(Assumption::new(&top.node_name, &demand, pipeline));
             }
         }
 
@@ -129,7 +149,7 @@ impl Engine {
             Vec::new()
         };
         let reason = full_reason(&decision, w);
-        SchedulingPolicy {
+        let policy = SchedulingPolicy {
             request_id,
             pod_name: req.pod_name.clone(),
             pod_namespace: req.pod_namespace.clone(),
@@ -144,7 +164,8 @@ impl Engine {
             reason,
             plugin_weights: Some(plugin_weights(w)),
             workload_signature: Some(w.signature_info()),
-        }
+        };
+        (policy, assumed)
     }
 
     fn rank_and_decide(&self, w: &Workload, demand: &PodDemand) -> Decision {

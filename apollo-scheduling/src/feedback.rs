@@ -62,6 +62,19 @@ impl SeenIds {
         true
     }
 
+    /// Remembers `id` as reported at `at` (rebuilding the set after a
+    /// restart, oldest first); it expires a TTL after `at`.
+    pub fn remember_at(&self, id: &str, at: std::time::SystemTime) {
+        let now = Instant::now();
+        let age = std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default();
+        if age > self.ttl {
+            return;
+        }
+        self.first_time_at(id, now.checked_sub(age).unwrap_or(now));
+    }
+
     /// Ids remembered.
     pub fn len(&self) -> usize {
         self.inner
@@ -89,6 +102,16 @@ mod tests {
         assert!(!s.first_time_at("a", t0 + Duration::from_secs(30)));
         assert!(s.first_time_at("b", t0));
         assert!(s.first_time_at("a", t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn remembered_ids_are_duplicates_until_their_ttl() {
+        let s = SeenIds::new(10, Duration::from_secs(60));
+        let now = std::time::SystemTime::now();
+        s.remember_at("old", now - Duration::from_secs(120));
+        s.remember_at("recent", now - Duration::from_secs(10));
+        assert!(s.first_time("old"), "past its TTL: not remembered");
+        assert!(!s.first_time("recent"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod decision;
 pub mod engine;
 pub mod error;
 pub mod feedback;
+pub mod rebuild;
 pub mod service;
 pub mod simulate;
 pub mod state;

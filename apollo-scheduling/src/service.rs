@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apollo_common::bus::Subjects;
-use apollo_common::health::always;
+use apollo_common::health::{all_ready, always};
 use apollo_common::shell::{Listeners, ServiceShell, ShellConfig};
 use apollo_common::shutdown::CancellationToken;
 use apollo_common::{Bus, ClusterView};
@@ -51,6 +51,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::feedback::{SeenIds, DUPLICATE};
+use crate::rebuild::{rebuild, Assumption, RebuildReport};
 use crate::state::{ClusterState, FeedbackEffect};
 
 /// Fully qualified gRPC service name (for health).
@@ -100,6 +101,13 @@ pub struct Metrics {
     assumed: Gauge,
     assumptions_ended: Family<EndLabel, Counter>,
     penalised: Gauge,
+    rebuilt: Family<RebuiltLabel, Gauge>,
+    rebuild_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RebuiltLabel {
+    what: &'static str,
 }
 
 impl Default for Metrics {
@@ -120,6 +128,8 @@ impl Default for Metrics {
             assumed: Gauge::default(),
             assumptions_ended: Family::default(),
             penalised: Gauge::default(),
+            rebuilt: Family::default(),
+            rebuild_seconds: Gauge::default(),
         }
     }
 }
@@ -203,6 +213,37 @@ impl Metrics {
             "Nodes with a bind-failure penalty",
             self.penalised.clone(),
         );
+        for what in REBUILT {
+            let _ = self.rebuilt.get_or_create(&RebuiltLabel { what });
+        }
+        r.register(
+            "rebuilt",
+            "What the start-up rebuild read back and restored, by what (policies_read, feedback_read, skipped, dropped_oldest, feedback_ids, assumptions, penalties, not_assumable, timed_out)",
+            self.rebuilt.clone(),
+        );
+        r.register(
+            "rebuild_seconds",
+            "Time the start-up rebuild of the assume cache and penalties took",
+            self.rebuild_seconds.clone(),
+        );
+    }
+
+    fn record_rebuild(&self, r: &RebuildReport, took: Duration) {
+        let set = |what: &'static str, v: u64| {
+            self.rebuilt
+                .get_or_create(&RebuiltLabel { what })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set("policies_read", r.policies_read);
+        set("feedback_read", r.feedback_read);
+        set("skipped", r.skipped);
+        set("dropped_oldest", r.dropped_oldest);
+        set("feedback_ids", r.feedback_ids);
+        set("assumptions", r.restored.assumptions as u64);
+        set("penalties", r.restored.penalties as u64);
+        set("not_assumable", r.restored.not_assumable as u64);
+        set("timed_out", u64::from(r.timed_out));
+        self.rebuild_seconds.set(took.as_secs_f64());
     }
 
     fn update_state(&self, state: &ClusterState) {
@@ -227,6 +268,19 @@ impl Metrics {
         }
     }
 }
+
+/// Labels of `apollo_scheduling_rebuilt`.
+const REBUILT: [&str; 9] = [
+    "policies_read",
+    "feedback_read",
+    "skipped",
+    "dropped_oldest",
+    "feedback_ids",
+    "assumptions",
+    "penalties",
+    "not_assumable",
+    "timed_out",
+];
 
 fn decision_name(d: i32) -> &'static str {
     match SchedulingDecision::try_from(d).unwrap_or_default() {
@@ -264,7 +318,9 @@ struct ViewSummary {
 /// A message waiting to be published.
 #[derive(Debug)]
 enum Outgoing {
-    Policy(Box<SchedulingPolicy>),
+    /// A policy, with what it assumed (published in a header so that a
+    /// restarted engine can assume it again).
+    Policy(Box<(SchedulingPolicy, Option<Assumption>)>),
     Record(Box<DecisionRecord>),
     Feedback(SchedulingResult),
 }
@@ -280,7 +336,7 @@ impl Outgoing {
 
     fn subject(&self, s: &Subjects) -> Option<String> {
         match self {
-            Self::Policy(p) => s.scheduling_policy(&p.pod_namespace, &p.pod_name).ok(),
+            Self::Policy(p) => s.scheduling_policy(&p.0.pod_namespace, &p.0.pod_name).ok(),
             Self::Record(r) => Some(r.request_id.clone()),
             Self::Feedback(f) => s.scheduling_feedback(&f.pod_namespace, &f.pod_name).ok(),
         }
@@ -294,7 +350,7 @@ struct Shared {
     /// Messages to publish, each with the span of the call that made it so
     /// the published message continues that call's trace.
     queue: mpsc::Sender<(Outgoing, tracing::Span)>,
-    seen: SeenIds,
+    seen: Arc<SeenIds>,
 }
 
 /// The gRPC handler.
@@ -352,7 +408,7 @@ impl SchedulingPolicyService for SchedulingService {
             ));
         }
         let start = Instant::now();
-        let policy = self.shared.engine.decide(&req);
+        let (policy, assumed) = self.shared.engine.decide_assuming(&req);
         m.decision_seconds.observe(start.elapsed().as_secs_f64());
         m.decisions
             .get_or_create(&DecisionLabel {
@@ -360,7 +416,7 @@ impl SchedulingPolicyService for SchedulingService {
             })
             .inc();
         tracing::debug!(request_id = %policy.request_id, decision = decision_name(policy.decision), "policy issued");
-        self.enqueue(Outgoing::Policy(Box::new(policy.clone())));
+        self.enqueue(Outgoing::Policy(Box::new((policy.clone(), assumed))));
         let stats = self.shared.engine.state().stats();
         self.enqueue(Outgoing::Record(Box::new(DecisionRecord {
             kind: "scheduling",
@@ -487,7 +543,13 @@ async fn run_publisher(
         >;
         let started: std::result::Result<Ack, _> = match msg {
             Outgoing::Policy(p) => bus
-                .start_publish(subject, p.as_ref())
+                .start_publish_with_headers(
+                    subject,
+                    &p.0,
+                    p.1.as_ref()
+                        .and_then(Assumption::to_headers)
+                        .unwrap_or_default(),
+                )
                 .instrument(span)
                 .await
                 .map(|a| Box::pin(async move { a.await.map(|_| ()) }) as Ack),
@@ -531,6 +593,64 @@ fn count_ack(
             tracing::warn!(kind, %err, "publish not acknowledged");
         }
     }
+}
+
+/// Once NATS is up and the view replayed, rebuilds the assume cache,
+/// penalties and reported ids from the streams (see [`crate::rebuild`]);
+/// the returned readiness turns true when that is done, and stays true.
+fn spawn_rebuild(
+    bus: Bus,
+    state: Arc<ClusterState>,
+    seen: Arc<SeenIds>,
+    service: crate::config::ServiceArgs,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut bus_ready = bus.readiness();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = bus_ready.wait_for(|r| *r) => if r.is_err() { return },
+        }
+        let view = state.view().clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                synced = view.wait_synced(Duration::from_secs(5)) => if synced { break },
+            }
+        }
+        let started = Instant::now();
+        // The nodes the view replayed, applied to the snapshot before the
+        // assumptions are placed on them.
+        {
+            let state = Arc::clone(&state);
+            let _ = tokio::task::spawn_blocking(move || state.resync()).await;
+        }
+        let report = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rebuild(&bus, &state, &seen, &service) => r,
+        };
+        let took = started.elapsed();
+        metrics.record_rebuild(&report, took);
+        metrics.update_state(&state);
+        tracing::info!(
+            policies = report.policies_read,
+            feedback = report.feedback_read,
+            assumptions = report.restored.assumptions,
+            penalties = report.restored.penalties,
+            feedback_ids = report.feedback_ids,
+            skipped = report.skipped,
+            dropped_oldest = report.dropped_oldest,
+            timed_out = report.timed_out,
+            ms = took.as_millis() as u64,
+            "assume cache and penalties rebuilt"
+        );
+        tx.send_replace(true);
+        // Keep the readiness source open while the service runs.
+        shutdown.cancelled().await;
+    });
+    rx
 }
 
 /// Runs the service until `shutdown`: connects NATS, follows the view and
@@ -618,9 +738,24 @@ pub async fn serve_engine(
         });
     }
 
+    let seen = Arc::new(SeenIds::new(
+        config.service.feedback_dedup_capacity,
+        config.service.feedback_dedup_ttl,
+    ));
     let ready = match &bus {
         None => always(true),
-        Some(bus) => state.view().serving_readiness(bus, shutdown.clone()),
+        Some(bus) => {
+            let view_ready = state.view().serving_readiness(bus, shutdown.clone());
+            let rebuilt = spawn_rebuild(
+                bus.clone(),
+                Arc::clone(&state),
+                Arc::clone(&seen),
+                config.service.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            all_ready(vec![view_ready, rebuilt], shutdown.clone())
+        }
     };
     let subjects = bus
         .as_ref()
@@ -639,10 +774,7 @@ pub async fn serve_engine(
             engine,
             metrics,
             queue: tx,
-            seen: SeenIds::new(
-                config.service.feedback_dedup_capacity,
-                config.service.feedback_dedup_ttl,
-            ),
+            seen,
         }),
     };
     shell

@@ -417,6 +417,52 @@ pub enum FeedbackEffect {
     NoAssumption,
 }
 
+/// A policy or a scheduling result read back from the streams after a
+/// restart (see [`ClusterState::restore`]).
+#[derive(Debug, Clone)]
+pub enum RestoreEvent {
+    /// A policy assumed the pod on `node`.
+    Assume {
+        /// The pod.
+        pod: PodKey,
+        /// The policy's request id.
+        request_id: String,
+        /// The node the pod was assumed on (the policy's top node).
+        node: String,
+        /// What was assumed there.
+        demand: Box<PodDemand>,
+        /// The pod's pipeline and step, if any.
+        pipeline: Option<(PipelineRef, String)>,
+        /// When the policy was stored.
+        at: SystemTime,
+    },
+    /// A scheduling result was reported.
+    Feedback {
+        /// The pod.
+        pod: PodKey,
+        /// The policy's request id.
+        request_id: String,
+        /// Whether the bind succeeded.
+        success: bool,
+        /// The node reported.
+        node: String,
+        /// When the report was stored.
+        at: SystemTime,
+    },
+}
+
+/// What [`ClusterState::restore`] left in the state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Assumptions held after the replay (TTL, cap and insights applied).
+    pub assumptions: usize,
+    /// Nodes with a bind-failure penalty after the replay.
+    pub penalties: usize,
+    /// Replayed policies whose pod no longer fits its node (or whose node
+    /// is gone).
+    pub not_assumable: usize,
+}
+
 /// The cluster as the engine sees it, shared by handlers and background tasks.
 #[derive(Debug)]
 pub struct ClusterState {
@@ -570,7 +616,15 @@ impl ClusterState {
     fn apply_deferred(&self, w: &mut Writer) {
         let queued = std::mem::take(&mut *lock(&self.deferred));
         for d in queued {
-            assume_locked(w, d.pod, &d.request_id, &d.node, &d.demand, d.pipeline);
+            assume_locked(
+                w,
+                d.pod,
+                &d.request_id,
+                &d.node,
+                &d.demand,
+                d.pipeline,
+                Instant::now(),
+            );
         }
     }
 
@@ -1063,7 +1117,15 @@ impl ClusterState {
         demand: &PodDemand,
         pipeline: Option<(PipelineRef, String)>,
     ) -> bool {
-        assume_locked(&mut self.writing(), pod, request_id, node, demand, pipeline)
+        assume_locked(
+            &mut self.writing(),
+            pod,
+            request_id,
+            node,
+            demand,
+            pipeline,
+            Instant::now(),
+        )
     }
 
     /// [`ClusterState::assume`] without waiting: when a writer holds the
@@ -1078,7 +1140,15 @@ impl ClusterState {
         pipeline: Option<(PipelineRef, String)>,
     ) {
         if let Some(mut w) = self.try_writing() {
-            assume_locked(&mut w, pod, request_id, node, demand, pipeline);
+            assume_locked(
+                &mut w,
+                pod,
+                request_id,
+                node,
+                demand,
+                pipeline,
+                Instant::now(),
+            );
             return;
         }
         lock(&self.deferred).push(DeferredAssume {
@@ -1112,63 +1182,103 @@ impl ClusterState {
         success: bool,
         node: &str,
     ) -> FeedbackEffect {
+        self.feedback_at(pod, request_id, success, node, SystemTime::now())
+    }
+
+    /// [`ClusterState::feedback`] as if it had arrived at `at` (replaying
+    /// the feedback stream after a restart): the penalty decays from `at`,
+    /// a confirmed assumption's TTL runs from `at`.
+    pub fn feedback_at(
+        &self,
+        pod: &PodKey,
+        request_id: &str,
+        success: bool,
+        node: &str,
+        at: SystemTime,
+    ) -> FeedbackEffect {
         let mut w = self.writing();
-        let Writer { books, draft: snap } = &mut *w;
-        let current = books
-            .assumed
-            .get(pod)
-            .filter(|a| request_id.is_empty() || a.request_id == request_id)
-            .cloned();
-        if !success {
-            if let Some(a) = &current {
-                let _ = snap.forget(&a.placement);
-                books.assumed.remove(pod);
-                books.ended.bind_failed += 1;
-            }
-            if !node.is_empty() {
-                let now = Instant::now();
-                let decayed = books.penalties.get(node).map_or(0.0, |p| {
-                    decay(p.value, now - p.at, self.cfg.failure_penalty_decay)
-                });
-                let value = (decayed + self.cfg.failure_penalty_step).min(1.0);
-                books
-                    .penalties
-                    .insert(node.to_string(), Penalty { value, at: now });
-                let _ = snap.set_bind_failure_penalty(node, value);
-            }
-            return if current.is_some() {
-                FeedbackEffect::Failed
-            } else {
-                FeedbackEffect::NoAssumption
-            };
-        }
-        let Some(mut a) = current else {
-            return FeedbackEffect::NoAssumption;
-        };
-        if !node.is_empty() && a.placement.node != node {
-            let _ = snap.forget(&a.placement);
-            match snap.assume(node, &a.demand) {
-                Ok(p) => {
-                    a.placement = p;
-                    a.baseline = books.reported.get(node).cloned();
-                }
-                Err(err) => {
-                    // The node's state lags the bind; the next insight accounts for it.
-                    tracing::debug!(node, %err, "reported placement not assumable");
-                    books.assumed.remove(pod);
-                    drop(w);
-                    self.record_pipeline(&a, node);
-                    return FeedbackEffect::Confirmed;
-                }
-            }
-        }
-        a.since = Instant::now();
-        a.bound_at = Some(SystemTime::now());
-        let bound = a.placement.node.clone();
-        books.assumed.insert(pod.clone(), a.clone());
+        let (effect, seen) = feedback_locked(&mut w, &self.cfg, pod, request_id, success, node, at);
         drop(w);
-        self.record_pipeline(&a, &bound);
-        FeedbackEffect::Confirmed
+        if let Some((a, node)) = seen {
+            self.record_pipeline(&a, &node);
+        }
+        effect
+    }
+
+    /// Applies policies and feedback read back from the streams after a
+    /// restart, in the order given (oldest first), at most [`MAX_BATCH`]
+    /// per hold of the writers' mutex; then judges the restored
+    /// assumptions against their node's latest insight, as a new insight
+    /// would. Returns what it restored.
+    pub fn restore(&self, events: Vec<RestoreEvent>) -> Restored {
+        let mut out = Restored::default();
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut seen = Vec::new();
+            {
+                let mut w = self.writing();
+                for e in events.by_ref().take(MAX_BATCH) {
+                    match e {
+                        RestoreEvent::Assume {
+                            pod,
+                            request_id,
+                            node,
+                            demand,
+                            pipeline,
+                            at,
+                        } => {
+                            if !assume_locked(
+                                &mut w,
+                                pod,
+                                &request_id,
+                                &node,
+                                &demand,
+                                pipeline,
+                                instant_of(at),
+                            ) {
+                                out.not_assumable += 1;
+                            }
+                        }
+                        RestoreEvent::Feedback {
+                            pod,
+                            request_id,
+                            success,
+                            node,
+                            at,
+                        } => {
+                            let (_, s) = feedback_locked(
+                                &mut w,
+                                &self.cfg,
+                                &pod,
+                                &request_id,
+                                success,
+                                &node,
+                                at,
+                            );
+                            seen.extend(s);
+                        }
+                    }
+                }
+            }
+            for (a, node) in &seen {
+                self.record_pipeline(a, node);
+            }
+        }
+        let nodes: BTreeSet<String> = {
+            let w = self.writing();
+            w.books
+                .assumed
+                .values()
+                .map(|a| a.placement.node.clone())
+                .collect()
+        };
+        self.sync_nodes(nodes);
+        // TTLs that ran out meanwhile end now; penalties decay to now.
+        self.sweep();
+        let w = self.writing();
+        out.assumptions = w.books.assumed.len();
+        out.penalties = w.books.penalties.len();
+        out
     }
 
     fn record_pipeline(&self, a: &Assumed, node: &str) {
@@ -1353,7 +1463,87 @@ fn settle_assumptions(
     ended
 }
 
-/// Assumes the pod on `node` in the draft (see [`ClusterState::assume`]).
+/// The instant `at` was, on the monotonic clock (now when `at` lies before
+/// the clock's origin or in the future).
+fn instant_of(at: SystemTime) -> Instant {
+    let now = Instant::now();
+    let age = SystemTime::now().duration_since(at).unwrap_or_default();
+    now.checked_sub(age).unwrap_or(now)
+}
+
+/// Applies a scheduling result reported at `at` (see
+/// [`ClusterState::feedback_at`]); returns the assumption whose pipeline
+/// membership is to be recorded, with its node.
+fn feedback_locked(
+    w: &mut Writer,
+    cfg: &EngineConfig,
+    pod: &PodKey,
+    request_id: &str,
+    success: bool,
+    node: &str,
+    at: SystemTime,
+) -> (FeedbackEffect, Option<(Assumed, String)>) {
+    let Writer { books, draft: snap } = w;
+    let current = books
+        .assumed
+        .get(pod)
+        .filter(|a| request_id.is_empty() || a.request_id == request_id)
+        .cloned();
+    let when = instant_of(at);
+    if !success {
+        if let Some(a) = &current {
+            let _ = snap.forget(&a.placement);
+            books.assumed.remove(pod);
+            books.ended.bind_failed += 1;
+        }
+        if !node.is_empty() {
+            let decayed = books.penalties.get(node).map_or(0.0, |p| {
+                decay(
+                    p.value,
+                    when.saturating_duration_since(p.at),
+                    cfg.failure_penalty_decay,
+                )
+            });
+            let value = (decayed + cfg.failure_penalty_step).min(1.0);
+            books
+                .penalties
+                .insert(node.to_string(), Penalty { value, at: when });
+            let _ = snap.set_bind_failure_penalty(node, value);
+        }
+        let effect = if current.is_some() {
+            FeedbackEffect::Failed
+        } else {
+            FeedbackEffect::NoAssumption
+        };
+        return (effect, None);
+    }
+    let Some(mut a) = current else {
+        return (FeedbackEffect::NoAssumption, None);
+    };
+    if !node.is_empty() && a.placement.node != node {
+        let _ = snap.forget(&a.placement);
+        match snap.assume(node, &a.demand) {
+            Ok(p) => {
+                a.placement = p;
+                a.baseline = books.reported.get(node).cloned();
+            }
+            Err(err) => {
+                // The node's state lags the bind; the next insight accounts for it.
+                tracing::debug!(node, %err, "reported placement not assumable");
+                books.assumed.remove(pod);
+                return (FeedbackEffect::Confirmed, Some((a, node.to_string())));
+            }
+        }
+    }
+    a.since = when;
+    a.bound_at = Some(at);
+    let bound = a.placement.node.clone();
+    books.assumed.insert(pod.clone(), a.clone());
+    (FeedbackEffect::Confirmed, Some((a, bound)))
+}
+
+/// Assumes the pod on `node` in the draft (see [`ClusterState::assume`]),
+/// its TTL running from `since`.
 fn assume_locked(
     w: &mut Writer,
     pod: PodKey,
@@ -1361,6 +1551,7 @@ fn assume_locked(
     node: &str,
     demand: &PodDemand,
     pipeline: Option<(PipelineRef, String)>,
+    since: Instant,
 ) -> bool {
     let Writer { books, draft: snap } = w;
     if let Some(old) = books.assumed.remove(&pod) {
@@ -1381,7 +1572,7 @@ fn assume_locked(
                     request_id: request_id.to_string(),
                     demand: demand.clone(),
                     placement,
-                    since: Instant::now(),
+                    since,
                     pipeline,
                     seq,
                     baseline,
@@ -1576,6 +1767,115 @@ mod tests {
             .sum();
         assert_eq!(state.read().gpu_allocated_milli(), empty + held);
         assert!(w.books.assume_order.len() <= 2 * 5 + 64);
+    }
+
+    #[test]
+    fn a_state_restored_from_policies_and_feedback_answers_as_the_original() {
+        let (_view, state, pods) = openb();
+        // A fresh engine over the same insights (stored as early: the binds
+        // below come after them), before and after the replay.
+        let (_twin_view, twin, _) = openb();
+        let engine = Engine::new(Arc::clone(&state));
+        let mut events = Vec::new();
+        let mut failed = 0;
+        for (i, pod) in pods.iter().take(60).enumerate() {
+            let req = request_for(pod, i as u64);
+            let key = (req.pod_namespace.clone(), req.pod_name.clone());
+            let (policy, assumed) = engine.decide_assuming(&req);
+            if let Some(a) = assumed {
+                events.push(RestoreEvent::Assume {
+                    pod: key.clone(),
+                    request_id: policy.request_id.clone(),
+                    demand: Box::new(a.demand()),
+                    pipeline: a.pipeline(),
+                    node: a.node,
+                    at: SystemTime::now(),
+                });
+            }
+            let Some(top) = policy.node_preferences.first() else {
+                continue;
+            };
+            // Every seventh bind fails (a penalty), every fifth succeeds.
+            let success = match i % 35 {
+                x if x % 7 == 0 => false,
+                x if x % 5 == 0 => true,
+                _ => continue,
+            };
+            failed += usize::from(!success);
+            state.feedback(&key, &policy.request_id, success, &top.node_name);
+            events.push(RestoreEvent::Feedback {
+                pod: key,
+                request_id: policy.request_id.clone(),
+                success,
+                node: top.node_name.clone(),
+                at: SystemTime::now(),
+            });
+        }
+        assert!(failed >= 5);
+        let before = state.stats();
+        assert!(before.assumed >= 40 && before.penalised >= 5, "{before:?}");
+
+        let probes: Vec<_> = pods
+            .iter()
+            .skip(60)
+            .take(30)
+            .enumerate()
+            .map(|(i, p)| request_for(p, 1000 + i as u64))
+            .collect();
+        let answers = |s: &Arc<ClusterState>| {
+            let e = Engine::new(Arc::clone(s)).without_assume();
+            probes
+                .iter()
+                .map(|r| {
+                    let p = e.decide(r);
+                    (p.decision, p.node_preferences)
+                })
+                .collect::<Vec<_>>()
+        };
+        // As the sweeper does every few seconds in the service (shapes
+        // learned, penalties decayed to now); the replay ends with one.
+        state.sweep();
+        let original = answers(&state);
+        assert_ne!(
+            answers(&twin),
+            original,
+            "the replay has something to restore"
+        );
+        let restored = twin.restore(events);
+        assert_eq!(twin.stats().ended, before.ended, "{restored:?}");
+        assert_eq!(restored.assumptions, before.assumed);
+        assert_eq!(restored.penalties, before.penalised);
+        assert_eq!(restored.not_assumable, 0);
+        for (i, (a, b)) in answers(&twin).iter().zip(&original).enumerate() {
+            assert_eq!(a.0, b.0, "probe {i}: decision");
+            assert_eq!(a.1, b.1, "probe {i}: preferences");
+        }
+        assert_eq!(
+            twin.read().gpu_allocated_milli(),
+            state.read().gpu_allocated_milli()
+        );
+    }
+
+    #[test]
+    fn restored_assumptions_keep_their_age() {
+        let (_view, state, pods) = openb();
+        let req = request_for(&pods[0], 0);
+        let (policy, assumed) = Engine::new(Arc::clone(&state)).decide_assuming(&req);
+        let a = assumed.expect("assumed");
+        let (_twin_view, twin, _) = openb();
+        let old = SystemTime::now() - state.config().assume_ttl - Duration::from_secs(1);
+        let event = |at| RestoreEvent::Assume {
+            pod: (req.pod_namespace.clone(), req.pod_name.clone()),
+            request_id: policy.request_id.clone(),
+            demand: Box::new(a.demand()),
+            pipeline: None,
+            node: a.node.clone(),
+            at,
+        };
+        // Issued longer than a TTL ago: expired on the spot.
+        assert_eq!(twin.restore(vec![event(old)]).assumptions, 0);
+        assert_eq!(twin.stats().ended.expired, 1);
+        assert_eq!(twin.restore(vec![event(SystemTime::now())]).assumptions, 1);
     }
 
     #[test]

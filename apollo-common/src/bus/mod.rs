@@ -529,12 +529,25 @@ impl Bus {
         subject: String,
         msg: &T,
     ) -> Result<impl Future<Output = Result<Stored, BusError>> + Send + 'static, BusError> {
+        self.start_publish_with_headers(subject, msg, HeaderMap::new())
+            .await
+    }
+
+    /// [`start_publish`](Self::start_publish) with `extra` headers beside
+    /// the standard ones (what a reader needs that the payload's schema
+    /// lacks). The message id covers the payload only, as for every publish.
+    pub async fn start_publish_with_headers<T: Serialize>(
+        &self,
+        subject: String,
+        msg: &T,
+        extra: HeaderMap,
+    ) -> Result<impl Future<Output = Result<Stored, BusError>> + Send + 'static, BusError> {
         if !self.is_ready() {
             return Err(BusError::Unavailable("not connected to NATS".into()));
         }
         let payload = to_json(msg)?;
         let msg_id = content_id(&subject, &payload);
-        let mut headers = HeaderMap::new();
+        let mut headers = extra;
         headers.insert("Content-Type", CONTENT_TYPE_JSON);
         inject_trace_context(&mut headers);
         let publish = PublishMessage::build()

@@ -11,3 +11,4 @@ mod engine_restart;
 mod graceful_shutdown;
 mod nats_restart;
 mod orchestration_restart;
+mod outbox_spool;

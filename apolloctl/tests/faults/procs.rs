@@ -100,6 +100,12 @@ impl Service {
         self.child = Some(child);
     }
 
+    /// Sets `key` for the next [`Service::spawn`].
+    pub(crate) fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Binary name.
     pub(crate) fn name(&self) -> &'static str {
         self.name
@@ -124,6 +130,27 @@ impl Service {
     pub(crate) fn sigkill(&mut self) {
         self.signal(Signal::SIGKILL);
         let _ = self.child.take().expect("running").wait();
+    }
+
+    /// SIGTERM, and waits (at most `timeout`) until the process exited.
+    /// Returns the time from the signal to the exit and its status.
+    pub(crate) async fn sigterm(
+        &mut self,
+        timeout: Duration,
+    ) -> (Duration, std::process::ExitStatus) {
+        self.signal(Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("wait for the service") {
+                self.child = None;
+                return (start.elapsed(), status);
+            }
+            if start.elapsed() > timeout {
+                self.fail(&format!("still running {timeout:?} after SIGTERM"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Panics with `msg` and the last lines of the log.
