@@ -28,6 +28,10 @@ use crate::bus::{from_json, Bus, StreamKind};
 use crate::config::ViewArgs;
 use crate::telemetry::current_span_context;
 
+/// Messages the follower applies before it yields its runtime worker (a
+/// message takes some tens of microseconds to decode and apply).
+const YIELD_EVERY: usize = 8;
+
 /// One entry of the view.
 #[derive(Debug, Clone)]
 pub struct Entry<T> {
@@ -533,6 +537,7 @@ impl ClusterView {
                 if pending == 0 {
                     view.synced.send_replace(true);
                 }
+                let mut since_yield = 0usize;
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -573,6 +578,15 @@ impl ClusterView {
                                 )
                             });
                             pending = left;
+                            since_yield += 1;
+                            if since_yield >= YIELD_EVERY {
+                                // A busy stream is ready message after message:
+                                // give the runtime's workers back now and then,
+                                // or calls served on them (the engine's
+                                // decisions) wait behind a long run of decodes.
+                                since_yield = 0;
+                                tokio::task::yield_now().await;
+                            }
                             if pending == 0 && !view.is_synced() {
                                 tracing::info!(
                                     nodes = view.len().0,

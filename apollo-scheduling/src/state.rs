@@ -320,7 +320,7 @@ struct Books {
     insight_at: HashMap<String, SystemTime>,
     /// Nodes left out of the snapshot because their insight is stale.
     stale: HashSet<String>,
-    assumed: HashMap<PodKey, Assumed>,
+    assumed: AssumedPods,
     /// Assume order, oldest first: `(seq, pod)`, entries whose assumption
     /// ended since are skipped and compacted away.
     assume_order: VecDeque<(u64, PodKey)>,
@@ -332,6 +332,80 @@ struct Books {
     next_seq: u64,
     ended: AssumptionEnds,
     penalties: HashMap<String, Penalty>,
+}
+
+/// The pods assumed on nodes, by pod and by node: every node insight
+/// settles the assumptions on its node, and scanning all of them for each
+/// insight would cost assumptions x insights per second.
+#[derive(Debug, Default)]
+struct AssumedPods {
+    by_pod: HashMap<PodKey, Assumed>,
+    by_node: HashMap<String, HashSet<PodKey>>,
+}
+
+impl AssumedPods {
+    fn len(&self) -> usize {
+        self.by_pod.len()
+    }
+
+    fn get(&self, pod: &PodKey) -> Option<&Assumed> {
+        self.by_pod.get(pod)
+    }
+
+    /// The assumption of `pod`, to change in place; its node must stay the
+    /// same (move it with [`Self::insert`]).
+    fn get_mut(&mut self, pod: &PodKey) -> Option<&mut Assumed> {
+        self.by_pod.get_mut(pod)
+    }
+
+    fn insert(&mut self, pod: PodKey, a: Assumed) -> Option<Assumed> {
+        let old = self.remove(&pod);
+        self.by_node
+            .entry(a.placement.node.clone())
+            .or_default()
+            .insert(pod.clone());
+        self.by_pod.insert(pod, a);
+        old
+    }
+
+    fn remove(&mut self, pod: &PodKey) -> Option<Assumed> {
+        let a = self.by_pod.remove(pod)?;
+        self.unindex(&a.placement.node, pod);
+        Some(a)
+    }
+
+    fn unindex(&mut self, node: &str, pod: &PodKey) {
+        if let Some(set) = self.by_node.get_mut(node) {
+            set.remove(pod);
+            if set.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
+    /// Drops every assumption on `node`.
+    fn remove_node(&mut self, node: &str) {
+        for pod in self.by_node.remove(node).unwrap_or_default() {
+            self.by_pod.remove(&pod);
+        }
+    }
+
+    /// `(assume order, pod)` of the assumptions on `node`.
+    fn on_node(&self, node: &str) -> Vec<(u64, PodKey)> {
+        self.by_node.get(node).map_or_else(Vec::new, |pods| {
+            pods.iter()
+                .filter_map(|k| self.by_pod.get(k).map(|a| (a.seq, k.clone())))
+                .collect()
+        })
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&PodKey, &Assumed)> {
+        self.by_pod.iter()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Assumed> {
+        self.by_pod.values()
+    }
 }
 
 /// Point forecast of one node: (time, cpu, memory) fractions 0-1.
@@ -728,7 +802,7 @@ impl ClusterState {
                 books.insight_at.remove(name);
                 books.stale.remove(name);
                 books.reported.remove(name);
-                books.assumed.retain(|_, a| a.placement.node != name);
+                books.assumed.remove_node(name);
                 draft.remove_node(name);
                 return Vec::new();
             }
@@ -1321,7 +1395,7 @@ impl ClusterState {
             books.insight_at.remove(&n);
             books.reported.remove(&n);
             snap.remove_node(&n);
-            books.assumed.retain(|_, a| a.placement.node != n);
+            books.assumed.remove_node(&n);
             books.stale.insert(n);
         }
         let mut cleared = Vec::new();
@@ -1388,12 +1462,7 @@ fn settle_assumptions(
         return Vec::new();
     };
     books.reported.insert(node.to_string(), reported.clone());
-    let mut on_node: Vec<(u64, PodKey)> = books
-        .assumed
-        .iter()
-        .filter(|(_, a)| a.placement.node == node)
-        .map(|(k, a)| (a.seq, k.clone()))
-        .collect();
+    let mut on_node = books.assumed.on_node(node);
     if on_node.is_empty() {
         return Vec::new();
     }
@@ -1592,7 +1661,7 @@ fn assume_locked(
 /// Ends the oldest assumptions while more than `--max-assumed` are held, and
 /// drops order entries of assumptions that ended otherwise.
 fn evict_past_cap(books: &mut Books, snap: &mut Draft) {
-    let live = |assumed: &HashMap<PodKey, Assumed>, seq: u64, pod: &PodKey| {
+    let live = |assumed: &AssumedPods, seq: u64, pod: &PodKey| {
         assumed.get(pod).is_some_and(|a| a.seq == seq)
     };
     while books.assumed.len() > books.max_assumed.max(1) {
@@ -1623,6 +1692,57 @@ fn add(total: &mut (i128, i128, i128), x: (i128, i128, i128)) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn assumed_pods_stay_indexed_by_node_through_moves_and_removals() {
+        let at = |node: &str, seq: u64| Assumed {
+            request_id: format!("r{seq}"),
+            demand: PodDemand::default(),
+            placement: Placement {
+                node: node.to_string(),
+                cpu_milli: 0,
+                memory_bytes: 0,
+                gpus: Vec::new(),
+            },
+            since: Instant::now(),
+            pipeline: None,
+            seq,
+            baseline: None,
+            bound_at: None,
+        };
+        let key = |i: u64| ("ns".to_string(), format!("p{i}"));
+        let mut pods = AssumedPods::default();
+        // A deterministic mix of inserts, moves, removals and node drops.
+        for step in 0..2_000u64 {
+            let pod = key(step % 97);
+            let node = format!("n{}", (step * 7) % 13);
+            match step % 5 {
+                0..=2 => {
+                    pods.insert(pod, at(&node, step));
+                }
+                3 => {
+                    pods.remove(&pod);
+                }
+                _ => pods.remove_node(&node),
+            }
+            // The index says exactly what a scan of every assumption says.
+            for n in 0..13 {
+                let node = format!("n{n}");
+                let mut indexed = pods.on_node(&node);
+                indexed.sort_unstable();
+                let mut scanned: Vec<(u64, PodKey)> = pods
+                    .iter()
+                    .filter(|(_, a)| a.placement.node == node)
+                    .map(|(k, a)| (a.seq, k.clone()))
+                    .collect();
+                scanned.sort_unstable();
+                assert_eq!(indexed, scanned, "step {step}, node {node}");
+            }
+            let indexed: usize = pods.by_node.values().map(HashSet::len).sum();
+            assert_eq!(indexed, pods.len(), "step {step}: no stale index entry");
+        }
+        assert!(pods.len() > 0);
+    }
+
     use super::*;
     use crate::engine::Engine;
     use crate::simulate::{insight_for, load_nodes, load_pods, request_for, TracePod};

@@ -49,6 +49,7 @@ use tokio::{
 };
 use tonic::transport::Channel;
 
+use crate::cpu_pin::{pin_process, CpuSplit};
 use crate::output::Output;
 use crate::stack::{Service, Stack, StopSignals};
 use crate::up::{StackArgs, STOP_GRACE};
@@ -83,12 +84,25 @@ pub(crate) struct Args {
     start_stack: bool,
     #[command(flatten)]
     stack: StackArgs,
+    /// With `--start-stack`: run the scheduling engine alone on these CPUs
+    /// (comma separated indices) and nats-server, the other services and
+    /// this generator on the rest: the exclusive cores a Guaranteed pod with
+    /// an integer CPU request gets under the kubelet's static CPU manager.
+    #[arg(long, value_delimiter = ',', requires = "start_stack")]
+    engine_cpus: Vec<usize>,
     /// How long to drive the services (after the warm-up).
     #[arg(long, default_value = "30s", value_parser = apollo_common::config::parse_duration)]
     duration: Duration,
-    /// `ReportClusterInsight` calls per second (0: none).
+    /// Node insights per second (0: none).
     #[arg(long, default_value_t = 1000.0, value_parser = rate)]
     insight_rate: f64,
+    /// Node insights per call. 1: one unary `ReportClusterInsight` call
+    /// each, as a node agent of its own sends. Above 1: a
+    /// `StreamClusterInsights` call with this many, as a collector or an
+    /// aggregating agent sends, at insight-rate / batch calls per second.
+    /// Counts and rates stay in insights; latency is per call.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    insight_batch: u64,
     /// `ReportWorkloadSignature` calls per second (0: none).
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     signature_rate: f64,
@@ -163,6 +177,14 @@ enum Rpc {
 }
 
 impl Rpc {
+    /// The RPC's name, `batch` messages per call.
+    fn name_for(self, batch: u64) -> &'static str {
+        match self {
+            Self::ReportClusterInsight if batch > 1 => "StreamClusterInsights",
+            _ => self.name(),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::ReportClusterInsight => "ReportClusterInsight",
@@ -197,14 +219,24 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, elapsed: Duration, result: Result<(), tonic::Status>) {
+    /// Records one answered call that carried `batch` messages, of which
+    /// the server stored `Ok(n)`.
+    fn record(&mut self, elapsed: Duration, result: Result<u64, tonic::Status>, batch: u64) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.latency_us.saturating_record(us.max(1));
         match result {
-            Ok(()) => self.ok += 1,
+            Ok(n) => {
+                self.ok += n.min(batch);
+                if n < batch {
+                    *self.errors.entry(NOT_STORED).or_default() += batch - n;
+                    self.first_error.entry(NOT_STORED).or_insert_with(|| {
+                        format!("the server stored {n} of the {batch} messages of a call")
+                    });
+                }
+            }
             Err(status) => {
                 let code = code_name(status.code());
-                *self.errors.entry(code).or_default() += 1;
+                *self.errors.entry(code).or_default() += batch;
                 self.first_error
                     .entry(code)
                     .or_insert_with(|| status.message().to_string());
@@ -216,6 +248,9 @@ impl Tally {
         self.errors.values().sum()
     }
 }
+
+/// Messages a call answered OK without storing (a stream's shortfall).
+const NOT_STORED: &str = "NOT_STORED";
 
 /// The canonical gRPC name of a status code (`RESOURCE_EXHAUSTED`).
 fn code_name(code: tonic::Code) -> &'static str {
@@ -266,6 +301,9 @@ impl LatencyMs {
 #[derive(Debug, Serialize)]
 struct RpcSummary {
     rate_per_s: f64,
+    /// Messages per call (counts and rates below are in messages, latency
+    /// is per call).
+    messages_per_call: u64,
     sent: u64,
     ok: u64,
     errors: u64,
@@ -276,11 +314,13 @@ struct RpcSummary {
     latency_ms: LatencyMs,
 }
 
-/// Issues calls of one kind at `rate` per second until `deadline` (or
-/// `max_calls`), at most `max_in_flight` unanswered; waits for the last
-/// answers. `call(i)` makes the i-th call.
+/// Issues calls of one kind, `batch` messages each, at `rate` messages per
+/// second until `deadline` (or `max_calls` calls), at most `max_in_flight`
+/// unanswered; waits for the last answers. `call(i)` makes the i-th call
+/// and resolves to the number of messages the server stored.
 async fn drive<F, Fut>(
     rate: f64,
+    batch: u64,
     deadline: tokio::time::Instant,
     max_calls: Option<u64>,
     max_in_flight: usize,
@@ -288,11 +328,12 @@ async fn drive<F, Fut>(
     call: F,
 ) where
     F: Fn(u64) -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static,
 {
     if rate <= 0.0 {
         return;
     }
+    let rate = rate / batch as f64;
     let limit = Arc::new(Semaphore::new(max_in_flight));
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -312,16 +353,16 @@ async fn drive<F, Fut>(
             let i = issued;
             issued += 1;
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                lock(&tally).not_sent += 1;
+                lock(&tally).not_sent += batch;
                 continue;
             };
-            lock(&tally).sent += 1;
+            lock(&tally).sent += batch;
             let fut = call(i);
             let tally = tally.clone();
             tokio::spawn(async move {
                 let sent_at = Instant::now();
                 let result = fut.await;
-                lock(&tally).record(sent_at.elapsed(), result);
+                lock(&tally).record(sent_at.elapsed(), result, batch);
                 drop(permit);
             });
         }
@@ -418,7 +459,25 @@ struct ProcessMemory {
     rss_peak_kib: Option<u64>,
     /// Resident memory at each progress interval, KiB (flat or growing).
     rss_samples_kib: Vec<u64>,
+    /// CPU time (user + system) the process used while the load ran, s.
+    cpu_s: Option<f64>,
+    #[serde(skip)]
+    cpu_start_ticks: Option<u64>,
 }
+
+/// User + system CPU time of a process, in clock ticks (None when gone).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
+const TICKS_PER_S: f64 = 100.0;
 
 /// `VmRSS` of a process, KiB (None when it is gone).
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -546,6 +605,9 @@ struct Summary {
     scheduling_decision_server: Option<ServerDecisions>,
     processes: Vec<ProcessMemory>,
     load_average_start: Option<[f64; 3]>,
+    /// The CPUs of the engine and of everything else (`--engine-cpus`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_split: Option<CpuSplit>,
     load_average_end: Option<[f64; 3]>,
 }
 
@@ -584,6 +646,30 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
+/// Pins the stack's scheduling engine to `engine_cpus` and nats-server, the
+/// other services and this process to the remaining CPUs.
+fn pin_stack(stack: &Stack, engine_cpus: &[usize]) -> anyhow::Result<CpuSplit> {
+    let split = CpuSplit::new(engine_cpus, &crate::cpu_pin::allowed_cpus()?)?;
+    let mut others: Vec<u32> = vec![0];
+    others.extend(stack.nats_pid());
+    for e in &stack.endpoints().services {
+        if e.service == Service::Scheduling.binary() {
+            pin_process(e.pid, &split.engine)
+                .with_context(|| format!("cannot pin {}", e.service))?;
+        } else {
+            others.push(e.pid);
+        }
+    }
+    for pid in others {
+        pin_process(pid, &split.others).with_context(|| format!("cannot pin process {pid}"))?;
+    }
+    eprintln!(
+        "apollo-scheduling on CPUs {:?}; nats-server, the other services and the load generator on {:?}",
+        split.engine, split.others
+    );
+    Ok(split)
+}
+
 /// Channels to `url`, `n` connections.
 async fn channels(url: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(n);
@@ -594,6 +680,10 @@ async fn channels(url: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<
 }
 
 async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
+    let cpu_split = match stack {
+        Some(s) if !args.engine_cpus.is_empty() => Some(pin_stack(s, &args.engine_cpus)?),
+        _ => None,
+    };
     let (ingest_url, scheduling_url, metrics, pids) = match stack {
         Some(s) => {
             let e = s.endpoints();
@@ -603,6 +693,8 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
                 .find(|x| x.service == Service::Scheduling.binary())
                 .and_then(|x| x.metrics.trim_start_matches("http://").parse().ok());
             let mut pids: Vec<u32> = e.services.iter().map(|x| x.pid).collect();
+            pids.extend(s.nats_pid());
+            pids.push(std::process::id());
             pids.extend(&args.pids);
             (
                 e.grpc(Service::Ingest).to_string(),
@@ -641,6 +733,8 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
                 rss_end_kib: None,
                 rss_peak_kib: rss,
                 rss_samples_kib: Vec::new(),
+                cpu_s: None,
+                cpu_start_ticks: cpu_ticks(pid),
             }
         })
         .collect();
@@ -662,18 +756,32 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + args.duration;
 
     let insights = {
-        let (ch, nodes) = (ingest.clone(), nodes.clone());
+        let (ch, nodes, batch) = (ingest.clone(), nodes.clone(), args.insight_batch);
         drive(
             args.insight_rate,
+            batch,
             deadline,
             args.max_calls,
             args.max_in_flight,
             tallies[&Rpc::ReportClusterInsight].clone(),
             move |i| {
                 let mut client = InsightServiceClient::new(ch[i as usize % ch.len()].clone());
-                let node = &nodes[(i % nodes.len() as u64) as usize];
-                let msg = node_insight(node, i / nodes.len() as u64);
-                async move { client.report_cluster_insight(msg).await.map(|_| ()) }
+                let insight = |k: u64| {
+                    let node = &nodes[(k % nodes.len() as u64) as usize];
+                    node_insight(node, k / nodes.len() as u64)
+                };
+                let msgs: Vec<ClusterInsight> = (i * batch..(i + 1) * batch).map(insight).collect();
+                async move {
+                    if batch == 1 {
+                        let msg = msgs.into_iter().next().expect("a batch of one");
+                        return client.report_cluster_insight(msg).await.map(|_| 1);
+                    }
+                    let stored = client
+                        .stream_cluster_insights(tokio_stream::iter(msgs))
+                        .await?
+                        .into_inner();
+                    Ok(u64::try_from(stored.messages_processed).unwrap_or(0))
+                }
             },
         )
     };
@@ -681,6 +789,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
         let (ch, pods, ns) = (ingest.clone(), pods.clone(), args.namespace.clone());
         drive(
             args.signature_rate,
+            1,
             deadline,
             args.max_calls,
             args.max_in_flight,
@@ -688,7 +797,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
             move |i| {
                 let mut client = InsightServiceClient::new(ch[i as usize % ch.len()].clone());
                 let msg = signature(&pods, &ns, i);
-                async move { client.report_workload_signature(msg).await.map(|_| ()) }
+                async move { client.report_workload_signature(msg).await.map(|_| 1) }
             },
         )
     };
@@ -696,6 +805,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
         let (ch, pods, ns) = (scheduling.clone(), pods.clone(), args.namespace.clone());
         drive(
             args.policy_rate,
+            1,
             deadline,
             args.max_calls,
             args.max_in_flight,
@@ -704,7 +814,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
                 let mut client =
                     SchedulingPolicyServiceClient::new(ch[i as usize % ch.len()].clone());
                 let msg = policy_request(&pods, &ns, i);
-                async move { client.get_scheduling_policy(msg).await.map(|_| ()) }
+                async move { client.get_scheduling_policy(msg).await.map(|_| 1) }
             },
         )
     };
@@ -721,7 +831,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
             _ = &mut all => break,
             _ = async { progress.as_mut().expect("guarded").tick().await }, if progress.is_some() => {
                 sample_memory(&mut processes);
-                eprintln!("{}", progress_line(started.elapsed(), args.duration, &tallies));
+                eprintln!("{}", progress_line(started.elapsed(), args.duration, &tallies, args.insight_batch));
             }
         }
     }
@@ -729,23 +839,32 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
     sample_memory(&mut processes);
     for p in &mut processes {
         p.rss_end_kib = rss_kib(p.pid);
+        p.cpu_s = match (p.cpu_start_ticks, cpu_ticks(p.pid)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / TICKS_PER_S),
+            _ => None,
+        };
     }
     let scheduling_decision_server = match (metrics, buckets_before) {
         (Some(addr), Some(before)) => server_decisions(&before, &decision_buckets(addr).await?),
         _ => None,
     };
     let rates = [
-        (Rpc::ReportClusterInsight, args.insight_rate),
-        (Rpc::ReportWorkloadSignature, args.signature_rate),
-        (Rpc::GetSchedulingPolicy, args.policy_rate),
+        (
+            Rpc::ReportClusterInsight,
+            args.insight_rate,
+            args.insight_batch,
+        ),
+        (Rpc::ReportWorkloadSignature, args.signature_rate, 1),
+        (Rpc::GetSchedulingPolicy, args.policy_rate, 1),
     ];
     let rpcs = rates
         .into_iter()
-        .filter(|(_, r)| *r > 0.0)
-        .map(|(rpc, rate)| {
+        .filter(|(_, r, _)| *r > 0.0)
+        .map(|(rpc, rate, batch)| {
             let t = lock(&tallies[&rpc]);
             let summary = RpcSummary {
                 rate_per_s: rate,
+                messages_per_call: batch,
                 sent: t.sent,
                 ok: t.ok,
                 errors: t.errors_total(),
@@ -755,7 +874,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
                 ok_per_s: t.ok as f64 / elapsed,
                 latency_ms: LatencyMs::of(&t.latency_us),
             };
-            (rpc.name(), summary)
+            (rpc.name_for(batch), summary)
         })
         .collect();
     let summary = Summary {
@@ -768,6 +887,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
         scheduling_decision_server,
         processes,
         load_average_start: load_start,
+        cpu_split,
         load_average_end: load_average(),
     };
     match args.output {
@@ -790,6 +910,7 @@ fn progress_line(
     elapsed: Duration,
     total: Duration,
     tallies: &BTreeMap<Rpc, Arc<Mutex<Tally>>>,
+    insight_batch: u64,
 ) -> String {
     let mut line = format!(
         "load {:>5.0}s/{:.0}s",
@@ -803,7 +924,10 @@ fn progress_line(
         }
         line.push_str(&format!(
             "  {} sent {} ok {} err {} p99 {:.2}ms",
-            rpc.name(),
+            rpc.name_for(match rpc {
+                Rpc::ReportClusterInsight => insight_batch,
+                _ => 1,
+            }),
             t.sent,
             t.ok,
             t.errors_total(),
@@ -903,18 +1027,25 @@ fn print_text(s: &Summary) {
         let kib =
             |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1024.0));
         println!(
-            "rss MiB {:<22} pid {:<8} start {:>8} end {:>8} peak {:>8}",
+            "rss MiB {:<22} pid {:<8} start {:>8} end {:>8} peak {:>8}  cpu {}",
             p.name,
             p.pid,
             kib(p.rss_start_kib),
             kib(p.rss_end_kib),
-            kib(p.rss_peak_kib)
+            kib(p.rss_peak_kib),
+            p.cpu_s.map_or("-".to_string(), |c| format!("{c:.1} s"))
         );
     }
     if let (Some(a), Some(b)) = (s.load_average_start, s.load_average_end) {
         println!(
             "load average         start {:.2} {:.2} {:.2}  end {:.2} {:.2} {:.2}",
             a[0], a[1], a[2], b[0], b[1], b[2]
+        );
+    }
+    if let Some(c) = &s.cpu_split {
+        println!(
+            "cpus                 engine {:?}  others {:?}",
+            c.engine, c.others
         );
     }
 }
@@ -962,16 +1093,18 @@ apollo_scheduling_decision_seconds_bucket{le=\"+Inf\"} 7\n";
     #[test]
     fn tallies_count_each_answer_once_by_code() {
         let mut t = Tally::new();
-        t.record(Duration::from_micros(300), Ok(()));
+        t.record(Duration::from_micros(300), Ok(1), 1);
         t.record(
             Duration::from_micros(900),
             Err(tonic::Status::resource_exhausted(
                 "rate limit: 100/s per client",
             )),
+            1,
         );
         t.record(
             Duration::from_micros(50),
             Err(tonic::Status::resource_exhausted("second")),
+            1,
         );
         assert_eq!(t.ok, 1);
         assert_eq!(t.errors_total(), 2);
@@ -981,6 +1114,31 @@ apollo_scheduling_decision_seconds_bucket{le=\"+Inf\"} 7\n";
         );
         assert_eq!(t.latency_us.len(), 3);
         assert!((LatencyMs::of(&t.latency_us).max - 0.9).abs() < 0.001);
+    }
+
+    #[test]
+    fn batched_calls_count_messages_and_a_shortfall() {
+        let mut t = Tally::new();
+        t.record(Duration::from_micros(300), Ok(100), 100);
+        t.record(Duration::from_micros(400), Ok(97), 100);
+        t.record(
+            Duration::from_micros(500),
+            Err(tonic::Status::unavailable("NATS unavailable")),
+            100,
+        );
+        assert_eq!(t.ok, 197);
+        assert_eq!(t.errors[NOT_STORED], 3);
+        assert_eq!(t.errors["UNAVAILABLE"], 100);
+        assert!(t.first_error[NOT_STORED].contains("stored 97 of the 100"));
+        assert_eq!(t.latency_us.len(), 3, "latency is per call");
+        assert_eq!(
+            Rpc::ReportClusterInsight.name_for(100),
+            "StreamClusterInsights"
+        );
+        assert_eq!(
+            Rpc::ReportClusterInsight.name_for(1),
+            "ReportClusterInsight"
+        );
     }
 
     #[test]

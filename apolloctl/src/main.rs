@@ -7,6 +7,7 @@
 use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod client;
+mod cpu_pin;
 mod demo;
 mod eval_forecast;
 mod inspect;

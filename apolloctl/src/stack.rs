@@ -338,6 +338,11 @@ impl Stack {
         &self.endpoints
     }
 
+    /// Process id of the `nats-server` this stack started, if it did.
+    pub(crate) fn nats_pid(&self) -> Option<u32> {
+        self.nats.as_ref().map(std::process::Child::id)
+    }
+
     /// Waits until every service answers `/readyz` with 200; fails naming a
     /// child that exited or a service not ready within `timeout`.
     pub(crate) async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {

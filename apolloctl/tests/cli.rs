@@ -631,8 +631,9 @@ fn unusable_tls_settings_fail_before_dialling() {
     assert_eq!(o.status.code(), Some(2), "{:?}", stderr_lines(&o));
 }
 
-#[test]
-fn load_reports_counts_that_add_up_as_json() {
+/// Runs `apolloctl load --start-stack` for 3 s with `extra` arguments and
+/// returns its JSON summary, after checking what holds for every run.
+fn load_summary(extra: &[&str]) -> serde_json::Value {
     require_service_binaries();
     let o = Command::new(apolloctl())
         .args([
@@ -640,8 +641,6 @@ fn load_reports_counts_that_add_up_as_json() {
             "--start-stack",
             "--duration",
             "3s",
-            "--insight-rate",
-            "100",
             "--signature-rate",
             "10",
             "--policy-rate",
@@ -655,6 +654,7 @@ fn load_reports_counts_that_add_up_as_json() {
             "-o",
             "json",
         ])
+        .args(extra)
         .env_remove("APOLLO_NATS_URL")
         .stdin(Stdio::null())
         .output()
@@ -681,13 +681,10 @@ fn load_reports_counts_that_add_up_as_json() {
         assert_eq!(sent, ok + errors, "{name}: {r}");
         assert_eq!(errors, by_code, "{name}: {r}");
         assert!(ok > 0, "{name}: {r}");
-        assert!(sent <= 150, "--max-calls bounds each kind: {name}: {r}");
         let lat = &r["latency_ms"];
         assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
         assert!(lat["p99"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
     }
-    // 100/s for 3 s would be 300: the count bound stopped it at 150.
-    assert_eq!(rpcs["ReportClusterInsight"]["sent"], 150, "{summary}");
     assert_eq!(summary["nodes"], 200);
     // The engine's own histogram saw at least every answered policy.
     let decided = summary["scheduling_decision_server"]["decisions"]
@@ -697,11 +694,64 @@ fn load_reports_counts_that_add_up_as_json() {
         decided >= rpcs["GetSchedulingPolicy"]["ok"].as_u64().unwrap(),
         "{summary}"
     );
+    // The four services, nats-server and the generator itself.
     let processes = summary["processes"].as_array().unwrap();
-    assert_eq!(processes.len(), 4, "{summary}");
+    let mut names: Vec<&str> = processes
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "apollo-forecaster",
+            "apollo-ingest",
+            "apollo-orchestration",
+            "apollo-scheduling",
+            "apolloctl",
+            "nats-server"
+        ],
+        "{summary}"
+    );
     for p in processes {
-        assert!(p["name"].as_str().unwrap().starts_with("apollo-"), "{p}");
         assert!(p["rss_start_kib"].as_u64().unwrap() > 0, "{p}");
         assert!(p["rss_end_kib"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["cpu_s"].as_f64().unwrap() >= 0.0, "{p}");
     }
+    summary
+}
+
+#[test]
+fn load_reports_counts_that_add_up_as_json() {
+    let summary = load_summary(&["--insight-rate", "100"]);
+    let rpcs = summary["rpcs"].as_object().unwrap();
+    for (name, r) in rpcs {
+        assert!(
+            r["sent"].as_u64().unwrap() <= 150,
+            "--max-calls bounds each kind: {name}: {r}"
+        );
+        assert_eq!(r["messages_per_call"], 1, "{name}: {r}");
+    }
+    // 100/s for 3 s would be 300: the count bound stopped it at 150.
+    assert_eq!(rpcs["ReportClusterInsight"]["sent"], 150, "{summary}");
+}
+
+#[test]
+fn load_streams_batched_insights_and_counts_them_as_insights() {
+    // 500 insights/s, 25 a call: 20 StreamClusterInsights calls a second.
+    let summary = load_summary(&["--insight-rate", "500", "--insight-batch", "25"]);
+    let rpcs = summary["rpcs"].as_object().unwrap();
+    assert!(
+        !rpcs.contains_key("ReportClusterInsight"),
+        "batched insights are not unary calls: {summary}"
+    );
+    let r = &rpcs["StreamClusterInsights"];
+    assert_eq!(r["messages_per_call"], 25, "{r}");
+    let sent = r["sent"].as_u64().unwrap();
+    assert_eq!(sent % 25, 0, "whole calls of 25: {r}");
+    assert!(sent > 150, "counts are in insights, not calls: {r}");
+    assert_eq!(
+        r["ok"], r["sent"],
+        "a healthy stack stores every insight: {r}"
+    );
 }
