@@ -239,11 +239,17 @@ pub async fn serve_with_kubernetes(
         )
         .await?
         .drain(async move {
-            // Executions under way get half the grace period to finish;
-            // the rest are recorded as not done (a failed result saying
-            // so), published with everything else waiting in the outbox.
+            // Deadlines count from the start of shutdown, which the pre-stop
+            // window already used part of: the whole stop fits the grace.
+            let started = stopping
+                .await
+                .unwrap_or_else(|_| tokio::time::Instant::now());
+            // Executions under way get until half the grace period to
+            // finish; the rest are recorded as not done (a failed result
+            // saying so), published with everything else in the outbox.
             if let Some(executor) = &executor {
-                if tokio::time::timeout(grace / 2, executor.idle()).await.is_err() {
+                let until = started + grace / 2;
+                if tokio::time::timeout_at(until, executor.idle()).await.is_err() {
                     for r in executor.abandon() {
                         tracing::warn!(request_id = %r.request_id, "execution abandoned at shutdown");
                         if let Err(status) = finishing.apply_result(&r).await {
@@ -252,9 +258,6 @@ pub async fn serve_with_kubernetes(
                     }
                 }
             }
-            let started = stopping
-                .await
-                .unwrap_or_else(|_| tokio::time::Instant::now());
             let deadline = started + grace.mul_f64(0.75);
             if !outbox.drained_by(deadline).await {
                 tracing::warn!(
