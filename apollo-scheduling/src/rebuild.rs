@@ -281,30 +281,18 @@ pub async fn rebuild(
         );
     }
 
-    let mut events = Vec::with_capacity(policies.msgs.len() + feedback.msgs.len());
     let mut ids = Vec::new();
-    let (mut p, mut f) = (
-        policies.msgs.into_iter().peekable(),
-        feedback.msgs.into_iter().peekable(),
-    );
-    loop {
-        // Merge by store time; a policy goes before a report stored at the
-        // same instant (its report cannot precede it).
-        let take_policy = match (p.peek(), f.peek()) {
-            (None, None) => break,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(a), Some(b)) => a.at <= b.at,
-        };
-        let msg = if take_policy { p.next() } else { f.next() };
-        let Some(msg) = msg else { break };
-        let event = if take_policy {
-            policy_event(msg, &mut report)
-        } else {
-            feedback_event(msg, &mut report, &mut ids)
-        };
-        events.extend(event);
-    }
+    let assumed: Vec<RestoreEvent> = policies
+        .msgs
+        .into_iter()
+        .filter_map(|m| policy_event(m, &mut report))
+        .collect();
+    let reported: Vec<RestoreEvent> = feedback
+        .msgs
+        .into_iter()
+        .filter_map(|m| feedback_event(m, &mut report, &mut ids))
+        .collect();
+    let events = in_causal_order(assumed, reported);
     for (id, at) in ids {
         seen.remember_at(&id, at);
         report.feedback_ids += 1;
@@ -318,6 +306,37 @@ pub async fn rebuild(
         Err(err) => tracing::warn!(%err, "rebuild did not finish"),
     }
     report
+}
+
+/// Merges the policies and the reports (each in store order) by store
+/// time, except that a report never goes before the policy it reports on:
+/// the two streams stamp their messages independently, so a report can be
+/// stored a moment "before" its policy, and applied first it would find no
+/// assumption to end.
+fn in_causal_order(policies: Vec<RestoreEvent>, reports: Vec<RestoreEvent>) -> Vec<RestoreEvent> {
+    fn key(e: &RestoreEvent) -> (&str, SystemTime) {
+        match e {
+            RestoreEvent::Assume { request_id, at, .. }
+            | RestoreEvent::Feedback { request_id, at, .. } => (request_id, *at),
+        }
+    }
+    let mut waiting: std::collections::HashSet<String> =
+        policies.iter().map(|e| key(e).0.to_string()).collect();
+    let mut out = Vec::with_capacity(policies.len() + reports.len());
+    let mut p = policies.into_iter().peekable();
+    for report in reports {
+        let (id, at) = key(&report);
+        // Policies stored no later than the report go first (a policy before
+        // a report stored at the same instant), and so does the report's
+        // own policy, wherever its stamp put it.
+        while let Some(next) = p.next_if(|n| key(n).1 <= at || waiting.contains(id)) {
+            waiting.remove(key(&next).0);
+            out.push(next);
+        }
+        out.push(report);
+    }
+    out.extend(p);
+    out
 }
 
 fn policy_event(msg: StoredMsg, report: &mut RebuildReport) -> Option<RestoreEvent> {
@@ -525,6 +544,44 @@ mod tests {
             ..Assumption::new("n", &PodDemand::new(1, 1), None)
         };
         assert_eq!(unknown_kind.pipeline(), None);
+    }
+
+    #[test]
+    fn a_report_stored_just_before_its_policy_is_applied_after_it() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let us = |n: u64| t + Duration::from_micros(n);
+        let assume = |id: &str, at| RestoreEvent::Assume {
+            pod: ("ml".into(), id.into()),
+            request_id: id.into(),
+            node: "n1".into(),
+            demand: Box::default(),
+            pipeline: None,
+            at,
+        };
+        let report = |id: &str, at| RestoreEvent::Feedback {
+            pod: ("ml".into(), id.into()),
+            request_id: id.into(),
+            success: false,
+            node: String::new(),
+            at,
+        };
+        let order = |events: Vec<RestoreEvent>| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| match e {
+                    RestoreEvent::Assume { request_id, .. } => format!("p:{request_id}"),
+                    RestoreEvent::Feedback { request_id, .. } => format!("f:{request_id}"),
+                })
+                .collect()
+        };
+        // "b"'s report got a stamp 1 µs before its policy's; "c" is later
+        // than both and stays after them; ties put the policy first.
+        let policies = vec![assume("a", us(0)), assume("b", us(11)), assume("c", us(30))];
+        let reports = vec![report("a", us(0)), report("b", us(10)), report("x", us(20))];
+        assert_eq!(
+            order(in_causal_order(policies, reports)),
+            ["p:a", "f:a", "p:b", "f:b", "f:x", "p:c"]
+        );
     }
 
     #[test]
