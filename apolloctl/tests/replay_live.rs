@@ -5,39 +5,22 @@
 //! the pods fill a small cluster exactly.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apollo_common::shutdown::CancellationToken;
-use apollo_common::testing::TestNats;
+use apollo_common::testing::{wait_serving, TestNats};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
-use tonic_health::pb::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-};
 
 /// Only there so a broken build fails instead of hanging.
 const BOUND: Duration = Duration::from_secs(30);
 
-async fn serving(addr: SocketAddr, service: &str) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let status = HealthClient::new(ch)
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .map(|r| r.into_inner().status);
-            if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{service} never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Waits until `addr` serves, failing with the service's own error if it
+/// stopped first (a wait for readiness alone would only time out).
+async fn serving<T: std::fmt::Debug>(addr: SocketAddr, service: &mut tokio::task::JoinHandle<T>) {
+    let endpoint = format!("http://{addr}");
+    tokio::select! {
+        () = wait_serving(&endpoint) => {}
+        r = service => panic!("the service at {addr} stopped before serving: {r:?}"),
     }
 }
 
@@ -50,20 +33,20 @@ async fn replay_json_matches_the_simulation_with_requests_only_insights() {
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingest_addr = grpc.local_addr().unwrap();
-    let ingest = tokio::spawn(apollo_ingest::serve(
+    let mut ingest = tokio::spawn(apollo_ingest::serve(
         apollo_ingest::Config::new(n.clone(), s.clone()),
         (grpc, http),
         shutdown.clone(),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sched_addr = listener.local_addr().unwrap();
-    let scheduling = tokio::spawn(apollo_scheduling::service::serve(
+    let mut scheduling = tokio::spawn(apollo_scheduling::service::serve(
         apollo_scheduling::config::Config::with_defaults(n, s),
         listener,
         shutdown.clone(),
     ));
-    serving(ingest_addr, apollo_ingest::SERVICE_NAME).await;
-    serving(sched_addr, apollo_scheduling::service::SERVICE_NAME).await;
+    serving(ingest_addr, &mut ingest).await;
+    serving(sched_addr, &mut scheduling).await;
 
     // 3 nodes x (8 T4, 32 cores, 128 GiB); 48 pods of half a GPU, 2 cores,
     // 8 GiB fill them exactly.
