@@ -28,8 +28,9 @@ use crate::bus::{from_json, Bus, StreamKind};
 use crate::config::ViewArgs;
 use crate::telemetry::current_span_context;
 
-/// Messages the follower applies before it yields its runtime worker (a
-/// message takes some tens of microseconds to decode and apply).
+/// Messages the follower applies before it yields to the other tasks of its
+/// runtime (a message takes some tens of microseconds to decode and apply;
+/// the fallback runs the follower on the service's own runtime).
 const YIELD_EVERY: usize = 8;
 
 /// One entry of the view.
@@ -504,10 +505,30 @@ impl ClusterView {
     }
 
     /// Rebuilds the view from the insight stream, then follows it until
-    /// `shutdown`; re-subscribes after connection loss.
-    pub fn follow(&self, bus: Bus, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let view = self.clone();
-        tokio::spawn(async move {
+    /// `shutdown`; re-subscribes after connection loss. The following runs on
+    /// a thread and runtime of its own at `--view-follower-priority`, so
+    /// decoding the stream never holds up the caller's runtime (the one that
+    /// answers calls); if that thread cannot be started it runs on the
+    /// caller's runtime instead.
+    pub fn follow(&self, bus: Bus, shutdown: CancellationToken) {
+        let work = Box::pin(self.clone().following(bus, shutdown));
+        if let Err(not) =
+            crate::background::spawn_runtime("view-follower", self.limits.follower_priority, work)
+        {
+            tracing::warn!(err = %not.error, "no thread for the view follower; following on the service's runtime");
+            tokio::spawn(not.work);
+        }
+    }
+
+    /// How the threads that follow this view are scheduled.
+    pub fn follower_priority(&self) -> crate::background::FollowerPriority {
+        self.limits.follower_priority
+    }
+
+    /// The follower's work: see [`ClusterView::follow`].
+    async fn following(self, bus: Bus, shutdown: CancellationToken) {
+        let view = self;
+        {
             // One filter over the whole family (nats-server 2.9 has no multi-filter).
             let filters = vec![bus.subjects().all("insight")];
             let mut ready = bus.readiness();
@@ -581,9 +602,9 @@ impl ClusterView {
                             since_yield += 1;
                             if since_yield >= YIELD_EVERY {
                                 // A busy stream is ready message after message:
-                                // give the runtime's workers back now and then,
-                                // or calls served on them (the engine's
-                                // decisions) wait behind a long run of decodes.
+                                // let the runtime's other tasks (the sweep, or
+                                // calls when following on the service's
+                                // runtime) run now and then.
                                 since_yield = 0;
                                 tokio::task::yield_now().await;
                             }
@@ -608,7 +629,7 @@ impl ClusterView {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
-        })
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Command, FromArgMatches};
 
+use crate::background::FollowerPriority;
+
 /// Parses `flags` as a group of flags alone, ignoring the `APOLLO_*`
 /// environment: what every flag not given defaults to is exactly what
 /// `--help` shows. The `Default` of every settings group comes from here, so
@@ -282,6 +284,16 @@ pub struct ViewArgs {
     /// pod, a removed node); the insight stream's default retention.
     #[arg(long = "view-entry-ttl", env = "APOLLO_VIEW_ENTRY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub entry_ttl: Duration,
+    /// How the kernel schedules the threads that follow the insight stream
+    /// and apply it: `idle` (SCHED_IDLE) runs them only while no call is
+    /// being answered on their core; `normal` shares the core equally.
+    #[arg(
+        long = "view-follower-priority",
+        env = "APOLLO_VIEW_FOLLOWER_PRIORITY",
+        value_enum,
+        default_value_t = FollowerPriority::Idle
+    )]
+    pub follower_priority: FollowerPriority,
 }
 
 impl Default for ViewArgs {

@@ -5,6 +5,7 @@
 //!
 //! Only code that two or more services use lives here.
 
+pub mod background;
 pub mod bus;
 pub mod cluster_view;
 pub mod config;

@@ -558,3 +558,25 @@ impl TestCa {
         )
     }
 }
+
+/// The kernel scheduling policy (`SCHED_OTHER` = 0, `SCHED_BATCH` = 3,
+/// `SCHED_IDLE` = 5) of each thread of this process named `name`, read from
+/// `/proc/self/task`; empty where `/proc` is unavailable.
+pub fn thread_policies(name: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Fields after the command's closing parenthesis start at field
+            // 3 (state); the policy is field 41.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(41 - 3)?.parse().ok()
+        })
+        .collect()
+}

@@ -107,8 +107,15 @@ async fn cluster_view_rebuilds_latest_state_then_follows() {
     bus.client().flush().await.unwrap();
 
     let view = ClusterView::new();
-    let _task = view.follow(bus.clone(), token.clone());
+    view.follow(bus.clone(), token.clone());
     assert!(view.wait_synced(Duration::from_secs(10)).await);
+    // The following runs on its own thread under SCHED_IDLE (5), off the
+    // runtime that answers calls.
+    let policies = apollo_common::testing::thread_policies("view-follower");
+    assert!(
+        !policies.is_empty() && policies.iter().all(|p| *p == 5),
+        "view-follower threads and their policies: {policies:?}"
+    );
     assert_eq!(view.len(), (2, 1));
     let n1 = view.node("n1").unwrap();
     assert_eq!(

@@ -114,7 +114,7 @@ pub async fn serve_with_kubernetes(
     view.register_metrics(shell.registry());
     let metrics = metrics::Metrics::default();
     metrics.register(shell.registry());
-    let _follow = view.follow(bus.clone(), shutdown.clone());
+    view.follow(bus.clone(), shutdown.clone());
 
     let engine = engine::Engine::new(config.engine(), view.clone(), metrics.clone());
     let work = shutdown.child_token();

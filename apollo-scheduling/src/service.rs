@@ -674,10 +674,11 @@ pub async fn serve(
     let view = ClusterView::with_limits(config.view.clone());
     view.register_metrics(&mut registry);
     let state = Arc::new(ClusterState::new(view.clone(), config.engine.clone()));
-    // The follower runs on a blocking thread, which a runtime waits for when
-    // it is dropped: stop it whenever this function ends or is dropped, not
+    // The change applier runs on a thread of its own (a blocking thread of
+    // the runtime if none can be started, which the runtime waits for when
+    // it is dropped): stop it whenever this function ends or is dropped, not
     // only on `shutdown`, so an embedding program (or a failing test) never
-    // hangs on exit.
+    // hangs on exit or leaks it.
     let follower_stop = shutdown.child_token();
     let _stop_follower = follower_stop.clone().drop_guard();
     state.spawn_view_follower(follower_stop);

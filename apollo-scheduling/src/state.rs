@@ -892,19 +892,18 @@ impl ClusterState {
         }
     }
 
-    /// Applies view changes until `shutdown`, on a blocking thread: the
-    /// changes waiting are coalesced per node and applied in batches (see
-    /// [`ClusterState::sync_nodes`]), so neither the runtime's workers nor the
-    /// decisions wait on them. Cancel `shutdown` before the runtime is
-    /// dropped: the runtime waits for its blocking threads.
-    pub fn spawn_view_follower(
-        self: &Arc<Self>,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Applies view changes until `shutdown`, on a thread of its own at the
+    /// view's follower priority: the changes waiting are coalesced per node
+    /// and applied in batches (see [`ClusterState::sync_nodes`]), so neither
+    /// the runtime's workers nor the decisions wait on them, and at `idle`
+    /// the kernel runs it only while no decision is. If that thread cannot
+    /// be started it runs on a blocking thread of the runtime; cancel
+    /// `shutdown` before the runtime is dropped, which waits for those.
+    pub fn spawn_view_follower(self: &Arc<Self>, shutdown: CancellationToken) {
         let me = Arc::clone(self);
         let mut rx = self.view.subscribe();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
+        let work = move || {
             me.resync();
             loop {
                 let first = runtime.block_on(async {
@@ -955,7 +954,15 @@ impl ClusterState {
                     return;
                 }
             }
-        })
+        };
+        if let Err(not) = apollo_common::background::spawn_thread(
+            "view-apply",
+            self.view.follower_priority(),
+            work,
+        ) {
+            tracing::warn!(err = %not.error, "no thread for applying view changes; using a blocking one");
+            tokio::task::spawn_blocking(not.work);
+        }
     }
 
     // ---- forecasts ----------------------------------------------------------------------

@@ -213,6 +213,15 @@ async fn insights_signatures_and_feedback_shape_the_answers() {
         .collect();
     got.sort();
     assert_eq!(got, vec!["n2", "n4"]);
+    // Insights reached the answers through the view follower and the change
+    // applier, each on its own thread under SCHED_IDLE (5).
+    for thread in ["view-follower", "view-apply"] {
+        let policies = apollo_common::testing::thread_policies(thread);
+        assert!(
+            !policies.is_empty() && policies.iter().all(|p| *p == 5),
+            "{thread} threads and their policies: {policies:?}"
+        );
+    }
 
     // A signature with data locality (no annotations at all): n3 preferred.
     let sig = WorkloadSignature {
