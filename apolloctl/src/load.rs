@@ -503,9 +503,8 @@ fn load_average() -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-/// Cumulative bucket counts of `apollo_scheduling_decision_seconds`
-/// (upper bound in seconds, count), from `GET /metrics` at `addr`.
-async fn decision_buckets(addr: SocketAddr) -> anyhow::Result<Vec<(f64, u64)>> {
+/// The scheduling engine's `GET /metrics` text at `addr`.
+async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -514,13 +513,45 @@ async fn decision_buckets(addr: SocketAddr) -> anyhow::Result<Vec<(f64, u64)>> {
         s.read_to_string(&mut body).await?;
         anyhow::Ok(body)
     };
-    let text = tokio::time::timeout(Duration::from_secs(5), fetch)
+    tokio::time::timeout(Duration::from_secs(5), fetch)
         .await
-        .context("metrics did not answer within 5s")??;
-    Ok(parse_buckets(
-        &text,
-        "apollo_scheduling_decision_seconds_bucket",
-    ))
+        .context("metrics did not answer within 5s")?
+}
+
+/// Cumulative bucket counts of `apollo_scheduling_decision_seconds`
+/// (upper bound in seconds, count).
+fn decision_buckets(text: &str) -> Vec<(f64, u64)> {
+    parse_buckets(text, "apollo_scheduling_decision_seconds_bucket")
+}
+
+/// The value of an unlabelled sample `name` (a counter's `_total` or a
+/// gauge) of a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let value = l.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// How closely the engine's cluster view followed the insight stream.
+#[derive(Debug, Serialize, PartialEq)]
+struct ViewFollowing {
+    /// Insight messages the view applied from the start of the run to its
+    /// end (compare with the insights stored).
+    messages_applied: u64,
+    /// When the run ended, how long before then JetStream had stored the
+    /// newest message the view had applied (its staleness).
+    lag_at_end_s: f64,
+}
+
+fn view_following(before: &str, after: &str, ended_unix_s: f64) -> Option<ViewFollowing> {
+    const APPLIED: &str = "apollo_view_messages_applied_total";
+    let applied = sample(after, APPLIED)? - sample(before, APPLIED).unwrap_or(0.0);
+    let newest = sample(after, "apollo_view_last_stored_timestamp_seconds")?;
+    Some(ViewFollowing {
+        messages_applied: applied.max(0.0) as u64,
+        lag_at_end_s: (ended_unix_s - newest).max(0.0),
+    })
 }
 
 /// `name{le="X"} N` lines of a Prometheus text exposition.
@@ -603,6 +634,9 @@ struct Summary {
     rpcs: BTreeMap<&'static str, RpcSummary>,
     /// The engine's own decision time (server side), when its metrics were read.
     scheduling_decision_server: Option<ServerDecisions>,
+    /// How closely the engine's view followed the insights, when its
+    /// metrics were read.
+    scheduling_view: Option<ViewFollowing>,
     processes: Vec<ProcessMemory>,
     load_average_start: Option<[f64; 3]>,
     /// The CPUs of the engine and of everything else (`--engine-cpus`).
@@ -738,8 +772,8 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let buckets_before = match metrics {
-        Some(addr) => Some(decision_buckets(addr).await?),
+    let metrics_before = match metrics {
+        Some(addr) => Some(scrape(addr).await?),
         None => None,
     };
     let load_start = load_average();
@@ -836,6 +870,9 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let ended_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     sample_memory(&mut processes);
     for p in &mut processes {
         p.rss_end_kib = rss_kib(p.pid);
@@ -844,9 +881,15 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
             _ => None,
         };
     }
-    let scheduling_decision_server = match (metrics, buckets_before) {
-        (Some(addr), Some(before)) => server_decisions(&before, &decision_buckets(addr).await?),
-        _ => None,
+    let (scheduling_decision_server, scheduling_view) = match (metrics, metrics_before) {
+        (Some(addr), Some(before)) => {
+            let after = scrape(addr).await?;
+            (
+                server_decisions(&decision_buckets(&before), &decision_buckets(&after)),
+                view_following(&before, &after, ended_unix_s),
+            )
+        }
+        _ => (None, None),
     };
     let rates = [
         (
@@ -885,6 +928,7 @@ async fn drive_all(args: &Args, stack: Option<&Stack>) -> anyhow::Result<()> {
         scheduling: scheduling_url,
         rpcs,
         scheduling_decision_server,
+        scheduling_view,
         processes,
         load_average_start: load_start,
         cpu_split,
@@ -1023,6 +1067,12 @@ fn print_text(s: &Summary) {
             d.decisions, d.p50_at_most_ms, d.p90_at_most_ms, d.p99_at_most_ms
         );
     }
+    if let Some(v) = &s.scheduling_view {
+        println!(
+            "engine view: {} insight messages applied, {:.3} s behind the stream at the end",
+            v.messages_applied, v.lag_at_end_s
+        );
+    }
     for p in &s.processes {
         let kib =
             |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1024.0));
@@ -1076,6 +1126,25 @@ mod tests {
         assert_eq!(d.p99_at_most_ms, 0.2);
         assert_eq!(d.share_within_1ms, Some(1.0));
         assert!(server_decisions(&after, &after).is_none());
+    }
+
+    #[test]
+    fn view_following_is_the_applied_difference_and_the_staleness_at_the_end() {
+        let before = "apollo_view_messages_applied_total 100\n\
+apollo_view_messages_applied_by_kind_total{kind=\"x\"} 5\n";
+        let after = "# HELP apollo_view_messages_applied Insight messages\n\
+apollo_view_messages_applied_total 1100\n\
+apollo_view_last_stored_timestamp_seconds 1000.25\n";
+        assert_eq!(
+            view_following(before, after, 1002.0),
+            Some(ViewFollowing {
+                messages_applied: 1000,
+                lag_at_end_s: 1.75
+            })
+        );
+        // No applied counter after the run: nothing to report.
+        assert_eq!(view_following(before, "", 1002.0), None);
+        assert_eq!(sample(after, "apollo_view_messages_applied"), None);
     }
 
     #[test]

@@ -694,6 +694,18 @@ fn load_summary(extra: &[&str]) -> serde_json::Value {
         decided >= rpcs["GetSchedulingPolicy"]["ok"].as_u64().unwrap(),
         "{summary}"
     );
+    // The engine's view applied insights during the run.
+    assert!(
+        summary["scheduling_view"]["messages_applied"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{summary}"
+    );
+    assert!(
+        summary["scheduling_view"]["lag_at_end_s"].is_f64(),
+        "{summary}"
+    );
     // The four services, nats-server and the generator itself.
     let processes = summary["processes"].as_array().unwrap();
     let mut names: Vec<&str> = processes
