@@ -173,3 +173,37 @@ async fn not_ready_without_nats_and_recovers() {
         .await
         .unwrap();
 }
+
+/// Services of one deployment start together and set up the same streams at
+/// once: every one of them must become ready, whatever order the server
+/// sees their requests in (nats-server 2.9.10 crashed under needless
+/// concurrent stream updates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_starting_together_on_the_same_streams_all_become_ready() {
+    let nats = TestNats::start().await;
+    for round in 0..5 {
+        let (n, s) = nats.bus_args();
+        let token = CancellationToken::new();
+        let mut buses = Vec::new();
+        for i in 0..6 {
+            let (n, s, token) = (n.clone(), s.clone(), token.clone());
+            buses.push(tokio::spawn(async move {
+                let bus = Bus::connect(&format!("svc-{i}"), &n, &s, token)
+                    .await
+                    .unwrap();
+                let started = std::time::Instant::now();
+                let ready = bus.wait_ready(Duration::from_secs(15)).await;
+                (ready, started.elapsed())
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for b in buses {
+            outcomes.push(b.await.unwrap());
+        }
+        assert!(
+            outcomes.iter().all(|(ready, _)| *ready),
+            "round {round}: ready, time: {outcomes:?}"
+        );
+        token.cancel();
+    }
+}

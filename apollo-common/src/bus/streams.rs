@@ -123,12 +123,108 @@ pub(super) async fn ensure(
     decisions: &stream::Config,
 ) -> Result<(), BusError> {
     for config in configs.iter().chain([decisions]) {
-        js.create_or_update_stream(config.clone())
+        ensure_one(js, config)
             .await
-            .map_err(|e| BusError::JetStream {
+            .map_err(|reason| BusError::JetStream {
                 what: format!("create or update stream {}", config.name),
-                reason: e.to_string(),
+                reason,
             })?;
     }
     Ok(())
+}
+
+/// Creates the stream if it is missing and updates it only when a setting
+/// APOLLO owns differs. The services of a deployment start together and each
+/// sets up every stream; an update that changes nothing is never sent,
+/// because nats-server 2.9.10 can crash (nil dereference in its stream
+/// update handler) when one client updates a stream that another is still
+/// creating.
+async fn ensure_one(js: &jetstream::Context, want: &stream::Config) -> Result<(), String> {
+    use async_nats::jetstream::{context::GetStreamErrorKind, ErrorCode};
+    match js.get_stream(&want.name).await {
+        Ok(stream) => {
+            if differs(&stream.cached_info().config, want) {
+                js.update_stream(want).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            // Creating a stream that another service has just created with
+            // the same settings succeeds; with other settings it fails and
+            // the caller retries, then finds and updates it.
+            js.create_stream(want.clone())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether a stream's settings differ from APOLLO's in what APOLLO sets
+/// (the server fills in the rest, which is not compared).
+fn differs(have: &stream::Config, want: &stream::Config) -> bool {
+    let mut have_subjects = have.subjects.clone();
+    let mut want_subjects = want.subjects.clone();
+    have_subjects.sort();
+    want_subjects.sort();
+    let replicas = |n: usize| n.max(1);
+    have_subjects != want_subjects
+        || have.description != want.description
+        || have.max_messages_per_subject != want.max_messages_per_subject
+        || have.max_age != want.max_age
+        || replicas(have.num_replicas) != replicas(want.num_replicas)
+        // Zero asks for the server's default window.
+        || (!want.duplicate_window.is_zero() && have.duplicate_window != want.duplicate_window)
+        || have.allow_direct != want.allow_direct
+        || have.allow_rollup != want.allow_rollup
+        || have.deny_delete != want.deny_delete
+        || have.discard != want.discard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn settings_the_server_fills_in_are_not_a_difference() {
+        let subjects = Subjects::new("apollo");
+        let want = configs("APOLLO", &subjects, &StreamArgs::default())
+            .into_iter()
+            .next()
+            .unwrap();
+        let mut have = want.clone();
+        have.num_replicas = 0;
+        have.max_bytes = 1 << 30;
+        have.subjects.reverse();
+        assert!(!differs(&have, &want));
+        let mut zero_window = want.clone();
+        zero_window.duplicate_window = Duration::ZERO;
+        assert!(!differs(&have, &zero_window));
+    }
+
+    #[test]
+    fn a_setting_apollo_owns_is_a_difference() {
+        let subjects = Subjects::new("apollo");
+        let want = configs("APOLLO", &subjects, &StreamArgs::default())
+            .into_iter()
+            .next()
+            .unwrap();
+        let changes: [fn(&mut stream::Config); 5] = [
+            |c| c.max_age += Duration::from_secs(1),
+            |c| c.max_messages_per_subject += 1,
+            |c| c.subjects.push("other.>".into()),
+            |c| c.num_replicas = 3,
+            |c| c.duplicate_window += Duration::from_secs(1),
+        ];
+        for change in changes {
+            let mut have = want.clone();
+            change(&mut have);
+            assert!(differs(&have, &want), "{have:?}");
+        }
+    }
 }
