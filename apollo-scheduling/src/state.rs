@@ -1718,15 +1718,19 @@ mod tests {
         };
         let key = |i: u64| ("ns".to_string(), format!("p{i}"));
         let mut pods = AssumedPods::default();
-        // A deterministic mix of inserts, moves, removals and node drops.
+        let mut moves = 0;
+        // A deterministic mix of inserts, moves (an insert of a pod held on
+        // another node), removals and node drops.
         for step in 0..2_000u64 {
-            let pod = key(step % 97);
+            let pod = key(step % 31);
             let node = format!("n{}", (step * 7) % 13);
-            match step % 5 {
-                0..=2 => {
-                    pods.insert(pod, at(&node, step));
+            match step % 11 {
+                0..=7 => {
+                    if let Some(old) = pods.insert(pod, at(&node, step)) {
+                        moves += usize::from(old.placement.node != node);
+                    }
                 }
-                3 => {
+                8 | 9 => {
                     pods.remove(&pod);
                 }
                 _ => pods.remove_node(&node),
@@ -1748,6 +1752,7 @@ mod tests {
             assert_eq!(indexed, pods.len(), "step {step}: no stale index entry");
         }
         assert!(pods.len() > 0);
+        assert!(moves > 100, "only {moves} moves exercised");
     }
 
     use super::*;
