@@ -617,42 +617,32 @@ fn build_model(
         full_models: full.to_vec(),
         ..AutoConfig::default()
     };
+    // `auto` and its ablations differ only in their configuration.
+    let variant = |config: AutoConfig| -> Box<dyn Model> {
+        Box::new(Auto::new(config).with_global_lstm(global_lstm.cloned()))
+    };
     match name {
         AUTO_CACHED => {
             let sel = AutoSelector::new(auto_config()).with_global_lstm(global_lstm.cloned());
             Ok(Box::new(CachedAuto(Mutex::new(sel))))
         }
-        "auto" => Ok(Box::new(
-            Auto::new(auto_config()).with_global_lstm(global_lstm.cloned()),
-        )),
-        AUTO_NOHOLD => Ok(Box::new(
-            Auto::new(AutoConfig {
-                hold_flat: false,
-                ..auto_config()
-            })
-            .with_global_lstm(global_lstm.cloned()),
-        )),
-        AUTO_NARROW => Ok(Box::new(
-            Auto::new(AutoConfig {
-                combine_wide: None,
-                ..auto_config()
-            })
-            .with_global_lstm(global_lstm.cloned()),
-        )),
-        AUTO_NOGUARD => Ok(Box::new(
-            Auto::new(AutoConfig {
-                naive_guard: false,
-                ..auto_config()
-            })
-            .with_global_lstm(global_lstm.cloned()),
-        )),
-        AUTO_NOMINAL => Ok(Box::new(
-            Auto::new(AutoConfig {
-                calibrate_level: false,
-                ..auto_config()
-            })
-            .with_global_lstm(global_lstm.cloned()),
-        )),
+        "auto" => Ok(variant(auto_config())),
+        AUTO_NOHOLD => Ok(variant(AutoConfig {
+            hold_flat: false,
+            ..auto_config()
+        })),
+        AUTO_NARROW => Ok(variant(AutoConfig {
+            combine_wide: None,
+            ..auto_config()
+        })),
+        AUTO_NOGUARD => Ok(variant(AutoConfig {
+            naive_guard: false,
+            ..auto_config()
+        })),
+        AUTO_NOMINAL => Ok(variant(AutoConfig {
+            calibrate_level: false,
+            ..auto_config()
+        })),
         "lstm" => match global_lstm {
             Some(m) => Ok(Box::new(m.clone())),
             None => Ok(Box::new(lstm::Lstm::new(cfg.clone()))),

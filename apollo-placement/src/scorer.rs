@@ -787,13 +787,19 @@ mod tests {
         assert_eq!(place(&scorer, &mut s, &any), None);
     }
 
-    #[test]
-    fn cpu_only_pods_leave_the_cpu_of_scarce_model_nodes_to_their_gpus() {
-        let any = PodDemand::new(1000, GIB).with_gpu(1, 1000);
+    /// The pods seen so far: six of `any` and two restricted to T4 (a
+    /// quarter); returns `any`, its T4-only form and the list.
+    fn quarter_t4_only(any: PodDemand) -> (PodDemand, PodDemand, Vec<PodDemand>) {
         let t4_only = any.clone().with_gpu_models(["T4"]);
-        let seen: Vec<PodDemand> = std::iter::repeat_n(any.clone(), 6)
+        let seen = std::iter::repeat_n(any.clone(), 6)
             .chain(std::iter::repeat_n(t4_only.clone(), 2))
             .collect();
+        (any, t4_only, seen)
+    }
+
+    #[test]
+    fn cpu_only_pods_leave_the_cpu_of_scarce_model_nodes_to_their_gpus() {
+        let (any, t4_only, seen) = quarter_t4_only(PodDemand::new(1000, GIB).with_gpu(1, 1000));
         // A T4 node with one of its two GPUs in use, a G2 node with two of
         // eight: the T4 node's GPUs are the fuller ones.
         let cluster = || {
@@ -861,11 +867,7 @@ mod tests {
     #[test]
     fn cpu_only_pods_take_cpu_that_free_gpus_will_not_need() {
         // Typical GPU pods take 6 cores per GPU; a quarter may only use T4.
-        let any = PodDemand::new(6000, GIB).with_gpu(1, 1000);
-        let t4_only = any.clone().with_gpu_models(["T4"]);
-        let seen: Vec<PodDemand> = std::iter::repeat_n(any.clone(), 6)
-            .chain(std::iter::repeat_n(t4_only.clone(), 2))
-            .collect();
+        let (any, t4_only, seen) = quarter_t4_only(PodDemand::new(6000, GIB).with_gpu(1, 1000));
         // A G2 node with two of eight GPUs free and just the 12 cores they
         // need; a T4 node with one GPU free and 60 cores.
         let cluster = || {

@@ -190,13 +190,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn settings_the_server_fills_in_are_not_a_difference() {
-        let subjects = Subjects::new("apollo");
-        let want = configs("APOLLO", &subjects, &StreamArgs::default())
+    /// The insight stream with the default settings.
+    fn insight_stream() -> stream::Config {
+        configs("APOLLO", &Subjects::new("apollo"), &StreamArgs::default())
             .into_iter()
             .next()
-            .unwrap();
+            .expect("one config per stream")
+    }
+
+    #[test]
+    fn settings_the_server_fills_in_are_not_a_difference() {
+        let want = insight_stream();
         let mut have = want.clone();
         have.num_replicas = 0;
         have.max_bytes = 1 << 30;
@@ -209,11 +213,7 @@ mod tests {
 
     #[test]
     fn a_setting_apollo_owns_is_a_difference() {
-        let subjects = Subjects::new("apollo");
-        let want = configs("APOLLO", &subjects, &StreamArgs::default())
-            .into_iter()
-            .next()
-            .unwrap();
+        let want = insight_stream();
         let changes: [fn(&mut stream::Config); 5] = [
             |c| c.max_age += Duration::from_secs(1),
             |c| c.max_messages_per_subject += 1,

@@ -1574,17 +1574,23 @@ mod tests {
         );
     }
 
-    /// Plateaus with short dips between them, ending on a plateau of
-    /// `last_run` points: the shape of the GPU-memory series.
-    fn step_like(last_run: usize) -> Vec<f64> {
-        let mut y = Vec::new();
-        let mut state: u64 = 12345;
-        let mut next = || {
+    /// A seeded generator of uniform values in [0, 1) (a 64-bit LCG), so the
+    /// synthetic series are the same on every run.
+    fn uniform(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (state >> 33) as f64 / (1u64 << 31) as f64
-        };
+        }
+    }
+
+    /// Plateaus with short dips between them, ending on a plateau of
+    /// `last_run` points: the shape of the GPU-memory series.
+    fn step_like(last_run: usize) -> Vec<f64> {
+        let mut y = Vec::new();
+        let mut next = uniform(12345);
         while y.len() < 900 {
             let level = 25.0 + 10.0 * next();
             let run = 5 + (40.0 * next()) as usize;
@@ -1704,13 +1710,7 @@ mod tests {
         // ending two points into a new plateau: the guard holds the last
         // value; without it the backtest's smoothers move off the level.
         let mut y = Vec::new();
-        let mut state: u64 = 99;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as f64 / (1u64 << 31) as f64
-        };
+        let mut next = uniform(99);
         while y.len() < 900 {
             let level = 22.0 + 4.0 * next();
             y.extend(std::iter::repeat_n(level, 2 + (5.0 * next()) as usize));
