@@ -867,7 +867,7 @@ mod tests {
     #[test]
     fn cpu_only_pods_take_cpu_that_free_gpus_will_not_need() {
         // Typical GPU pods take 6 cores per GPU; a quarter may only use T4.
-        let (any, t4_only, seen) = quarter_t4_only(PodDemand::new(6000, GIB).with_gpu(1, 1000));
+        let (any, _, seen) = quarter_t4_only(PodDemand::new(6000, GIB).with_gpu(1, 1000));
         // A G2 node with two of eight GPUs free and just the 12 cores they
         // need; a T4 node with one GPU free and 60 cores.
         let cluster = || {
