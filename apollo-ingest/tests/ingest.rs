@@ -546,14 +546,14 @@ async fn metrics_endpoint_counts_received_rejected_published_duplicates() {
     let nats = TestNats::start().await;
     let ingest = Ingest::start(&nats, |_| {}).await;
     let mut client = ingest.client.clone();
+    // One value sent twice: building it twice could straddle a second of its
+    // timestamp and make the retry a different message.
+    let retried = signature("m0", 1.0);
     client
-        .report_workload_signature(signature("m0", 1.0))
+        .report_workload_signature(retried.clone())
         .await
         .unwrap();
-    client
-        .report_workload_signature(signature("m0", 1.0))
-        .await
-        .unwrap();
+    client.report_workload_signature(retried).await.unwrap();
     client
         .report_workload_signature(signature("m1", 120.0))
         .await
