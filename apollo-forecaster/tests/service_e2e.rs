@@ -120,16 +120,11 @@ async fn predictions_alerts_and_restart() {
     })
     .await;
 
-    let mut forecasts = bus
-        .client()
-        .subscribe(bus.subjects().all("forecast"))
-        .await
-        .unwrap();
-    let mut alerts = bus
-        .client()
-        .subscribe(bus.subjects().all("alert"))
-        .await
-        .unwrap();
+    // Registered with the server before the refresh publishes.
+    let mut forecasts =
+        apollo_common::testing::subscribe_ready(bus.client(), bus.subjects().all("forecast")).await;
+    let mut alerts =
+        apollo_common::testing::subscribe_ready(bus.client(), bus.subjects().all("alert")).await;
     let summary = svc.refresh_now().await.unwrap();
     assert_eq!(summary.nodes, 2);
     assert_eq!(summary.published, 2);

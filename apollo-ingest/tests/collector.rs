@@ -409,12 +409,12 @@ async fn cluster_state_becomes_insights_and_follows_changes() {
     assert!(calls.continued_lists.load(Ordering::Relaxed) > 0);
     assert!(calls.watches_with_bookmarks.load(Ordering::Relaxed) > 0);
 
-    // A pod deleted -> requests drop within one interval.
-    let deleted_at = now_seconds();
+    // A pod deleted -> its requests drop from the node's insights (how soon
+    // depends on the watch event's delivery, so it is waited for, not timed).
     assert!(h.api.delete("Pod", "ml/web"));
     let after = h
-        .wait_for("cpu-1", "an insight one interval after the deletion", |i| {
-            seconds(i) >= deleted_at + INTERVAL.as_secs_f64()
+        .wait_for("cpu-1", "an insight without the deleted pod", |i| {
+            i.running_workloads.iter().all(|w| w.pod_name != "web")
         })
         .await;
     let r = after.node_resources.unwrap();
@@ -447,8 +447,21 @@ async fn cluster_state_becomes_insights_and_follows_changes() {
         .await;
     assert_eq!(stale.gpu_devices[1].utilization_percent, 87.0);
 
-    // A node deleted -> its insights stop.
+    // A node deleted -> its insights stop once the collector has seen the
+    // deletion (an insight already being built may still name it).
     assert!(h.api.delete("Node", "cpu-1"));
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while sample(
+        &metrics_text(h.metrics_addr).await,
+        "apollo_collector_nodes_gone_total",
+    ) != Some(1.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node deletion never seen"
+        );
+        tokio::time::sleep(INTERVAL / 3).await;
+    }
     let gone_at = now_seconds() + INTERVAL.as_secs_f64();
     let mut later_rounds = 0;
     while later_rounds < 3 {

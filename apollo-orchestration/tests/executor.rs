@@ -89,7 +89,8 @@ async fn provisioning(State(o): State<Orchestrator>, body: String) -> (StatusCod
         .unwrap()
         .posts
         .push(("provisioning".into(), v));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Far beyond the client's timeout in the test that uses this route.
+    tokio::time::sleep(Duration::from_secs(30)).await;
     (StatusCode::OK, "{}".into())
 }
 
@@ -120,10 +121,16 @@ async fn serve_with(o: Orchestrator) -> (String, Orchestrator) {
     (format!("http://{addr}"), o)
 }
 
+/// A client whose requests are answered in time however loaded the machine:
+/// only the slow-provisioning test waits for a timeout.
 fn client(url: String) -> OrchestratorClient {
+    client_timing_out_after(url, Duration::from_secs(10))
+}
+
+fn client_timing_out_after(url: String, request_timeout: Duration) -> OrchestratorClient {
     OrchestratorClient::new(ExecutorConfig {
         base_url: url,
-        request_timeout: Duration::from_millis(200),
+        request_timeout,
         poll_interval: Duration::from_millis(10),
         backoff: Duration::from_millis(10),
         queue: 8,
@@ -257,7 +264,10 @@ async fn a_slow_provisioning_reply_times_out_and_is_not_sent_again() {
         }),
     );
     p.constraints.as_mut().unwrap().max_retries = 1;
-    let err = client(url).execute(&p).await.unwrap_err();
+    let err = client_timing_out_after(url, Duration::from_millis(500))
+        .execute(&p)
+        .await
+        .unwrap_err();
     assert!(err.contains("no answer within"), "{err}");
     assert!(err.contains("outcome unknown"), "{err}");
     let seen = o.seen.lock().unwrap();

@@ -75,7 +75,7 @@ async fn hostile_orchestrator_replies_fail_precisely_and_go_no_further() {
     let handle = executor::spawn(
         ExecutorConfig {
             base_url: format!("http://{addr}"),
-            request_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(10),
             backoff: Duration::from_millis(10),
             queue: 8,

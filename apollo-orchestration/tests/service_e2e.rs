@@ -423,8 +423,10 @@ async fn overload_through_ingest_reaches_filtered_subscribers_and_resumes() {
     let mut scalers = subscribe(&stack, "scaler", &[OrchestrationAction::ScaleUp], &[]).await;
 
     let sent = report_cluster(&mut stack).await;
-    let p = next("migration", &mut migrations, Duration::from_secs(2)).await;
-    let latency = sent.elapsed();
+    // A bound for a loaded machine, not a latency figure (that is measured
+    // by `apolloctl load`).
+    let p = next("migration", &mut migrations, Duration::from_secs(10)).await;
+    eprintln!("insight to streamed migration: {:?}", sent.elapsed());
     assert_eq!(p.action, OrchestrationAction::Migrate as i32, "{p:?}");
     let m = migration(&p);
     assert_eq!(
@@ -433,7 +435,6 @@ async fn overload_through_ingest_reaches_filtered_subscribers_and_resumes() {
     );
     assert_eq!(m.source_node, "hot");
     assert_eq!(m.target_node, "w1", "never the control plane");
-    assert!(latency < Duration::from_secs(2));
     assert!(p
         .contributing_factors
         .contains(&"threshold=85.0%".to_string()));
@@ -669,7 +670,9 @@ async fn executor_runs_approved_policies_and_reports_the_outcome() {
 async fn a_slow_subscriber_is_cut_off_without_holding_back_the_others() {
     let stack = start(|c| {
         c.subscriber_buffer = 2;
-        c.subscriber_stall = Duration::from_millis(300);
+        // Long enough that a loaded machine does not stall the reading
+        // subscriber; the one that never reads is cut off all the same.
+        c.subscriber_stall = Duration::from_secs(2);
     })
     .await;
     let mut slow = subscribe(&stack, "slow", &[], &[]).await;
@@ -702,6 +705,14 @@ async fn a_slow_subscriber_is_cut_off_without_holding_back_the_others() {
         n,
         "the reading subscriber got everything"
     );
+    // Cut off once it has held up its policies for the stall time.
+    wait_metric(
+        stack.metrics_addr,
+        "apollo_orchestration_slow_subscribers_total",
+        |v| v == 1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     // The slow one now reads: what was buffered, then a clear status.
     let (slow_got, status) = end_status(&mut slow, Duration::from_secs(10)).await;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
@@ -715,7 +726,9 @@ async fn a_slow_subscriber_is_cut_off_without_holding_back_the_others() {
 async fn a_stuck_client_with_a_full_window_is_cut_off_and_holds_nothing() {
     let stack = start(|c| {
         c.subscriber_buffer = 2;
-        c.subscriber_stall = Duration::from_millis(300);
+        // Long enough that a loaded machine does not stall the reading
+        // subscriber; the one that never reads is cut off all the same.
+        c.subscriber_stall = Duration::from_secs(2);
     })
     .await;
     // Its own connection with a 64 KiB stream window it never releases: it
@@ -955,7 +968,9 @@ async fn a_hanging_orchestrator_fails_its_migration_once_and_holds_back_nothing_
     let migration_posts = Arc::new(AtomicUsize::new(0));
     let addr = stalling_orchestrator(migration_posts.clone()).await;
     let mut stack = start_executing(addr, |c| {
-        c.orchestrator_timeout = Duration::from_secs(3);
+        // Longer than the streaming and the scale-up below take on a loaded
+        // machine, so the migration is still hanging when they are checked.
+        c.orchestrator_timeout = Duration::from_secs(10);
     })
     .await;
     let mut all = subscribe(&stack, "all", &[], &[]).await;
@@ -988,7 +1003,7 @@ async fn a_hanging_orchestrator_fails_its_migration_once_and_holds_back_nothing_
     let got = policy_for_prep(&stack).await;
     assert_eq!(got.request_id, migration.request_id);
     // The migration times out and fails as unknown, sent once only.
-    let r = wait_feedback(&stack, "migrate", "ml", Duration::from_secs(15)).await;
+    let r = wait_feedback(&stack, "migrate", "ml", Duration::from_secs(30)).await;
     let migration_ms = t0.elapsed().as_millis();
     assert_eq!(r.request_id, migration.request_id);
     assert!(!r.success);
@@ -1006,7 +1021,7 @@ async fn a_hanging_orchestrator_fails_its_migration_once_and_holds_back_nothing_
         "{}",
         serde_json::json!({
             "fault": "hanging_orchestrator",
-            "orchestrator_timeout_ms": 3000,
+            "orchestrator_timeout_ms": 10_000,
             "max_retries": migration.constraints.as_ref().unwrap().max_retries,
             "migration_posts": migration_posts.load(Ordering::SeqCst),
             "both_policies_streamed_ms": streamed_ms,

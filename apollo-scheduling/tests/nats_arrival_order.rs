@@ -60,7 +60,14 @@ async fn insights_over_nats_in_any_order_give_the_simulators_preferences() {
         .unwrap();
     assert!(service_bus.wait_ready(BOUND).await && agent.wait_ready(BOUND).await);
     let view = ClusterView::new();
-    let live_state = Arc::new(ClusterState::new(view.clone(), EngineConfig::default()));
+    // No assumption expires and no node goes stale however long a slow
+    // machine takes over the comparison (the simulator binds instead).
+    let cfg = EngineConfig {
+        assume_ttl: Duration::from_secs(3600),
+        stale_after: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let live_state = Arc::new(ClusterState::new(view.clone(), cfg));
     live_state.spawn_view_follower(shutdown.clone());
     view.follow(service_bus.clone(), shutdown.clone());
 

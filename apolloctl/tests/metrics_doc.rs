@@ -285,10 +285,12 @@ async fn every_documented_metric_is_exported_by_its_services() {
         .unwrap();
     }
     let engine = forecaster.engine().clone();
-    for _ in 0..200 {
-        if engine.history_len("hot", apollo_forecaster::history::Resource::Cpu) == Some(40) {
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while engine.history_len("hot", apollo_forecaster::history::Resource::Cpu) != Some(40) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forecaster never held the 40 published points"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     forecaster.refresh_now().await.unwrap();

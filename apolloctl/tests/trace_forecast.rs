@@ -128,10 +128,12 @@ async fn a_forecast_continues_the_trace_of_the_insight_it_was_made_from() {
         describe(&spans.spans())
     );
     let engine = forecaster.engine().clone();
-    for _ in 0..200 {
-        if engine.node_count() > 0 {
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while engine.node_count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forecaster never took the insight in"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     forecaster.refresh_now().await.unwrap();

@@ -440,15 +440,21 @@ mod tests {
     #[test]
     fn grid_start_is_a_multiple_of_the_interval_and_not_in_the_future() {
         let interval = Duration::from_millis(300);
+        let clock = || {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        };
+        let before = clock();
         let (ts, wait) = grid(interval);
+        let after = clock();
         let nanos = ts.seconds as u128 * 1_000_000_000 + ts.nanos as u128;
         assert_eq!(nanos % interval.as_nanos(), 0);
         assert!(wait <= interval && !wait.is_zero());
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        assert!(nanos <= now && now - nanos < interval.as_nanos() + 1_000_000);
+        // The step that holds the moment `grid` read the clock.
+        assert!(nanos <= after, "in the future");
+        assert!(nanos + interval.as_nanos() > before, "a step too early");
     }
 
     #[test]
