@@ -8,16 +8,19 @@
 //!    default), feeding the histories; the service reports ready once the
 //!    replay has caught up, so the first answers already have full history;
 //! 2. the durable consumer `apollo-forecaster` (explicit acks) then follows.
-//!    Messages it delivers that were already applied (stream sequence at or
-//!    below the highest applied, by the replay or by the consumer itself) are
-//!    acked and skipped: a server that restarts after losing acks it had not
-//!    yet written to disk redelivers them, and a sample must count once.
+//!    Messages it delivers that were already applied (by the replay, or by
+//!    the consumer itself: see [`AppliedSequences`]) are acked and skipped: a
+//!    server that restarts after losing acks it had not yet written to disk
+//!    redelivers them, and a sample must count once. A message delivered
+//!    after later ones (its first delivery went to a pull request lost with
+//!    a failed consumer leader, so it comes back only after the ack wait) is
+//!    applied, not taken for a redelivery.
 //!
 //! Poison messages (not JSON for a `ClusterInsight`, or without node and
 //! time) are terminated (`Term`) and counted; insights whose values are
 //! rejected (NaN, negative, too old, duplicate) are acked and counted.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use apollo_common::{
     bus::{from_json, StreamKind},
@@ -153,15 +156,67 @@ fn js_err(what: &str, e: impl std::fmt::Display) -> Error {
     })
 }
 
-/// Follows the durable consumer; `applied` is the highest stream sequence
-/// applied so far and moves with every message handled. Delivery is in
-/// stream order and every delivered message is handled before the next, so
-/// a sequence at or below `applied` is a redelivery.
+/// Sequences of recently applied messages kept above the replay's end.
+const RECENT_APPLIED: usize = 100_000;
+
+/// Which stream sequences were applied: every one up to the replay's end,
+/// and the most recent [`RECENT_APPLIED`] the durable consumer applied.
+///
+/// Delivery is not always in stream order: a message whose delivery was
+/// lost with a failed-over consumer leader comes again after the ack wait,
+/// behind later ones. So "at or below the highest applied" is no test of a
+/// redelivery; membership is. A redelivery of a message older than the
+/// recent set is applied again, and the history's own duplicate check
+/// refuses its sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedSequences {
+    /// Every sequence at or below it was applied (the in-order replay's end).
+    replayed_up_to: u64,
+    /// Sequences above `replayed_up_to` applied since.
+    recent: BTreeSet<u64>,
+}
+
+impl AppliedSequences {
+    /// Everything up to `seq` applied (by an in-order, gap-free replay).
+    pub fn replayed_up_to(seq: u64) -> Self {
+        Self {
+            replayed_up_to: seq,
+            recent: BTreeSet::new(),
+        }
+    }
+
+    /// True when `seq` was applied.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq <= self.replayed_up_to || self.recent.contains(&seq)
+    }
+
+    /// Records `seq` as applied, forgetting the oldest beyond the bound.
+    pub fn insert(&mut self, seq: u64) {
+        if seq <= self.replayed_up_to {
+            return;
+        }
+        self.recent.insert(seq);
+        while self.recent.len() > RECENT_APPLIED {
+            self.recent.pop_first();
+        }
+    }
+
+    /// The highest sequence applied (0 = none).
+    pub fn highest(&self) -> u64 {
+        self.recent
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(self.replayed_up_to)
+    }
+}
+
+/// Follows the durable consumer; `applied` records every message handled.
 async fn follow(
     engine: &Engine,
     bus: &Bus,
     filter: &str,
-    applied: &mut u64,
+    applied: &mut AppliedSequences,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     // A stream that holds fewer messages than were applied was created anew
@@ -172,13 +227,13 @@ async fn follow(
         .cached_info()
         .state
         .last_sequence;
-    if last < *applied {
+    if last < applied.highest() {
         tracing::warn!(
             last,
-            applied = *applied,
+            applied = applied.highest(),
             "insight stream was recreated; following it from the start"
         );
-        *applied = 0;
+        *applied = AppliedSequences::default();
     }
     let consumer = bus
         .durable_consumer(
@@ -202,16 +257,19 @@ async fn follow(
             Some(Err(e)) => return Err(js_err("durable consumer", e)),
             None => return Err(js_err("durable consumer", "stream ended")),
         };
-        let seq = msg.info().map_or(u64::MAX, |i| i.stream_sequence);
-        let verdict = if seq <= *applied {
-            engine.metrics().redeliveries_skipped.inc();
-            tracing::debug!(seq, applied = *applied, "redelivered insight skipped");
-            Verdict::Ack
-        } else {
-            if seq != u64::MAX {
-                *applied = seq;
+        let seq = msg.info().ok().map(|i| i.stream_sequence);
+        let verdict = match seq {
+            Some(seq) if applied.contains(seq) => {
+                engine.metrics().redeliveries_skipped.inc();
+                tracing::debug!(seq, "redelivered insight skipped");
+                Verdict::Ack
             }
-            handle(engine, bus, &msg)
+            _ => {
+                if let Some(seq) = seq {
+                    applied.insert(seq);
+                }
+                handle(engine, bus, &msg)
+            }
         };
         let res = match verdict {
             Verdict::Ack => msg.ack().await,
@@ -234,8 +292,8 @@ pub async fn run(
 ) {
     let filter = bus.subjects().all("insight.cluster");
     let mut backoff = Duration::from_millis(200);
-    // Highest stream sequence applied; None until the replay finished.
-    let mut applied_up_to: Option<u64> = None;
+    // Stream sequences applied; None until the replay finished.
+    let mut applied_up_to: Option<AppliedSequences> = None;
     while !shutdown.is_cancelled() {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -247,7 +305,7 @@ pub async fn run(
         if applied_up_to.is_none() {
             match replay(&engine, &bus, &filter, &shutdown).await {
                 Ok(last) => {
-                    applied_up_to = Some(last);
+                    applied_up_to = Some(AppliedSequences::replayed_up_to(last));
                     replayed_tx.send_replace(true);
                 }
                 Err(err) => {
@@ -258,7 +316,7 @@ pub async fn run(
                 }
             }
         }
-        let mut applied = applied_up_to.unwrap_or(0);
+        let mut applied = applied_up_to.take().unwrap_or_default();
         let result = follow(&engine, &bus, &filter, &mut applied, &shutdown).await;
         applied_up_to = Some(applied);
         match result {
@@ -272,5 +330,42 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_delivered_after_later_ones_is_applied_and_its_redelivery_skipped() {
+        let mut applied = AppliedSequences::replayed_up_to(10);
+        assert!(applied.contains(7), "replayed");
+        // 12 arrives before 11 (11's first delivery was lost).
+        assert!(!applied.contains(12));
+        applied.insert(12);
+        assert!(
+            !applied.contains(11),
+            "below the highest applied, yet never applied"
+        );
+        applied.insert(11);
+        assert!(applied.contains(11) && applied.contains(12));
+        assert!(!applied.contains(13));
+        assert_eq!(applied.highest(), 12);
+    }
+
+    #[test]
+    fn the_recent_set_is_bounded_and_forgets_the_oldest() {
+        let mut applied = AppliedSequences::default();
+        for seq in 1..=(RECENT_APPLIED as u64 + 5) {
+            applied.insert(seq);
+        }
+        assert_eq!(applied.recent.len(), RECENT_APPLIED);
+        assert!(
+            !applied.contains(5),
+            "forgotten: applied again if redelivered"
+        );
+        assert!(applied.contains(6));
+        assert_eq!(applied.highest(), RECENT_APPLIED as u64 + 5);
     }
 }
