@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | packing | always (CPU-only pods: only while no observed pod restricts its GPU models, see [`ScoreWeights::constrained_cpu_pod_packing`]) | share of the node's GPU capacity allocated after the placement (CPU share on GPU-less nodes) |
 //! | CPU surplus | CPU-only pod, and some observed pod restricts its GPU models (see [`ScoreWeights::cpu_surplus`]) | share of the pod's CPU the node gives without cutting into the CPU its free GPUs will need |
+//! | GPU pod CPU surplus | GPU pod requesting CPU, once typical GPU shapes are known (see [`ScoreWeights::gpu_pod_cpu_surplus`]) | share of the pod's CPU the node gives without cutting into the CPU the GPUs left free after the placement will need |
 //! | balance | always | `1 - abs(free GPU share - free CPU share)` after the placement (0.5 on GPU-less nodes) |
 //! | model reserve | GPU pod, and some observed pod restricts its GPU models | `1 / (1 + pressure)` of the node's GPU model (see [`ClusterSnapshot::model_pressure`]): keeps the models that restricted pods need for them |
 //! | fragmentation (FGD) | always | `1 / (1 + exp(dF / 1000))`, `dF` = increase of the node's GPU fragmentation in milli-GPU (see [`crate::fgd`]) rounded to `frag_resolution`; 0.5 = no change |
@@ -90,6 +91,21 @@ pub struct ScoreWeights {
     /// Multiplier of [`ScoreWeights::cpu_surplus`] while no observed pod
     /// restricts its GPU models. Default 0.
     pub cpu_surplus_unconstrained: f64,
+    /// CPU surplus for GPU pods: the share of the pod's CPU that comes out
+    /// of CPU the GPUs left free after the placement will not need (their
+    /// count times [`ScoreWeights::gpu_pod_cpu_surplus_need`] times the
+    /// typical GPU pods' CPU per GPU). Keeps a GPU pod that asks for much
+    /// CPU off nodes whose remaining GPUs would then sit free for want of
+    /// CPU: on the openb multigpu50 list most of the GPU still free when
+    /// the pods stop fitting was on CPU-short G2 nodes. Default 0.3 (tuned
+    /// with seeds 1-10, reported on 42-51).
+    pub gpu_pod_cpu_surplus: f64,
+    /// Multiplier of the typical CPU per GPU that
+    /// [`ScoreWeights::gpu_pod_cpu_surplus`] reserves for each GPU left
+    /// free. Default 0.5: a free GPU is counted to need half the typical
+    /// CPU (at 1 the factor drives GPU pods to CPU-rich nodes and strands
+    /// their CPU; tuned with seeds 1-10).
+    pub gpu_pod_cpu_surplus_need: f64,
     /// Resolution (milli-GPU) at which fragmentation increases are told apart:
     /// increases are rounded to a multiple of it, so placements that fragment
     /// almost equally are decided by packing and then by node name (which
@@ -122,6 +138,8 @@ impl Default for ScoreWeights {
             cpu_surplus: 0.05,
             cpu_surplus_need: 1.0,
             cpu_surplus_unconstrained: 0.0,
+            gpu_pod_cpu_surplus: 0.3,
+            gpu_pod_cpu_surplus_need: 0.5,
             frag_resolution: 40.0,
             failure_penalty: 0.5,
             exclude_predicted_overload: true,
@@ -312,6 +330,14 @@ impl NodeScorer {
             _ => 0.0,
         };
         let cpu_per_gpu = snapshot.shapes().cpu_per_gpu() * w.cpu_surplus_need;
+        let (w_gpu_surplus, gpu_pod_cpu_per_gpu) = if demand.num_gpu > 0 && demand.cpu_milli > 0 {
+            (
+                w.gpu_pod_cpu_surplus,
+                snapshot.shapes().cpu_per_gpu() * w.gpu_pod_cpu_surplus_need,
+            )
+        } else {
+            (0.0, 0.0)
+        };
         with_delta_memo(|memo| {
             for (idx, entry) in snapshot.nodes.iter().enumerate() {
                 match snapshot.fit_reason(idx, demand, &filter) {
@@ -353,8 +379,13 @@ impl NodeScorer {
                     + w_balance * balance;
                 let mut den = w.fragmentation + w_packing + w_balance;
                 if w_surplus > 0.0 {
-                    num += w_surplus * cpu_surplus(hot, demand.cpu_milli, cpu_per_gpu);
+                    num += w_surplus * cpu_surplus(hot, demand.cpu_milli, 0, cpu_per_gpu);
                     den += w_surplus;
+                }
+                if w_gpu_surplus > 0.0 {
+                    num += w_gpu_surplus
+                        * cpu_surplus(hot, demand.cpu_milli, gpu_total, gpu_pod_cpu_per_gpu);
+                    den += w_gpu_surplus;
                 }
                 if !pressures.is_empty() {
                     num += w.model_reserve / (1.0 + snapshot.node_model_pressure(idx, &pressures));
@@ -544,15 +575,22 @@ fn packing_and_balance(c: &crate::snapshot::NodeHot, cpu_milli: u64, gpu_milli: 
     )
 }
 
-/// Share of a CPU-only pod's `cpu_milli` that the node can give without
-/// touching the CPU its free GPUs will need when typical GPU pods
-/// (`cpu_per_gpu` milli-cores per GPU) fill them: 1 = all of it from surplus,
-/// 0 = all of it from CPU that leaves free GPUs short.
-fn cpu_surplus(c: &crate::snapshot::NodeHot, cpu_milli: u64, cpu_per_gpu: f64) -> f64 {
-    if cpu_milli == 0 || c.gpu_free_total == 0 {
+/// Share of a pod's `cpu_milli` that the node can give without touching the
+/// CPU its free GPUs (less the `gpu_taken` milli-GPU the pod itself takes)
+/// will need when typical GPU pods (`cpu_per_gpu` milli-cores per GPU) fill
+/// them: 1 = all of it from surplus, 0 = all of it from CPU that leaves free
+/// GPUs short.
+fn cpu_surplus(
+    c: &crate::snapshot::NodeHot,
+    cpu_milli: u64,
+    gpu_taken: u64,
+    cpu_per_gpu: f64,
+) -> f64 {
+    let gpu_left = c.gpu_free_total.saturating_sub(gpu_taken);
+    if cpu_milli == 0 || gpu_left == 0 {
         return 1.0;
     }
-    let need = c.gpu_free_total as f64 / f64::from(crate::demand::MILLI_PER_GPU) * cpu_per_gpu;
+    let need = gpu_left as f64 / f64::from(crate::demand::MILLI_PER_GPU) * cpu_per_gpu;
     let after = c.cpu_free.saturating_sub(cpu_milli) as f64;
     let short = (need - after).clamp(0.0, cpu_milli as f64);
     1.0 - short / cpu_milli as f64
@@ -910,5 +948,52 @@ mod tests {
             assert!(place(&scorer, &mut s, &any).is_some());
         }
         assert_eq!(s.gpu_allocated_milli(), s.gpu_capacity_milli());
+    }
+    #[test]
+    fn a_cpu_heavy_gpu_pod_leaves_the_cpu_that_free_gpus_will_need() {
+        // Typical GPU pods: one GPU and 4 cores. The pod to place takes one
+        // GPU and 20 cores.
+        let typical = PodDemand::new(4000, GIB).with_gpu(1, 1000);
+        let heavy = PodDemand::new(20_000, GIB).with_gpu(1, 1000);
+        // "a": half its GPUs in use, 25 cores free. "b": two of eight GPUs
+        // in use, 86 cores free. Either way each free GPU could still take
+        // one typical pod, so fragmentation cannot tell them apart.
+        let cluster = || {
+            let seen = vec![typical.clone(); 8];
+            let mut s = ClusterSnapshot::new(ShapeDistribution::from_pods(seen.iter(), 1.0));
+            let mut a = NodeState::new("a", 40_000, 256 * GIB).with_gpus(8, "G2");
+            a.cpu_milli_allocated = 15_000;
+            for g in &mut a.gpus[..4] {
+                g.allocated_milli = 1000;
+            }
+            let mut b = NodeState::new("b", 96_000, 256 * GIB).with_gpus(8, "G2");
+            b.cpu_milli_allocated = 10_000;
+            for g in &mut b.gpus[..2] {
+                g.allocated_milli = 1000;
+            }
+            s.upsert_node(a);
+            s.upsert_node(b);
+            s
+        };
+        let fill = |scorer: &NodeScorer, s: &mut ClusterSnapshot| {
+            while place(scorer, s, &typical).is_some() {}
+            s.gpu_capacity_milli() - s.gpu_allocated_milli()
+        };
+
+        // Without the factor packing sends it to the fuller node "a", whose
+        // three remaining GPUs are left 5 cores: two of them stay free.
+        let blind = NodeScorer::new(ScoreWeights {
+            gpu_pod_cpu_surplus: 0.0,
+            ..ScoreWeights::default()
+        });
+        let mut s = cluster();
+        assert_eq!(place(&blind, &mut s, &heavy).as_deref(), Some("a"));
+        assert_eq!(fill(&blind, &mut s), 2000, "two GPUs stranded");
+
+        // With it (the default) it takes "b"'s spare CPU and every GPU is used.
+        let scorer = NodeScorer::default();
+        let mut s = cluster();
+        assert_eq!(place(&scorer, &mut s, &heavy).as_deref(), Some("b"));
+        assert_eq!(fill(&scorer, &mut s), 0);
     }
 }

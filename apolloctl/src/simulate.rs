@@ -76,7 +76,8 @@ pub(crate) struct Args {
     /// Override an `apollo` scorer weight for a tuning run, `NAME=VALUE`
     /// (repeatable): fragmentation, packing, balance, model_reserve,
     /// model_reserve_by_free, constrained_cpu_pod_packing, cpu_surplus,
-    /// cpu_surplus_need, cpu_surplus_unconstrained, frag_resolution.
+    /// cpu_surplus_need, cpu_surplus_unconstrained, gpu_pod_cpu_surplus,
+    /// gpu_pod_cpu_surplus_need, frag_resolution.
     /// Published figures use the defaults.
     #[arg(long = "apollo-weight", value_name = "NAME=VALUE")]
     apollo_weights: Vec<String>,
@@ -184,8 +185,10 @@ fn parse_weights(overrides: &[String]) -> anyhow::Result<ScoreWeights> {
             "cpu_surplus" => &mut w.cpu_surplus,
             "cpu_surplus_unconstrained" => &mut w.cpu_surplus_unconstrained,
             "cpu_surplus_need" => &mut w.cpu_surplus_need,
+            "gpu_pod_cpu_surplus" => &mut w.gpu_pod_cpu_surplus,
+            "gpu_pod_cpu_surplus_need" => &mut w.gpu_pod_cpu_surplus_need,
             other => bail!(
-                "--apollo-weight: unknown weight {other:?} (expected fragmentation, packing, balance, model_reserve, model_reserve_by_free, constrained_cpu_pod_packing, cpu_surplus, cpu_surplus_need, cpu_surplus_unconstrained or frag_resolution)"
+                "--apollo-weight: unknown weight {other:?} (expected fragmentation, packing, balance, model_reserve, model_reserve_by_free, constrained_cpu_pod_packing, cpu_surplus, cpu_surplus_need, cpu_surplus_unconstrained, gpu_pod_cpu_surplus, gpu_pod_cpu_surplus_need or frag_resolution)"
             ),
         };
         *slot = v;
