@@ -995,5 +995,15 @@ mod tests {
         let mut s = cluster();
         assert_eq!(place(&scorer, &mut s, &heavy).as_deref(), Some("b"));
         assert_eq!(fill(&scorer, &mut s), 0);
+
+        // The GPU the pod takes needs no CPU afterwards: a node it fills
+        // exactly (its last GPU and its last 20 cores) is short of nothing,
+        // and packing prefers it to "b".
+        let mut s = cluster();
+        let mut c = NodeState::new("c", 24_000, 256 * GIB).with_gpus(2, "G2");
+        c.cpu_milli_allocated = 4_000;
+        c.gpus[0].allocated_milli = 1000;
+        s.upsert_node(c);
+        assert_eq!(place(&scorer, &mut s, &heavy).as_deref(), Some("c"));
     }
 }
